@@ -1,0 +1,158 @@
+"""Convert the seed's PyTorch checkpoints into Flax variables and Orbax checkpoints.
+
+    python -m resnet_jax.convert_torch --model shallow \\
+        --checkpoint ModifiedResNet.pth --output DIR
+
+reads a .pth holding either the bare state_dict or a dict with
+"model_state_dict" (the seed's training checkpoints), converts it, and writes an
+Orbax checkpoint to DIR/checkpoints/0 that evaluation restores like a trained one.
+
+Key mapping (seed -> Flax): `layerI.J.*` -> `layerI_J/*`, `downsample.0` ->
+`downsample_conv`, `downsample.1` -> `downsample_bn`; conv weights OIHW -> HWIO;
+BN weight/bias/running_mean/running_var -> params scale/bias and batch_stats
+mean/var; `fc.weight` (out, C*h*w in PyTorch's (C, H, W) flatten order) ->
+kernel (h*w*C, out) in Flax's (H, W, C) order. `num_batches_tracked` is ignored.
+"""
+
+import functools
+import os
+from typing import Any, Mapping, Sequence
+
+import jax
+import numpy as np
+from absl import app, flags, logging
+from flax import traverse_util
+
+from resnet_jax import checkpoints, models
+
+_IGNORED_SUFFIX = ".num_batches_tracked"
+_MODULE_NAMES = {"downsample_conv": "downsample.0", "downsample_bn": "downsample.1"}
+_LEAF_NAMES = {("params", "kernel"): "weight", ("params", "scale"): "weight",
+               ("params", "bias"): "bias", ("batch_stats", "mean"): "running_mean",
+               ("batch_stats", "var"): "running_var"}
+
+
+class ConversionError(ValueError):
+  """The state_dict does not match the model: lists every offending key."""
+
+
+def torch_key(path: tuple[str, ...]) -> str:
+  """("params", "layer1_0", "downsample_conv", "kernel") -> "layer1.0.downsample.0.weight"."""
+  collection, *modules, leaf = path
+  names = [_MODULE_NAMES.get(m, m.replace("_", ".")) for m in modules]
+  return ".".join(names + [_LEAF_NAMES[collection, leaf]])
+
+
+def torch_shape(flax_shape: tuple[int, ...]) -> tuple[int, ...]:
+  """The PyTorch shape of a Flax leaf: conv HWIO -> OIHW, linear (in, out) -> (out, in)."""
+  if len(flax_shape) == 4:
+    return tuple(flax_shape[i] for i in (3, 2, 0, 1))
+  return tuple(reversed(flax_shape))
+
+
+def _to_flax(value: np.ndarray, flax_shape: tuple[int, ...], head_pool_size: int) -> np.ndarray:
+  """Re-lays a PyTorch array (already checked against `torch_shape`) for Flax."""
+  if value.ndim == 4:  # conv OIHW -> HWIO
+    return value.transpose(2, 3, 1, 0)
+  if value.ndim == 2:  # linear (out, C*p*p) flattened as (C, H, W) -> (p*p*C, out) as (H, W, C)
+    p = head_pool_size
+    return value.reshape(value.shape[0], -1, p, p).transpose(2, 3, 1, 0).reshape(flax_shape)
+  return value
+
+
+def _as_numpy(value: Any) -> np.ndarray:
+  if hasattr(value, "detach"):  # a torch.Tensor; numpy has no bfloat16, so widen first
+    value = value.detach().cpu()
+    value = value.float() if value.is_floating_point() else value
+    return value.numpy()
+  return np.asarray(value)
+
+
+def convert_state_dict(state_dict: Mapping[str, Any], model_name: str,
+                       **model_overrides: Any) -> dict:
+  """{"params", "batch_stats"} for `models.get_model(model_name, **model_overrides)`.
+
+  Raises ConversionError naming every missing, unexpected or mis-shaped key.
+  """
+  return convert_for_model(state_dict, models.get_model(model_name, **model_overrides),
+                           model_name)
+
+
+def convert_for_model(state_dict: Mapping[str, Any], model: models.ResNet,
+                      model_name: str) -> dict:
+  """As `convert_state_dict`, for an already built model."""
+  target = traverse_util.flatten_dict(
+      jax.eval_shape(functools.partial(models.init_variables, model), jax.random.key(0)))
+  expected = {torch_key(path): path for path in target}
+  arrays = {key: _as_numpy(value) for key, value in state_dict.items()
+            if not (key.endswith(_IGNORED_SUFFIX)
+                    and key[:-len(_IGNORED_SUFFIX)] + ".running_mean" in expected)}
+  problems = []
+  for key, path in expected.items():
+    want = torch_shape(target[path].shape)
+    if key not in arrays:
+      problems.append(f"missing key {key!r} (model expects shape {want})")
+    elif arrays[key].shape != want:
+      problems.append(f"key {key!r} has shape {arrays[key].shape}, model expects {want}")
+  problems += [f"unexpected key {key!r} (shape {value.shape})"
+               for key, value in arrays.items() if key not in expected]
+  if problems:
+    raise ConversionError(f"state_dict does not fit model {model_name!r}:\n  "
+                          + "\n  ".join(problems))
+  flat = {path: _to_flax(arrays[key], target[path].shape, model.head_pool_size).astype(np.float32)
+          for key, path in expected.items()}
+  return traverse_util.unflatten_dict(flat)
+
+
+def load_state_dict(path: str) -> Mapping[str, Any]:
+  """The model state_dict in a .pth: bare, or under "model_state_dict"."""
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError("reading a PyTorch .pth needs torch: pip install torch "
+                      "(the project's 'test' extra has it)") from e
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"no PyTorch checkpoint at {path}")
+  try:
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+  except Exception as e:  # torch raises pickle, zip and runtime errors alike
+    raise ConversionError(f"cannot read {path} as a PyTorch checkpoint: {e}") from e
+  if isinstance(obj, Mapping) and "model_state_dict" in obj:
+    obj = obj["model_state_dict"]
+  if not isinstance(obj, Mapping):
+    raise ConversionError(f"{path} holds a {type(obj).__name__}, not a state_dict "
+                          "or a dict with 'model_state_dict'")
+  return obj
+
+
+def convert_checkpoint(model_name: str, checkpoint: str, output: str) -> str:
+  """Converts the .pth `checkpoint` into an Orbax checkpoint in `output`; returns its path."""
+  existing = os.path.join(checkpoints.checkpoint_dir(output), "0")
+  if os.path.exists(existing):
+    raise FileExistsError(f"{existing} already exists; choose another --output")
+  model = models.get_model(model_name)
+  variables = convert_for_model(load_state_dict(checkpoint), model, model_name)
+  return checkpoints.save_model(output, 0, variables, models.model_config(model_name, model), source="convert_torch",
+                                torch_checkpoint=os.path.abspath(checkpoint))
+
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("model", None, sorted(models.PRESETS), "Seed model the weights belong to.")
+flags.DEFINE_string("checkpoint", None, "The seed's .pth file.")
+flags.DEFINE_string("output", None, "Workdir to write the Orbax checkpoint into.")
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.WARNING)  # keep JAX's and Orbax's INFO lines off the output
+  try:
+    path = convert_checkpoint(FLAGS.model, FLAGS.checkpoint, FLAGS.output)
+  except (ConversionError, FileNotFoundError, FileExistsError, ImportError) as e:
+    raise SystemExit(f"error: {e}") from e
+  print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["model", "checkpoint", "output"])
+  app.run(main)

@@ -1,0 +1,317 @@
+"""One CIFAR ResNet family whose fields express both seed models.
+
+`get_model("shallow")` and `get_model("deep")` return the seed's two models
+(../shared/SEED_SPEC.md): 2,777,674 and 4,999,689 trainable parameters.
+Layers follow PyTorch's semantics so that converted seed weights compute the same
+function: explicit padding 1 on 3x3 convolutions (not "SAME", which pads stride-2
+layers asymmetrically), BatchNorm with PyTorch's running-variance update, exact
+erf GELU, and adaptive pooling with PyTorch's window rule.
+
+Module names mirror the seed's state_dict keys (`conv1`, `bn1`, `layer{i}_{j}`,
+`fc`; a block holds `conv1`, `bn1`, `conv2`, `bn2`, `downsample_conv`,
+`downsample_bn`) so that `convert_torch` is a plain renaming.
+
+This module imports no TensorFlow: GPU measurement machines drive it from numpy.
+"""
+
+import dataclasses
+import functools
+import math
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ACTIVATIONS = {
+    "relu": nn.relu,
+    # flax's gelu defaults to the tanh approximation; PyTorch's nn.GELU is exact.
+    "gelu": functools.partial(nn.gelu, approximate=False),
+}
+POOL_TYPES = ("max", "avg")
+KERNEL_INITS = ("torch", "he_normal")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+IMAGE_SHAPE = (32, 32, 3)
+
+
+class ParamBudgetError(ValueError):
+  """A model has more trainable parameters than its `max_params` allows."""
+
+
+def kernel_initializer(name: str) -> nn.initializers.Initializer:
+  """Kernel initialiser for convolutions and the classifier."""
+  if name == "torch":
+    # PyTorch's default kaiming_uniform(a=sqrt(5)) is U(+-1/sqrt(fan_in)),
+    # i.e. variance 1/(3 fan_in).
+    return nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+  # torchvision's ResNet choice: kaiming_normal(mode="fan_out", relu gain).
+  return nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def torch_bias_init(fan_in: int) -> nn.initializers.Initializer:
+  """PyTorch's default Linear bias: U(+-1/sqrt(fan_in))."""
+  bound = 1 / math.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def pool_windows(n: int, m: int) -> list[tuple[int, int]]:
+  """PyTorch's adaptive windows: output i covers [floor(i*n/m), ceil((i+1)*n/m))."""
+  return [(i * n // m, -(-(i + 1) * n // m)) for i in range(m)]
+
+
+def _adaptive_pool_axis(x: jax.Array, axis: int, size: int, kind: str) -> jax.Array:
+  n = x.shape[axis]
+  reduce = jnp.max if kind == "max" else jnp.mean
+  if n % size == 0:  # equal, disjoint windows: a reshape is exact and cheapest
+    return reduce(x.reshape(x.shape[:axis] + (size, n // size) + x.shape[axis + 1:]), axis + 1)
+  # Windows of unequal width (possibly overlapping, e.g. 16 -> 24 up-samples):
+  # gather `width` positions per output, repeating a short window's last one,
+  # which max ignores and the average masks out.
+  windows = pool_windows(n, size)
+  width = max(end - start for start, end in windows)
+  index = np.array([[min(start + j, end - 1) for j in range(width)] for start, end in windows])
+  g = jnp.take(x, index.reshape(-1), axis=axis)
+  g = g.reshape(x.shape[:axis] + (size, width) + x.shape[axis + 1:])
+  if kind == "max":
+    return g.max(axis + 1)
+  counts = np.array([end - start for start, end in windows])
+  weights = (np.arange(width)[None, :] < counts[:, None]) / counts[:, None]
+  weights = weights.reshape(weights.shape + (1,) * (x.ndim - axis - 1)).astype(x.dtype)
+  return (g * weights).sum(axis + 1)
+
+
+class AdaptivePool(nn.Module):
+  """PyTorch's AdaptiveMaxPool2d / AdaptiveAvgPool2d((size, size)) on NHWC input.
+
+  A module (not a function) so that it appears in the layer summary. Both
+  reductions are separable over rectangular windows, so H and W are pooled one
+  after the other.
+  """
+
+  size: int
+  kind: str
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    for axis in (1, 2):
+      x = _adaptive_pool_axis(x, axis, self.size, self.kind)
+    return x
+
+
+class BatchNorm(nn.Module):
+  """BatchNorm2d with PyTorch's semantics.
+
+  Normalises with the biased batch variance but, like PyTorch, tracks the
+  *unbiased* variance in the running average (flax.linen.BatchNorm tracks the
+  biased one, which would break parity of the running statistics). Statistics
+  are computed in float32 whatever the compute dtype. Under jit with a sharded
+  batch the means are over the global batch (sync BN) without an axis name.
+  """
+
+  momentum: float = 0.1  # PyTorch convention: new = (1 - m) * old + m * batch
+  epsilon: float = 1e-5
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    features = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (features,))
+    bias = self.param("bias", nn.initializers.zeros, (features,))
+    running_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,))
+    running_var = self.variable("batch_stats", "var", jnp.ones, (features,))
+    x = x.astype(jnp.float32)
+    if train:
+      axes = tuple(range(x.ndim - 1))
+      mean = x.mean(axes)
+      var = jnp.square(x - mean).mean(axes)
+      if not self.is_initializing():
+        n = x.size // features
+        m = self.momentum
+        running_mean.value = (1 - m) * running_mean.value + m * mean
+        running_var.value = (1 - m) * running_var.value + m * var * n / max(n - 1, 1)
+    else:
+      mean, var = running_mean.value, running_var.value
+    y = (x - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
+    return y.astype(self.dtype)
+
+
+class ResidualBlock(nn.Module):
+  """Basic block: act_out(BN(conv(act_inner(BN(conv(x))))) + shortcut(x))."""
+
+  features: int
+  strides: int
+  inner_activation: Callable
+  outer_activation: Callable
+  conv: Callable
+  norm: Callable
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    y = self.conv(self.features, (3, 3), self.strides, padding=1, name="conv1")(x)
+    y = self.inner_activation(self.norm(name="bn1")(y, train))
+    y = self.conv(self.features, (3, 3), 1, padding=1, name="conv2")(y)
+    y = self.norm(name="bn2")(y, train)
+    if self.strides != 1 or x.shape[-1] != self.features:
+      x = self.conv(self.features, (1, 1), self.strides, padding=0, name="downsample_conv")(x)
+      x = self.norm(name="downsample_bn")(x, train)
+    return self.outer_activation(y + x)
+
+
+class ResNet(nn.Module):
+  """A CIFAR ResNet: stem, stages of residual blocks, adaptive pool, linear head.
+
+  Attributes:
+    stem_width: channels of the 3x3 stem convolution.
+    stage_widths, stage_blocks, stage_strides: per stage, its channels, number
+      of blocks and the stride of its first block.
+    stem_activation, inner_activation, outer_activation: names in ACTIVATIONS;
+      inner follows a block's first BN, outer follows the residual addition.
+    stem_dropout: element-wise dropout rate after the stem.
+    stage_dropout: dropout rate after each stage (one per stage).
+    mid_pool_after_stage: 1-based stage after which an adaptive pool to
+      `mid_pool_size` of type `mid_pool_type` runs; 0 for none.
+    head_pool_size: the adaptive average pool before flattening (1 = global).
+    num_classes: classifier outputs.
+    dtype: compute dtype name; parameters and BN statistics stay float32.
+    kernel_init: "torch" (PyTorch's defaults) or "he_normal".
+    max_params: the trainable-parameter budget, checked by `get_model`.
+  """
+
+  stem_width: int
+  stage_widths: Sequence[int]
+  stage_blocks: Sequence[int]
+  stage_strides: Sequence[int]
+  stage_dropout: Sequence[float]
+  stem_activation: str = "relu"
+  inner_activation: str = "relu"
+  outer_activation: str = "relu"
+  stem_dropout: float = 0.0
+  mid_pool_after_stage: int = 0
+  mid_pool_type: str = "max"
+  mid_pool_size: int = 0
+  head_pool_size: int = 1
+  num_classes: int = 10
+  dtype: str = "float32"
+  kernel_init: str = "torch"
+  max_params: int = 5_000_000
+
+  def __post_init__(self):
+    _check_fields(self)
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    dtype = DTYPES[self.dtype]
+    kernel_init = kernel_initializer(self.kernel_init)
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=dtype, kernel_init=kernel_init)
+    norm = functools.partial(BatchNorm, dtype=dtype)
+    block = functools.partial(
+        ResidualBlock, conv=conv, norm=norm,
+        inner_activation=ACTIVATIONS[self.inner_activation],
+        outer_activation=ACTIVATIONS[self.outer_activation])
+
+    x = conv(self.stem_width, (3, 3), padding=1, name="conv1")(x.astype(dtype))
+    x = ACTIVATIONS[self.stem_activation](norm(name="bn1")(x, train))
+    if self.stem_dropout:
+      x = nn.Dropout(self.stem_dropout, deterministic=not train, name="stem_dropout")(x)
+    stages = zip(self.stage_widths, self.stage_blocks, self.stage_strides, self.stage_dropout)
+    for i, (width, blocks, strides, rate) in enumerate(stages, start=1):
+      for j in range(blocks):
+        x = block(width, strides if j == 0 else 1, name=f"layer{i}_{j}")(x, train)
+      if rate:
+        x = nn.Dropout(rate, deterministic=not train, name=f"layer{i}_dropout")(x)
+      if i == self.mid_pool_after_stage:
+        x = AdaptivePool(self.mid_pool_size, self.mid_pool_type, name="mid_pool")(x)
+    x = AdaptivePool(self.head_pool_size, "avg", name="head_pool")(x)
+    x = x.reshape(x.shape[0], -1)  # flattens (H, W, C); PyTorch flattens (C, H, W)
+    x = nn.Dense(self.num_classes, dtype=dtype, kernel_init=kernel_init,
+                 bias_init=torch_bias_init(x.shape[-1]), name="fc")(x)
+    return x.astype(jnp.float32)  # softmax and loss in float32
+
+
+def _check_fields(model: ResNet) -> None:
+  """Rejects inconsistent fields with a message naming the field and value."""
+  num_stages = len(model.stage_widths)
+  for name in ("stage_blocks", "stage_strides", "stage_dropout"):
+    if len(getattr(model, name)) != num_stages:
+      raise ValueError(f"model.{name}={tuple(getattr(model, name))} needs one entry per stage "
+                       f"({num_stages}, as stage_widths={tuple(model.stage_widths)})")
+  for name in ("stem_activation", "inner_activation", "outer_activation"):
+    if getattr(model, name) not in ACTIVATIONS:
+      raise ValueError(f"model.{name}={getattr(model, name)!r} is not one of {sorted(ACTIVATIONS)}")
+  choices = {"mid_pool_type": POOL_TYPES, "kernel_init": KERNEL_INITS, "dtype": tuple(DTYPES)}
+  for name, allowed in choices.items():
+    if getattr(model, name) not in allowed:
+      raise ValueError(f"model.{name}={getattr(model, name)!r} is not one of {list(allowed)}")
+  if not 0 <= model.mid_pool_after_stage <= num_stages:
+    raise ValueError(f"model.mid_pool_after_stage={model.mid_pool_after_stage} is not a stage "
+                     f"(0 for none, or 1..{num_stages})")
+  if model.mid_pool_after_stage and model.mid_pool_size < 1:
+    raise ValueError(f"model.mid_pool_size={model.mid_pool_size} must be positive")
+  for rate in (model.stem_dropout, *model.stage_dropout):
+    if not 0 <= rate < 1:
+      raise ValueError(f"model dropout rate {rate} is outside [0, 1)")
+
+
+PRESETS = {
+    # The seed's ModifiedResNet: 3 stages of 2 blocks, ReLU, no dropout.
+    "shallow": dict(stem_width=64, stage_widths=(64, 128, 256), stage_blocks=(2, 2, 2),
+                    stage_strides=(1, 2, 2), stage_dropout=(0.0, 0.0, 0.0)),
+    # The seed's final deep notebook (stage 4 has 2 blocks, not the report's 5).
+    "deep": dict(stem_width=16, stage_widths=(32, 64, 115, 256), stage_blocks=(3, 4, 11, 2),
+                 stage_strides=(1, 2, 2, 2), stage_dropout=(0.287, 0.0, 0.287, 0.0),
+                 stem_dropout=0.432, outer_activation="gelu",
+                 mid_pool_after_stage=2, mid_pool_type="max", mid_pool_size=24,
+                 head_pool_size=3),
+}
+
+
+def init_variables(model: ResNet, rng: jax.Array) -> dict:
+  """Initial {"params", "batch_stats"} for 32x32x3 inputs."""
+  return model.init(rng, jnp.zeros((1, *IMAGE_SHAPE), jnp.float32), train=False)
+
+
+def count_params(model: ResNet) -> int:
+  """Trainable parameters (the "params" collection), computed without allocating."""
+  shapes = jax.eval_shape(functools.partial(init_variables, model), jax.random.key(0))
+  return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes["params"]))
+
+
+FIELDS = tuple(f.name for f in dataclasses.fields(ResNet) if f.name not in ("parent", "name"))
+
+
+def get_model(name: str, **overrides: Any) -> ResNet:
+  """The preset `name` ("shallow" or "deep") with any ResNet field overridden.
+
+  Raises ParamBudgetError when the model exceeds its `max_params`.
+  """
+  if name not in PRESETS:
+    raise ValueError(f"model name {name!r} is not one of {sorted(PRESETS)}")
+  unknown = sorted(set(overrides) - set(FIELDS))
+  if unknown:
+    raise ValueError(f"unknown model field(s) {unknown}; fields are {sorted(FIELDS)}")
+  # Lists (from JSON or config files) become tuples: module fields must be hashable.
+  overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+  model = ResNet(**{**PRESETS[name], **overrides})
+  n = count_params(model)
+  if n > model.max_params:
+    raise ParamBudgetError(f"model {name!r} has {n:,} trainable parameters, over its budget "
+                           f"max_params={model.max_params:,}")
+  return model
+
+
+def model_config(name: str, model: ResNet) -> dict:
+  """A JSON-ready description from which `from_config` rebuilds `model`."""
+  return {"name": name,
+          **{f: list(v) if isinstance(v, tuple) else v
+             for f in FIELDS for v in [getattr(model, f)]}}
+
+
+def from_config(config: dict) -> ResNet:
+  """Inverse of `model_config`; also accepts a preset name with a few overrides."""
+  fields = dict(config)
+  return get_model(fields.pop("name"), **fields)

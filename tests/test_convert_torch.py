@@ -1,0 +1,125 @@
+"""Converting seed PyTorch checkpoints: mapping, error cases, Orbax output."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import torch
+
+from resnet_jax import checkpoints, convert_torch, models
+from tests import torch_reference
+
+
+@pytest.fixture(scope="module")
+def shallow_state():
+  torch.manual_seed(0)
+  model = torch_reference.ShallowResNet()
+  torch_reference.randomize_batchnorm(model, torch.Generator().manual_seed(1))
+  return model.state_dict()
+
+
+def test_torch_key_names():
+  assert convert_torch.torch_key(("params", "layer1_0", "downsample_conv", "kernel")) == \
+      "layer1.0.downsample.0.weight"
+  assert convert_torch.torch_key(("batch_stats", "layer3_1", "bn2", "var")) == \
+      "layer3.1.bn2.running_var"
+  assert convert_torch.torch_key(("params", "bn1", "scale")) == "bn1.weight"
+  assert convert_torch.torch_key(("params", "fc", "bias")) == "fc.bias"
+
+
+def test_numpy_values_convert_like_tensors(shallow_state):
+  from_torch = convert_torch.convert_state_dict(shallow_state, "shallow")
+  from_numpy = convert_torch.convert_state_dict(
+      {k: v.numpy() for k, v in shallow_state.items()}, "shallow")
+  jax.tree.map(np.testing.assert_array_equal, from_torch, from_numpy)
+  kernel = from_torch["params"]["layer1_0"]["conv1"]["kernel"]
+  np.testing.assert_array_equal(kernel, shallow_state["layer1.0.conv1.weight"].numpy()
+                                .transpose(2, 3, 1, 0))
+
+
+def test_deep_head_is_permuted_from_chw_to_hwc_flatten_order():
+  torch.manual_seed(0)
+  state = torch_reference.DeepResNet().state_dict()
+  kernel = convert_torch.convert_state_dict(state, "deep")["params"]["fc"]["kernel"]
+  weight = state["fc.weight"].numpy()  # (10, 256*3*3), input index c*9 + h*3 + w
+  for h, w, c in [(0, 0, 0), (1, 2, 5), (2, 1, 255)]:
+    np.testing.assert_array_equal(kernel[(h * 3 + w) * 256 + c], weight[:, c * 9 + h * 3 + w])
+
+
+def test_missing_key_is_named_with_its_shape(shallow_state):
+  state = dict(shallow_state)
+  del state["layer2.0.downsample.0.weight"]
+  with pytest.raises(convert_torch.ConversionError,
+                     match=r"missing key 'layer2.0.downsample.0.weight' \(model expects shape "
+                           r"\(128, 64, 1, 1\)\)"):
+    convert_torch.convert_state_dict(state, "shallow")
+
+
+def test_extra_key_is_named(shallow_state):
+  state = {**shallow_state, "fc2.weight": torch.zeros(3, 4)}
+  with pytest.raises(convert_torch.ConversionError, match=r"unexpected key 'fc2.weight' \(shape "
+                                                          r"\(3, 4\)\)"):
+    convert_torch.convert_state_dict(state, "shallow")
+
+
+def test_misshaped_key_names_both_shapes(shallow_state):
+  state = {**shallow_state, "fc.weight": torch.zeros(10, 512)}
+  with pytest.raises(convert_torch.ConversionError,
+                     match=r"key 'fc.weight' has shape \(10, 512\), model expects \(10, 256\)"):
+    convert_torch.convert_state_dict(state, "shallow")
+
+
+def test_weights_of_the_other_model_are_rejected(shallow_state):
+  with pytest.raises(convert_torch.ConversionError, match="does not fit model 'deep'") as info:
+    convert_torch.convert_state_dict(shallow_state, "deep")
+  assert "missing key 'layer4.0.conv1.weight'" in str(info.value)
+
+
+def _run_cli(*args):
+  return subprocess.run([sys.executable, "-m", "resnet_jax.convert_torch", *args],
+                        capture_output=True, text=True)
+
+
+def test_cli_writes_an_orbax_checkpoint_that_restores(tmp_path, shallow_state):
+  pth = tmp_path / "ModifiedResNet.pth"
+  torch.save({"epoch": 30, "model_state_dict": shallow_state}, pth)
+  result = _run_cli("--model", "shallow", "--checkpoint", str(pth), "--output",
+                    str(tmp_path / "out"))
+  assert result.returncode == 0, result.stderr
+  model, variables, meta = checkpoints.restore_model(str(tmp_path / "out"))
+  assert meta["source"] == "convert_torch" and meta["model"]["name"] == "shallow"
+  assert model == models.get_model("shallow")
+  expected = convert_torch.convert_state_dict(shallow_state, "shallow")
+  jax.tree.map(np.testing.assert_array_equal, dict(variables), expected)
+
+  # A second conversion into the same workdir refuses and leaves the first intact.
+  before = sorted(os.listdir(tmp_path / "out" / "checkpoints" / "0"))
+  again = _run_cli("--model", "shallow", "--checkpoint", str(pth), "--output",
+                   str(tmp_path / "out"))
+  assert again.returncode != 0 and "already exists" in again.stderr
+  assert sorted(os.listdir(tmp_path / "out" / "checkpoints" / "0")) == before
+
+
+def test_cli_bare_state_dict_of_wrong_model_names_keys_and_writes_nothing(tmp_path,
+                                                                          shallow_state):
+  pth = tmp_path / "bare.pth"
+  torch.save(shallow_state, pth)
+  result = _run_cli("--model", "deep", "--checkpoint", str(pth), "--output", str(tmp_path / "o"))
+  assert result.returncode != 0
+  assert "missing key 'layer4.1.bn2.running_var'" in result.stderr
+  assert not (tmp_path / "o").exists()
+
+
+def test_cli_missing_and_corrupt_files_are_named(tmp_path):
+  missing = _run_cli("--model", "shallow", "--checkpoint", str(tmp_path / "nope.pth"),
+                     "--output", str(tmp_path / "o"))
+  assert missing.returncode != 0 and "no PyTorch checkpoint at" in missing.stderr
+  corrupt = tmp_path / "corrupt.pth"
+  corrupt.write_bytes(b"not a zip or pickle")
+  result = _run_cli("--model", "shallow", "--checkpoint", str(corrupt), "--output",
+                    str(tmp_path / "o"))
+  assert result.returncode != 0 and f"cannot read {corrupt}" in result.stderr
+  assert not (tmp_path / "o").exists()

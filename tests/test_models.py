@@ -1,0 +1,105 @@
+"""The model family: seed parameter counts, budget, fields, dtypes, initialisation."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from resnet_jax import models
+
+
+@pytest.mark.parametrize("name,count", [("shallow", 2_777_674), ("deep", 4_999_689)])
+def test_seed_parameter_counts_are_exact(name, count):
+  assert models.count_params(models.get_model(name)) == count
+
+
+@pytest.mark.parametrize("name", ["shallow", "deep"])
+def test_apply_returns_float32_logits_and_fills_both_collections(name):
+  model = models.get_model(name)
+  variables = models.init_variables(model, jax.random.key(0))
+  assert set(variables) == {"params", "batch_stats"}
+  images = jnp.ones((2, 32, 32, 3))
+  logits = model.apply(variables, images, train=False)
+  assert logits.shape == (2, 10) and logits.dtype == jnp.float32
+  logits, updates = model.apply(variables, images, train=True, mutable=["batch_stats"],
+                                rngs={"dropout": jax.random.key(1)})
+  assert logits.shape == (2, 10) and set(updates) == {"batch_stats"}
+
+
+def test_over_budget_model_fails_at_construction_with_count_and_budget():
+  with pytest.raises(models.ParamBudgetError, match=r"4,999,689.*max_params=4,000,000"):
+    models.get_model("deep", max_params=4_000_000)
+  # The report's 5-block stage 4 is over the 5M budget: 8,541,705 parameters.
+  with pytest.raises(models.ParamBudgetError, match="8,541,705"):
+    models.get_model("deep", stage_blocks=(3, 4, 11, 5))
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (dict(stage_blocks=(2, 2)), r"stage_blocks=\(2, 2\) needs one entry per stage"),
+    (dict(inner_activation="swish"), r"inner_activation='swish' is not one of"),
+    (dict(mid_pool_type="median", mid_pool_after_stage=1, mid_pool_size=4),
+     r"mid_pool_type='median'"),
+    (dict(mid_pool_after_stage=7), r"mid_pool_after_stage=7 is not a stage"),
+    (dict(dtype="int8"), r"dtype='int8' is not one of"),
+    (dict(stem_dropout=1.5), r"dropout rate 1.5"),
+    (dict(widths=3), r"unknown model field\(s\) \['widths'\]"),
+])
+def test_bad_fields_name_the_field_and_value(overrides, message):
+  with pytest.raises(ValueError, match=message):
+    models.get_model("shallow", **overrides)
+
+
+def test_unknown_preset_is_named():
+  with pytest.raises(ValueError, match=r"'medium' is not one of \['deep', 'shallow'\]"):
+    models.get_model("medium")
+
+
+def test_bfloat16_computes_in_bf16_with_float32_parameters():
+  model = models.get_model("shallow", dtype="bfloat16", stage_widths=(8, 16, 32), stem_width=8)
+  variables = models.init_variables(model, jax.random.key(0))
+  dtypes = {leaf.dtype for leaf in jax.tree.leaves(variables)}
+  assert dtypes == {jnp.dtype(jnp.float32)}
+  _, state = model.apply(variables, jnp.ones((2, 32, 32, 3)), train=False,
+                         capture_intermediates=True, mutable=["intermediates"])
+  conv_out = state["intermediates"]["conv1"]["__call__"][0]
+  assert conv_out.dtype == jnp.bfloat16
+  assert model.apply(variables, jnp.ones((2, 32, 32, 3)), train=False).dtype == jnp.float32
+
+
+def test_torch_initialisation_bounds():
+  """Conv/linear kernels U(+-1/sqrt(fan_in)); linear bias U(+-1/sqrt(fan_in)); BN 1 and 0."""
+  params = models.init_variables(models.get_model("shallow"), jax.random.key(0))["params"]
+  kernel = np.asarray(params["layer3_1"]["conv2"]["kernel"])  # fan_in 3*3*256
+  bound = 1 / math.sqrt(3 * 3 * 256)
+  assert np.abs(kernel).max() <= bound and np.abs(kernel).max() > 0.95 * bound
+  np.testing.assert_allclose(kernel.var(), bound**2 / 3, rtol=0.02)
+  fc_bias = np.asarray(params["fc"]["bias"])
+  assert np.abs(fc_bias).max() <= 1 / 16 and np.abs(fc_bias).max() > 0
+  np.testing.assert_array_equal(params["bn1"]["scale"], 1.0)
+  np.testing.assert_array_equal(params["bn1"]["bias"], 0.0)
+
+
+def test_he_normal_initialisation_is_selectable():
+  params = models.init_variables(models.get_model("shallow", kernel_init="he_normal"),
+                                 jax.random.key(0))["params"]
+  kernel = np.asarray(params["layer3_1"]["conv2"]["kernel"])  # fan_out 3*3*256
+  np.testing.assert_allclose(kernel.std(), math.sqrt(2 / (3 * 3 * 256)), rtol=0.02)
+
+
+def test_dropout_is_active_only_in_training():
+  model = models.get_model("deep")
+  variables = models.init_variables(model, jax.random.key(0))
+  images = jax.random.normal(jax.random.key(2), (4, 32, 32, 3))
+  evals = [model.apply(variables, images, train=False) for _ in range(2)]
+  np.testing.assert_array_equal(evals[0], evals[1])
+  trains = [model.apply(variables, images, train=True, mutable=["batch_stats"],
+                        rngs={"dropout": jax.random.key(k)})[0] for k in (1, 2)]
+  assert np.abs(np.asarray(trains[0] - trains[1])).max() > 1e-4
+
+
+@pytest.mark.parametrize("name", ["shallow", "deep"])
+def test_model_config_round_trip(name):
+  model = models.get_model(name, num_classes=7)
+  assert models.from_config(models.model_config(name, model)) == model
