@@ -137,9 +137,6 @@ def convert_checkpoint(model_name: str, checkpoint: str, output: str) -> str:
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("model", None, sorted(models.PRESETS), "Seed model the weights belong to.")
-flags.DEFINE_string("checkpoint", None, "The seed's .pth file.")
-flags.DEFINE_string("output", None, "Workdir to write the Orbax checkpoint into.")
 
 
 def main(argv: Sequence[str]) -> None:
@@ -154,5 +151,10 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
+  # Defined only when run as a program, so that importing this module never
+  # collides with another module's --model.
+  flags.DEFINE_enum("model", None, sorted(models.PRESETS), "Seed model the weights belong to.")
+  flags.DEFINE_string("checkpoint", None, "The seed's .pth file.")
+  flags.DEFINE_string("output", None, "Workdir to write the Orbax checkpoint into.")
   flags.mark_flags_as_required(["model", "checkpoint", "output"])
   app.run(main)

@@ -69,7 +69,6 @@ def format_table(model: models.ResNet) -> str:
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("model", "shallow", sorted(models.PRESETS), "Model preset to summarise.")
 
 
 def main(argv: Sequence[str]) -> None:
@@ -80,4 +79,7 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
+  # Flags are defined only when run as a program, so importing this module
+  # (tests, other tools) never collides with another module's --model.
+  flags.DEFINE_enum("model", "shallow", sorted(models.PRESETS), "Model preset to summarise.")
   app.run(main)
