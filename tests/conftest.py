@@ -1,0 +1,50 @@
+"""Shared fixtures: small generated CIFAR-10-format data."""
+
+import os
+import pickle
+import tarfile
+
+import ml_collections
+import numpy as np
+import pytest
+
+SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+
+
+def write_cifar_dir(root, per_batch: int = 20, seed: int = 0) -> tuple[str, dict]:
+  """A cifar-10-batches-py directory with random images; returns it and the NHWC arrays."""
+  rng = np.random.default_rng(seed)
+  directory = os.path.join(root, "cifar-10-batches-py")
+  os.makedirs(directory)
+  arrays = {"train": ([], []), "test": ([], [])}
+  names = [(f"data_batch_{i}", "train") for i in range(1, 6)] + [("test_batch", "test")]
+  for name, split in names:
+    data = rng.integers(0, 256, size=(per_batch, 3072), dtype=np.uint8)
+    labels = [int(x) for x in rng.integers(0, 10, size=per_batch)]
+    with open(os.path.join(directory, name), "wb") as f:
+      pickle.dump({b"data": data, b"labels": labels, b"batch_label": name.encode()}, f)
+    arrays[split][0].append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+    arrays[split][1].append(np.asarray(labels, np.int32))
+  return directory, {k: (np.concatenate(v[0]), np.concatenate(v[1])) for k, v in arrays.items()}
+
+
+@pytest.fixture
+def cifar_dir(tmp_path):
+  return write_cifar_dir(str(tmp_path))
+
+
+@pytest.fixture
+def cifar_archive(tmp_path):
+  directory, arrays = write_cifar_dir(str(tmp_path / "src"))
+  archive = str(tmp_path / "cifar-10-python.tar.gz")
+  with tarfile.open(archive, "w:gz") as tar:
+    tar.add(directory, arcname="cifar-10-batches-py")
+  return archive, arrays
+
+
+def data_config(location: str, **overrides) -> ml_collections.ConfigDict:
+  from resnet_jax import preprocessing  # pylint: disable=g-import-not-at-top
+  config = dict(source="cifar10_dir", dir=location, tfds_data_dir=None,
+                augment=preprocessing.augment_settings("none"), normalization="seed")
+  config.update(overrides)
+  return ml_collections.ConfigDict(config)

@@ -1,0 +1,176 @@
+"""CIFAR-10 sources: exact contents, TFDS split strings, bad data, the shared training set."""
+
+import os
+import pickle
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from resnet_jax import data_sources
+from tests.conftest import SHARED_DATA, data_config
+
+DataError = data_sources.DataError
+
+
+@pytest.mark.parametrize("split,sl", [("train", slice(None)), ("train[:45]", slice(0, 45)),
+                                      ("train[45:]", slice(45, None)),
+                                      ("train[:90%]", slice(0, 90)), ("test", slice(None))])
+def test_directory_returns_the_files_examples_in_order(cifar_dir, split, sl):
+  directory, arrays = cifar_dir
+  images, labels = data_sources.load_split(data_config(directory), split)
+  expected_images, expected_labels = arrays[split.split("[")[0]]
+  assert images.dtype == np.uint8 and images.shape[1:] == (32, 32, 3)
+  assert labels.dtype == np.int32
+  np.testing.assert_array_equal(images, expected_images[sl])
+  np.testing.assert_array_equal(labels, expected_labels[sl])
+
+
+def test_archive_reads_like_the_directory(cifar_archive):
+  archive, arrays = cifar_archive
+  images, labels = data_sources.load_split(data_config(archive), "train[10:30]")
+  np.testing.assert_array_equal(images, arrays["train"][0][10:30])
+  np.testing.assert_array_equal(labels, arrays["train"][1][10:30])
+
+
+@pytest.mark.parametrize("spec", ["train", "test", "train[:45000]", "train[45000:]",
+                                  "train[:90%]", "train[90%:]", "train[-5000:]", "train[10%:20%]",
+                                  "train[3:17]", "train[:33%]", "train[67%:]"])
+@pytest.mark.parametrize("n", [50_000, 50_001, 101, 7])
+def test_split_strings_agree_with_tfds(spec, n):
+  name = spec.split("[")[0]
+  info = {name: types.SimpleNamespace(num_examples=n)}
+  try:
+    (absolute,) = tfds.core.ReadInstruction.from_spec(spec).to_absolute(info)
+  except ValueError:  # TFDS rejects slices beyond the split
+    with pytest.raises(DataError, match=f"beyond the {n} in {name}"):
+      data_sources.parse_split(spec, {name: n})
+    return
+  start, stop = absolute.from_ or 0, n if absolute.to is None else absolute.to
+  if stop <= start:
+    with pytest.raises(DataError, match="is empty"):
+      data_sources.parse_split(spec, {name: n})
+  else:
+    assert data_sources.parse_split(spec, {name: n}) == (name, start, stop)
+
+
+@pytest.mark.parametrize("split,message", [
+    ("validation", r"unknown split 'validation'"),
+    ("", r"split '' is not a split string"),
+    ("train[1:2:3]", r"'train\[1:2:3\]' is not a split string"),
+    ("train[100:]", r"split 'train\[100:\]' is empty \(train has 100 examples\)"),
+    ("train[45000:]", r"'train\[45000:\]' reaches example 45000, beyond the 100 in train"),
+    ("train[50:40]", r"is empty"),
+])
+def test_bad_split_strings_are_named(cifar_dir, split, message):
+  with pytest.raises(DataError, match=message):
+    data_sources.load_split(data_config(cifar_dir[0]), split)
+
+
+def _rewrite(path, changes):
+  with open(path, "rb") as f:
+    batch = pickle.load(f, encoding="bytes")
+  batch.update(changes)
+  with open(path, "wb") as f:
+    pickle.dump(batch, f)
+
+
+def test_bad_data_is_named(cifar_dir, tmp_path):
+  directory, _ = cifar_dir
+  config = data_config(directory)
+  batch3 = os.path.join(directory, "data_batch_3")
+
+  with pytest.raises(DataError, match=r"config.data.dir='/nonexistent/cifar' does not exist"):
+    data_sources.load_split(data_config("/nonexistent/cifar"), "train")
+
+  with open(batch3, "rb") as f:
+    original = f.read()
+  with open(batch3, "wb") as f:
+    f.write(original[:len(original) // 2])
+  with pytest.raises(DataError, match=r"data_batch_3: not a readable CIFAR-10 batch file"):
+    data_sources.load_split(config, "train")
+
+  with open(batch3, "wb") as f:
+    f.write(b"\x00garbage" * 10)
+  with pytest.raises(DataError, match=r"data_batch_3: not a readable CIFAR-10 batch file"):
+    data_sources.load_split(config, "train")
+
+  with open(batch3, "wb") as f:
+    f.write(original)
+  _rewrite(batch3, {b"data": np.zeros((20, 1024), np.uint8)})
+  with pytest.raises(DataError, match=r"data_batch_3: b'data' has shape \(20, 1024\)"):
+    data_sources.load_split(config, "train")
+
+  with open(batch3, "wb") as f:
+    f.write(original)
+  _rewrite(batch3, {b"labels": [0] * 19 + [10]})
+  with pytest.raises(DataError, match=r"data_batch_3: label 10 out of range \[0, 10\) at index 19"):
+    data_sources.load_split(config, "train")
+
+  os.remove(batch3)
+  with pytest.raises(DataError, match=r"data_batch_3: missing CIFAR-10 batch file"):
+    data_sources.load_split(config, "train")
+  # The test split's file is untouched, so it still loads.
+  assert len(data_sources.load_split(config, "test")[1]) == 20
+
+
+def test_bad_archives_are_named(tmp_path, cifar_archive):
+  archive, _ = cifar_archive
+  with open(archive, "rb") as f:
+    data = f.read()
+  truncated = tmp_path / "truncated.tar.gz"
+  truncated.write_bytes(data[:len(data) // 3])
+  with pytest.raises(DataError, match="truncated.tar.gz"):
+    data_sources.load_split(data_config(str(truncated)), "train")
+  corrupt = tmp_path / "corrupt.tar.gz"
+  corrupt.write_bytes(b"not an archive")
+  with pytest.raises(DataError, match=r"corrupt.tar.gz: not a readable tar archive"):
+    data_sources.load_split(data_config(str(corrupt)), "train")
+
+
+def test_unknown_source_is_named(cifar_dir):
+  with pytest.raises(DataError, match=r"config.data.source='kaggle' is not one of"):
+    data_sources.load_split(data_config(cifar_dir[0], source="kaggle"), "train")
+
+
+def test_tfds_offline_fails_fast_and_names_the_offline_source(tmp_path, monkeypatch):
+  monkeypatch.setattr(data_sources, "_reachable", lambda host: False)
+  config = data_config("", source="tfds", tfds_data_dir=str(tmp_path / "tfds"))
+  with pytest.raises(DataError, match=r"cannot be downloaded.*source='cifar10_dir'"):
+    data_sources.load_split(config, "train")
+
+
+def test_tfds_download_failure_names_the_offline_source(tmp_path, monkeypatch):
+  monkeypatch.setattr(data_sources, "_reachable", lambda host: True)
+
+  def fail(self, *args, **kwargs):
+    raise ConnectionError("Max retries exceeded")
+
+  monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", fail)
+  config = data_config("", source="tfds", tfds_data_dir=str(tmp_path / "tfds"))
+  with pytest.raises(DataError, match=r"downloading it failed \(ConnectionError.*cifar10_dir"):
+    data_sources.load_split(config, "train")
+
+
+@pytest.fixture(scope="module")
+def shared_cifar(tmp_path_factory):
+  archive = os.path.join(SHARED_DATA, "cifar10-train-jpeg-q75.zip")
+  if not os.path.exists(archive):
+    pytest.skip(f"the workspace's shared CIFAR-10 zip is not at {archive}")
+  out = str(tmp_path_factory.mktemp("shared") / "cifar-10-batches-py")
+  subprocess.run([sys.executable, os.path.join(SHARED_DATA, "make_cifar10_batches.py"), archive,
+                  out], check=True, capture_output=True)
+  return out
+
+
+def test_shared_training_data_loads_through_cifar10_dir(shared_cifar):
+  config = data_config(shared_cifar)
+  images, labels = data_sources.load_split(config, "train")
+  assert images.shape == (50_000, 32, 32, 3)
+  np.testing.assert_array_equal(np.bincount(labels, minlength=10), [5_000] * 10)
+  held_out = data_sources.load_split(config, "train[45000:]")[1]
+  assert len(held_out) == 5_000
+  np.testing.assert_array_equal(held_out, labels[45_000:])
