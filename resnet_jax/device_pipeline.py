@@ -1,0 +1,91 @@
+"""On-device input (`config.data.pipeline = "device"`): no host work per step.
+
+The split lives in accelerator memory as uint8 (CIFAR-10's 50,000 images are
+150 MB). Each epoch's order is a `jax.random.permutation`; `get_batch` gathers a
+batch, applies flips and integer shifts (random crop with padding, translation)
+and normalises it, all inside the caller's jitted step. Only the augmentations
+that are exact integer pixel moves are supported here; rotation, zoom and colour
+jitter need the tf.data path.
+
+The distributions match input_pipeline.augment's (tests/test_device_pipeline.py):
+flip with probability p; crop shift uniform on [-p, p]; translation
+round(U(-32 f, 32 f)), zero fill everywhere. Random streams differ, of course.
+
+Imports no TensorFlow: GPU machines used for measurement have none.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from resnet_jax import preprocessing
+
+DEVICE_AUGMENTATIONS = ("hflip", "vflip", "crop_padding", "translate")
+
+
+def check_device_augment(settings) -> None:
+  for name in preprocessing.AUGMENT_FIELDS:
+    if name not in DEVICE_AUGMENTATIONS and settings.get(name, 0):
+      raise ValueError(f"config.data.augment.{name}={settings[name]} is not supported by "
+                       f"config.data.pipeline='device' (only {list(DEVICE_AUGMENTATIONS)}); "
+                       "use pipeline='tfdata'")
+
+
+def _shift(images: jax.Array, shifts: jax.Array, limit: int) -> jax.Array:
+  """Moves each image's content by integer (dx, dy) in [-limit, limit], zero fill."""
+  padded = jnp.pad(images, ((0, 0), (limit, limit), (limit, limit), (0, 0)))
+  size = images.shape[1:]
+
+  def one(image, shift):
+    return jax.lax.dynamic_slice(image, (limit - shift[1], limit - shift[0], 0), size)
+
+  return jax.vmap(one)(padded, shifts)
+
+
+def augment(key: jax.Array, images: jax.Array, settings: dict) -> jax.Array:
+  """Flips and integer shifts of a batch [b, H, W, C]; `settings` is static."""
+  keys = jax.random.split(key, 4)
+  batch = images.shape[0]
+  for i, (name, axis) in enumerate((("hflip", 2), ("vflip", 1))):
+    if settings[name]:
+      flip = jax.random.uniform(keys[i], (batch,)) < settings[name]
+      images = jnp.where(flip[:, None, None, None], jnp.flip(images, axis), images)
+  if settings["crop_padding"]:
+    pad = int(settings["crop_padding"])
+    images = _shift(images, jax.random.randint(keys[2], (batch, 2), -pad, pad + 1), pad)
+  if settings["translate"]:
+    limit = settings["translate"] * images.shape[1]
+    shifts = jnp.round(jax.random.uniform(keys[3], (batch, 2), minval=-limit, maxval=limit))
+    images = _shift(images, shifts.astype(jnp.int32), int(np.ceil(limit)))
+  return images
+
+
+class DeviceSplit:
+  """A training split in device memory, batched and augmented inside jit."""
+
+  def __init__(self, images: np.ndarray, labels: np.ndarray, *, batch_size: int,
+               augment_settings: dict, normalization: str, seed: int = 0, sharding=None):
+    check_device_augment(augment_settings)
+    if not 1 <= batch_size <= len(labels):
+      raise ValueError(f"batch_size={batch_size} must be in [1, {len(labels)}] (the split size)")
+    self.images = jax.device_put(images, sharding)
+    self.labels = jax.device_put(labels, sharding)
+    self.batch_size, self.seed = batch_size, seed
+    self.settings = {name: augment_settings.get(name, 0) for name in DEVICE_AUGMENTATIONS}
+    mean, std = preprocessing.normalization(normalization)
+    self.mean, self.std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+    self.num_examples = len(labels)
+    self.steps_per_epoch = self.num_examples // batch_size
+
+  def epoch_order(self, epoch: int) -> jax.Array:
+    """[steps, batch] example indices of `epoch` (the remainder is dropped)."""
+    key = jax.random.fold_in(jax.random.key(self.seed), epoch)
+    order = jax.random.permutation(key, self.num_examples)
+    return order[:self.steps_per_epoch * self.batch_size].reshape(self.steps_per_epoch, -1)
+
+  def get_batch(self, order: jax.Array, step: jax.Array, key: jax.Array) -> dict:
+    """Batch `step` of an epoch order, augmented and normalised; call inside jit."""
+    indices = order[step]
+    images = augment(key, self.images[indices], self.settings)
+    images = (images.astype(jnp.float32) / 255.0 - self.mean) / self.std
+    return {"image": images, "label": self.labels[indices]}

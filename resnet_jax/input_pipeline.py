@@ -1,0 +1,221 @@
+"""tf.data input: seeded shuffle, vectorised augmentation, batching, prefetch.
+
+`create_split(data_config, split, batch_size=..., train=...)` loads the split into
+memory (resnet_jax.data_sources) and returns an `InputSplit`; iterating it gives
+one epoch of dicts of numpy arrays: "image" float32 [b, 32, 32, 3] normalised,
+"label" int32 [b], and for eval "mask" bool [b]. `split.epoch(e)` gives epoch e.
+
+Order and randomness are planned on the host in numpy from (seed, epoch) and
+drawn for the *global* batch, of which each process keeps its own rows. So a
+seed and epoch give the same batches on every run and for any process count:
+processes read disjoint shards that together make the single-process batch.
+
+Train batches drop the remainder; eval batches cover every example exactly once,
+padding the last batch with masked-out copies of example 0.
+
+Augmentations run after batching, on whole batches (one op call per batch, not
+per image): this is what makes the tf.data path fast on a 2-core host.
+"""
+
+import math
+from typing import Iterator
+
+import jax
+import numpy as np
+import tensorflow as tf
+
+from resnet_jax import data_sources, preprocessing
+
+# JAX owns the accelerators; TensorFlow only feeds it from the host.
+try:
+  tf.config.set_visible_devices([], "GPU")
+except RuntimeError:  # TensorFlow already initialised its devices elsewhere
+  pass
+
+
+def _uniform(seed, rows, shape, low, high, dtype=tf.float32):
+  """U(low, high) for the global batch, sliced to this process's rows."""
+  start, stop, global_batch = rows
+  values = tf.random.stateless_uniform((global_batch, *shape), seed=seed, minval=low,
+                                       maxval=high, dtype=dtype)
+  return values[start:stop]
+
+
+def _transform(images, transforms):
+  """Per-image projective transforms: nearest neighbour, zero fill (torchvision's defaults)."""
+  return tf.raw_ops.ImageProjectiveTransformV3(
+      images=images, transforms=transforms, output_shape=tf.shape(images)[1:3],
+      fill_value=0.0, interpolation="NEAREST", fill_mode="CONSTANT")
+
+
+def _shift_transforms(dx, dy):
+  """Moves content by (dx, dy) pixels: output (x, y) samples input (x - dx, y - dy)."""
+  one, zero = tf.ones_like(dx), tf.zeros_like(dx)
+  return tf.stack([one, zero, -dx, zero, one, -dy, zero, zero], axis=1)
+
+
+def _about_centre(a, b, c, d, size):
+  """Output p samples input centre + [[a, b], [c, d]] (p - centre)."""
+  centre = (size - 1) / 2
+  zero = tf.zeros_like(a)
+  return tf.stack([a, b, centre - a * centre - b * centre,
+                   c, d, centre - c * centre - d * centre, zero, zero], axis=1)
+
+
+def _grayscale(images):
+  return tf.reduce_sum(images * tf.constant([0.2989, 0.587, 0.114]), -1, keepdims=True)
+
+
+def _jitter_op(name, images, factor):
+  """One ColorJitter component with per-image `factor` [b]."""
+  f = factor[:, None, None, None]
+  if name == "brightness":
+    out = images * f
+  elif name == "contrast":
+    mean = tf.reduce_mean(_grayscale(images), axis=[1, 2, 3], keepdims=True)
+    out = f * images + (1 - f) * mean
+  elif name == "saturation":
+    out = f * images + (1 - f) * _grayscale(images)
+  else:  # hue: rotate the hue channel by `factor` turns
+    h, s, v = tf.unstack(tf.image.rgb_to_hsv(images), axis=-1)
+    out = tf.image.hsv_to_rgb(tf.stack([tf.math.floormod(h + f[..., 0], 1.0), s, v], -1))
+  return tf.clip_by_value(out, 0.0, 1.0)
+
+
+def augment(images, seed, settings, rows):
+  """Applies the seed's augmentations to a float batch in [0, 1].
+
+  Args:
+    images: float32 [b, H, W, 3] in [0, 1].
+    seed: int32 [2], the stateless seed of this global batch.
+    settings: every field of preprocessing.AUGMENT_FIELDS.
+    rows: (start, stop, global_batch): this process's rows of the global batch.
+  """
+  seeds = tf.unstack(tf.random.experimental.stateless_split(seed, num=12))
+  size = tf.cast(tf.shape(images)[1], tf.float32)
+  for i, axis in enumerate((2, 1)):  # hflip mirrors W, vflip mirrors H
+    p = settings[("hflip", "vflip")[i]]
+    if p:
+      flip = _uniform(seeds[i], rows, (), 0.0, 1.0) < p
+      images = tf.where(flip[:, None, None, None], tf.reverse(images, [axis]), images)
+  if settings["rotation"]:
+    angle = _uniform(seeds[2], rows, (), -settings["rotation"], settings["rotation"])
+    angle = angle * (math.pi / 180)
+    cos, sin = tf.cos(angle), tf.sin(angle)
+    images = _transform(images, _about_centre(cos, -sin, sin, cos, size))
+  if settings["zoom"]:
+    inverse = 1 / _uniform(seeds[3], rows, (), 1 - settings["zoom"], 1 + settings["zoom"])
+    images = _transform(images, _about_centre(inverse, 0 * inverse, 0 * inverse, inverse, size))
+  if settings["crop_padding"]:
+    pad = int(settings["crop_padding"])
+    shift = tf.cast(_uniform(seeds[4], rows, (2,), -pad, pad + 1, tf.int32), tf.float32)
+    images = _transform(images, _shift_transforms(shift[:, 0], shift[:, 1]))
+  if settings["translate"]:
+    limit = settings["translate"] * 32
+    shift = tf.round(_uniform(seeds[5], rows, (2,), -limit, limit))
+    images = _transform(images, _shift_transforms(shift[:, 0], shift[:, 1]))
+  jitter = [name for name in preprocessing.JITTER_OPS if settings[name]]
+  if jitter:
+    factors = {}
+    for i, name in enumerate(jitter):
+      x = settings[name]
+      low, high = (-x, x) if name == "hue" else (max(0.0, 1 - x), 1 + x)
+      factors[name] = _uniform(seeds[6 + i], rows, (), low, high)
+    # torchvision draws a fresh order of the four per image. Slot by slot, each
+    # image goes to the op its order names: partition, apply, stitch back, so
+    # every image pays for each op once (hue's HSV round trip is the costly one).
+    order = tf.argsort(_uniform(seeds[10], rows, (len(jitter),), 0.0, 1.0), axis=1)
+    positions = tf.range(tf.shape(images)[0])
+    for slot in range(len(jitter)):
+      parts = tf.dynamic_partition(images, order[:, slot], len(jitter))
+      where = tf.dynamic_partition(positions, order[:, slot], len(jitter))
+      images = tf.dynamic_stitch(where, [
+          _jitter_op(name, part, tf.gather(factors[name], rows_k))
+          for name, part, rows_k in zip(jitter, parts, where)])
+  return images
+
+
+class InputSplit:
+  """A split held in memory; iterating gives one epoch of batches."""
+
+  def __init__(self, images: np.ndarray, labels: np.ndarray, *, batch_size: int, train: bool,
+               augment_settings: dict | None, normalization: str, seed: int = 0,
+               process_index: int = 0, process_count: int = 1):
+    if batch_size < 1 or batch_size % process_count:
+      raise ValueError(f"batch_size={batch_size} must be a positive multiple of the process "
+                       f"count {process_count}")
+    if train and len(labels) < batch_size:
+      raise ValueError(f"batch_size={batch_size} exceeds the {len(labels)} training examples")
+    self.images, self.labels = images, labels
+    self.batch_size, self.train, self.seed = batch_size, train, seed
+    self.augment_settings = augment_settings
+    self.mean, self.std = preprocessing.normalization(normalization)
+    self.process_index, self.process_count = process_index, process_count
+    self.num_examples = len(labels)
+
+  @property
+  def steps_per_epoch(self) -> int:
+    if self.train:
+      return self.num_examples // self.batch_size
+    return -(-self.num_examples // self.batch_size)
+
+  def _plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """This process's example indices and validity mask, [steps, local batch]."""
+    steps, n = self.steps_per_epoch, self.num_examples
+    if self.train:
+      order = np.random.default_rng([self.seed, epoch]).permutation(n)[:steps * self.batch_size]
+    else:
+      order = np.arange(steps * self.batch_size)
+    mask = order < n
+    order = np.where(mask, order, 0).reshape(steps, self.batch_size)
+    local = self.batch_size // self.process_count
+    rows = slice(self.process_index * local, (self.process_index + 1) * local)
+    return order[:, rows], mask.reshape(steps, self.batch_size)[:, rows]
+
+  def dataset(self, epoch: int = 0) -> tf.data.Dataset:
+    order, mask = self._plan(epoch)
+    local = self.batch_size // self.process_count
+    rows = (self.process_index * local, (self.process_index + 1) * local, self.batch_size)
+    batch_seeds = np.random.default_rng([self.seed, epoch, 1]).integers(
+        0, 2**31 - 1, size=(len(order), 2), dtype=np.int32)
+    images, labels = tf.constant(self.images), tf.constant(self.labels)
+    mean, std = tf.constant(self.mean), tf.constant(self.std)
+
+    def load(indices, valid, seed):
+      x = tf.cast(tf.gather(images, indices), tf.float32) / 255.0
+      if self.train and self.augment_settings:
+        x = augment(x, seed, self.augment_settings, rows)
+      batch = {"image": (x - mean) / std, "label": tf.gather(labels, indices)}
+      if not self.train:
+        batch["mask"] = valid
+      return batch
+
+    ds = tf.data.Dataset.from_tensor_slices((order, mask, batch_seeds))
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+  def epoch(self, epoch: int) -> Iterator[dict]:
+    return self.dataset(epoch).as_numpy_iterator()
+
+  def __iter__(self) -> Iterator[dict]:
+    return self.epoch(0)
+
+  def __len__(self) -> int:
+    return self.steps_per_epoch
+
+
+def create_split(data_config, split: str, *, batch_size: int, train: bool,
+                 seed: int = 0) -> InputSplit:
+  """The tf.data pipeline for `split` under `data_config` (see module docstring).
+
+  `batch_size` is global: each of jax.process_count() processes yields its
+  batch_size / process_count rows of every batch.
+  """
+  settings = None
+  if train:
+    settings = preprocessing.augment_settings(**dict(data_config.augment))
+  images, labels = data_sources.load_split(data_config, split)
+  return InputSplit(images, labels, batch_size=batch_size, train=train,
+                    augment_settings=settings, normalization=data_config.normalization,
+                    seed=seed, process_index=jax.process_index(),
+                    process_count=jax.process_count())

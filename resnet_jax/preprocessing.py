@@ -1,0 +1,76 @@
+"""Augmentation presets and normalisations shared by the tf.data and device pipelines.
+
+No TensorFlow and no JAX here: configs, the tf.data pipeline and the on-device
+pipeline all read these.
+
+Augmentation fields (0 disables one), applied in this order, as the seed's
+torchvision Compose lists them:
+  hflip, vflip      probability of a horizontal / vertical flip
+  rotation          degrees: angle ~ U(-r, r), nearest neighbour, zero fill
+                    (torchvision RandomRotation)
+  zoom              scale ~ U(1 - z, 1 + z) about the centre, nearest, zero fill
+  crop_padding      RandomCrop(32, padding=p): a uniform integer shift in [-p, p]
+                    per axis with zero fill, which is exactly pad-then-crop
+  translate         fraction f: shift = round(U(-32 f, 32 f)) pixels per axis
+                    (torchvision RandomAffine(translate=(f, f)))
+  brightness, contrast, saturation, hue
+                    torchvision ColorJitter: factors ~ U(1 - b, 1 + b) etc.,
+                    hue shift ~ U(-h, h), the four applied in a random order per
+                    image, clipped to [0, 1]
+"""
+
+AUGMENT_FIELDS = ("hflip", "vflip", "rotation", "zoom", "crop_padding", "translate",
+                  "brightness", "contrast", "saturation", "hue")
+AUGMENT_PRESETS = {
+    "none": {},
+    # Seed shallow notebook: RandomHorizontalFlip, RandomCrop(32, padding=4).
+    "shallow": {"hflip": 0.5, "crop_padding": 4},
+    # Seed deep notebook: flips both ways, RandomRotation(10), RandomCrop(32, 4),
+    # RandomAffine(translate=(0.1, 0.1)), ColorJitter(0.2, 0.2, 0.2, 0.1).
+    "deep": {"hflip": 0.5, "vflip": 0.5, "rotation": 10.0, "crop_padding": 4,
+             "translate": 0.1, "brightness": 0.2, "contrast": 0.2, "saturation": 0.2,
+             "hue": 0.1},
+}
+NORMALIZATIONS = {
+    "seed": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # the seed's Normalize(0.5, 0.5)
+    "cifar": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),  # per-channel statistics
+}
+JITTER_OPS = ("brightness", "contrast", "saturation", "hue")
+
+
+def augment_settings(preset: str = "none", **overrides: float) -> dict[str, float]:
+  """Every augmentation field for `preset`, with overrides; errors name the bad key."""
+  if preset not in AUGMENT_PRESETS:
+    raise ValueError(f"augmentation preset {preset!r} is not one of {sorted(AUGMENT_PRESETS)}")
+  settings = {name: 0.0 for name in AUGMENT_FIELDS}
+  settings.update(AUGMENT_PRESETS[preset])
+  settings.update(overrides)
+  check_augment(settings)
+  return settings
+
+
+def check_augment(settings) -> None:
+  """Validates an augmentation mapping (a dict or ConfigDict)."""
+  unknown = sorted(set(settings) - set(AUGMENT_FIELDS))
+  if unknown:
+    raise ValueError(f"config.data.augment has unknown augmentation(s) {unknown}; "
+                     f"known: {list(AUGMENT_FIELDS)}")
+  for name in ("hflip", "vflip"):
+    if not 0 <= settings.get(name, 0) <= 1:
+      raise ValueError(f"config.data.augment.{name}={settings[name]} is a probability, "
+                       "not in [0, 1]")
+  for name in AUGMENT_FIELDS:
+    if settings.get(name, 0) < 0:
+      raise ValueError(f"config.data.augment.{name}={settings[name]} must be >= 0")
+  for name in ("zoom", "brightness", "contrast", "saturation"):
+    if settings.get(name, 0) >= 1:
+      raise ValueError(f"config.data.augment.{name}={settings[name]} must be < 1")
+  if settings.get("hue", 0) > 0.5:
+    raise ValueError(f"config.data.augment.hue={settings['hue']} must be <= 0.5")
+
+
+def normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+  """(mean, std) per channel for images scaled to [0, 1]."""
+  if name not in NORMALIZATIONS:
+    raise ValueError(f"config.data.normalization={name!r} is not one of {sorted(NORMALIZATIONS)}")
+  return NORMALIZATIONS[name]

@@ -1,0 +1,86 @@
+"""The on-device pipeline: jit-able batches whose augmentations match tf.data's."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from resnet_jax import device_pipeline, preprocessing
+from tests.test_input_pipeline import _augment as tf_augment
+from tests.test_input_pipeline import _centroids, _marker_images
+
+
+def _device_augment(images, **fields):
+  settings = preprocessing.augment_settings("none", **fields)
+  uint8 = jnp.asarray(np.round(images * 255).astype(np.uint8))
+  out = jax.jit(lambda key, x: device_pipeline.augment(key, x, settings))(jax.random.key(0), uint8)
+  return np.asarray(out).astype(np.float32) / 255
+
+
+def _shift_frequencies(images, limit):
+  shifts = (_centroids(images) - 16).astype(int)
+  return [np.bincount(shifts[:, axis] + limit, minlength=2 * limit + 1) / len(images)
+          for axis in (0, 1)]
+
+
+@pytest.mark.parametrize("fields,limit", [(dict(crop_padding=4), 4), (dict(translate=0.1), 3),
+                                          (dict(crop_padding=4, translate=0.1), 7)])
+def test_shift_distributions_match_tfdata(fields, limit):
+  markers = _marker_images(6000)
+  ours = _shift_frequencies(_device_augment(markers, **fields), limit)
+  theirs = _shift_frequencies(tf_augment(markers, **fields), limit)
+  for axis in (0, 1):
+    np.testing.assert_allclose(ours[axis], theirs[axis], atol=0.02)
+
+
+def test_flips_match_tfdata_and_are_exact():
+  images = np.random.default_rng(0).random((3000, 32, 32, 3)).astype(np.float32)
+  images = np.round(images * 255) / 255
+  out = _device_augment(images, hflip=0.5, vflip=0.2)
+  h, v = np.flip(images, 2), np.flip(images, 1)
+  kinds = [np.all(out == x, axis=(1, 2, 3)) for x in (images, h, v, np.flip(h, 1))]
+  assert np.all(np.sum(kinds, 0) == 1)  # every image is one exact flip combination
+  ours = np.array([k.mean() for k in kinds])
+  tf_out = tf_augment(images, hflip=0.5, vflip=0.2)
+  theirs = np.array([np.all(tf_out == x, axis=(1, 2, 3)).mean()
+                     for x in (images, h, v, np.flip(h, 1))])
+  np.testing.assert_allclose(ours, theirs, atol=0.04)
+  np.testing.assert_allclose(ours, [0.4, 0.4, 0.1, 0.1], atol=0.04)
+
+
+def test_device_split_batches_inside_jit_deterministically():
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (100, 32, 32, 3), dtype=np.uint8)
+  labels = rng.integers(0, 10, 100).astype(np.int32)
+  split = device_pipeline.DeviceSplit(images, labels, batch_size=32,
+                                      augment_settings=preprocessing.augment_settings("shallow"),
+                                      normalization="seed", seed=1)
+  assert split.steps_per_epoch == 3
+  order = split.epoch_order(0)
+  assert order.shape == (3, 32) and len(set(np.asarray(order).ravel().tolist())) == 96
+  np.testing.assert_array_equal(order, split.epoch_order(0))
+  assert not np.array_equal(order, split.epoch_order(1))
+  batch = jax.jit(split.get_batch)(order, 1, jax.random.key(3))
+  assert batch["image"].shape == (32, 32, 32, 3) and batch["image"].dtype == jnp.float32
+  np.testing.assert_array_equal(batch["label"], labels[np.asarray(order[1])])
+  pixels = (np.asarray(batch["image"]) * 0.5 + 0.5) * 255  # undo the seed normalisation
+  np.testing.assert_allclose(pixels, np.clip(np.round(pixels), 0, 255), atol=1e-3)
+
+
+def test_unsupported_augmentation_is_named():
+  with pytest.raises(ValueError, match=r"config.data.augment.rotation=10.0 is not supported"):
+    device_pipeline.DeviceSplit(np.zeros((4, 32, 32, 3), np.uint8), np.zeros(4, np.int32),
+                                batch_size=2, augment_settings=preprocessing.augment_settings(
+                                    "deep"), normalization="seed")
+
+
+def test_input_benchmark_prints_its_json(tmp_path):
+  import json, subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
+  result = subprocess.run([sys.executable, "scripts/benchmark_input.py", "--steps", "3",
+                           "--batch_size", "64"], capture_output=True, text=True, check=True)
+  report = json.loads(result.stdout)
+  assert report["command"].startswith("scripts/benchmark_input.py")
+  kinds = {(r["pipeline"], r["preset"]) for r in report["results"]}
+  assert kinds == {("tfdata", "shallow"), ("tfdata", "deep"), ("tfdata", "none"),
+                   ("device", "shallow")}
+  assert all(r["images_per_s"] > 0 for r in report["results"])
