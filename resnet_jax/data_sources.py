@@ -1,6 +1,7 @@
 """CIFAR-10 splits as in-memory uint8 arrays, from TFDS or from the standard files.
 
-Two sources behind `config.data.source`:
+Sources behind `config.data.source` ("synthetic", generated data for smoke runs
+and tests, is the third):
   "cifar10_dir": `config.data.dir` is a `cifar-10-batches-py` directory or the
       `cifar-10-python.tar.gz` archive (the files CIFAR's site, torchvision and
       keras caches hold). Slices follow the files' order: data_batch_1..5 make
@@ -42,7 +43,7 @@ class DataError(ValueError):
   """Bad data or a bad split string; the message names the file or value."""
 
 
-def _split_match(split: str) -> re.Match:
+def check_split(split: str) -> re.Match:
   """Checks a split string's form and split name."""
   match = _SPLIT_RE.match(split.strip()) if isinstance(split, str) else None
   if not match:
@@ -62,7 +63,7 @@ def parse_split(split: str, sizes: dict[str, int] = SPLIT_SIZES) -> tuple[str, i
   error) or percents, rounded to the closest example as TFDS does. tests/test_data_sources.py checks it against
   tfds.core.ReadInstruction; it lives here because GPU machines lack TFDS.
   """
-  match = _split_match(split)
+  match = check_split(split)
   name = match["name"]
   n = sizes[name]
 
@@ -132,7 +133,7 @@ def _batches_in_archive(archive: str, files: list[str]) -> Iterator[tuple[str, C
 
 def load_cifar10_dir(location: str, split: str) -> tuple[np.ndarray, np.ndarray]:
   """The split's examples from a cifar-10-batches-py directory or .tar.gz archive."""
-  name = _split_match(split)["name"]
+  name = check_split(split)["name"]
   if not location:
     raise DataError("config.data.dir is empty; set it to a cifar-10-batches-py directory or "
                     "cifar-10-python.tar.gz")
@@ -158,7 +159,7 @@ def _reachable(host: str, timeout: float = 5.0) -> bool:
 
 def load_tfds(split: str, data_dir: str | None = None) -> tuple[np.ndarray, np.ndarray]:
   """The split from TFDS "cifar10", downloading and preparing it when needed."""
-  _split_match(split)  # the same validation and messages as the offline source
+  check_split(split)  # the same validation and messages as the offline source
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   data_dir = data_dir or os.environ.get("TFDS_DATA_DIR")
   builder = tfds.builder("cifar10", data_dir=data_dir)
@@ -178,11 +179,34 @@ def load_tfds(split: str, data_dir: str | None = None) -> tuple[np.ndarray, np.n
           np.concatenate([c["label"] for c in chunks]).astype(np.int32))
 
 
+def load_synthetic(split: str, sizes: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+  """Generated, learnable CIFAR-shaped data for smoke runs and tests (no files, no network).
+
+  Each class has its own mean colour and a bright square at a class-specific
+  place, under uniform noise: a tiny model learns it within a few epochs.
+  """
+  name, start, stop = parse_split(split, sizes)
+  rng = np.random.default_rng(list(SPLIT_FILES).index(name))
+  labels = rng.integers(0, NUM_CLASSES, sizes[name]).astype(np.int32)
+  colours = np.random.default_rng(10).integers(40, 216, (NUM_CLASSES, 3))
+  images = colours[labels][:, None, None, :] + rng.integers(-40, 41, (sizes[name], 32, 32, 3))
+  for c in range(NUM_CLASSES):
+    y, x = divmod(c, 4)
+    images[labels == c, 4 + 7 * y:10 + 7 * y, 4 + 7 * x:10 + 7 * x] = 255
+  images = np.clip(images, 0, 255).astype(np.uint8)
+  return images[start:stop], labels[start:stop]
+
+
+SOURCES = ("cifar10_dir", "tfds", "synthetic")
+
+
 def load_split(data_config, split: str) -> tuple[np.ndarray, np.ndarray]:
   """(images uint8 [N, 32, 32, 3], labels int32 [N]) of `split` from the configured source."""
   if data_config.source == "cifar10_dir":
     return load_cifar10_dir(data_config.dir, split)
   if data_config.source == "tfds":
     return load_tfds(split, data_config.get("tfds_data_dir"))
-  raise DataError(f"config.data.source={data_config.source!r} is not one of "
-                  "['cifar10_dir', 'tfds']")
+  if data_config.source == "synthetic":
+    return load_synthetic(split, {"train": data_config.synthetic_train_size,
+                                  "test": data_config.synthetic_test_size})
+  raise DataError(f"config.data.source={data_config.source!r} is not one of {list(SOURCES)}")

@@ -1,0 +1,69 @@
+"""Checks a training config before any compute: one-line errors naming key and value."""
+
+import jax
+
+from resnet_jax import data_sources, device_pipeline, models, optim, preprocessing
+
+PIPELINES = ("tfdata", "device")
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; the message names `config.<key>=<value>`."""
+
+
+def _choice(config, key: str, allowed) -> None:
+  value = config
+  for part in key.split("."):
+    value = value[part]
+  if value not in allowed:
+    raise ConfigError(f"config.{key}={value!r} is not one of {list(allowed)}")
+
+
+def _positive(config, *keys: str) -> None:
+  for key in keys:
+    value = config
+    for part in key.split("."):
+      value = value[part]
+    if not value > 0:
+      raise ConfigError(f"config.{key}={value!r} must be positive")
+
+
+def validate(config) -> None:
+  """Raises ConfigError for the first bad value found."""
+  _choice(config, "model.name", sorted(models.PRESETS))
+  _choice(config, "optimizer.name", optim.OPTIMIZERS)
+  _choice(config, "optimizer.schedule", optim.SCHEDULES)
+  _choice(config, "optimizer.decay", optim.DECAY_TARGETS)
+  _choice(config, "optimizer.plateau.metric", optim.PLATEAU_METRICS)
+  _choice(config, "data.source", data_sources.SOURCES)
+  _choice(config, "data.pipeline", PIPELINES)
+  _choice(config, "data.normalization", sorted(preprocessing.NORMALIZATIONS))
+  _choice(config, "dtype", sorted(models.DTYPES))
+  _positive(config, "optimizer.learning_rate", "num_epochs", "batch_size", "eval_batch_size",
+            "optimizer.accumulation_steps")
+  if config.optimizer.weight_decay < 0:
+    raise ConfigError(f"config.optimizer.weight_decay={config.optimizer.weight_decay} "
+                      "must be >= 0")
+  if not 0 <= config.label_smoothing < 1:
+    raise ConfigError(f"config.label_smoothing={config.label_smoothing} is not in [0, 1)")
+  for key in ("batch_size", "eval_batch_size"):
+    if config[key] % jax.device_count():
+      raise ConfigError(f"config.{key}={config[key]} is not divisible by the "
+                        f"{jax.device_count()} devices")
+  try:
+    preprocessing.check_augment(config.data.augment)
+    if config.data.pipeline == "device":
+      device_pipeline.check_device_augment(config.data.augment)
+  except ValueError as e:  # their messages already name config.data.augment.<key>
+    raise ConfigError(str(e)) from e
+  for key in ("train_split", "eval_split"):
+    try:
+      data_sources.check_split(config.data[key])
+    except data_sources.DataError as e:
+      raise ConfigError(f"config.data.{key}: {e}") from e
+  fields = dict(config.model)
+  try:
+    models.get_model(fields.pop("name"), dtype=config.dtype, **fields)
+  except ValueError as e:  # field and budget errors say "model.<field>" or the count
+    raise ConfigError(f"config.{e}" if str(e).startswith("model") else f"config.model: {e}") \
+        from e

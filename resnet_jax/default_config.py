@@ -1,0 +1,64 @@
+"""Every config key, with defaults; configs/*.py start from `get_config()` and change a few.
+
+Keys (see README "Configuration"):
+  model.name           preset ("shallow", "deep"); any other model.<field> overrides a
+                       models.ResNet field (e.g. model.stage_widths=(32, 64, 128))
+  dtype                compute dtype: "float32", "bfloat16" (parameters stay float32)
+  seed                 initialisation, dropout, data order and augmentation
+  num_epochs, batch_size (global), eval_batch_size, label_smoothing
+  data.*               source, dir, tfds_data_dir, train_split, eval_split,
+                       augment.<field>, normalization, pipeline ("tfdata", "device"),
+                       synthetic_train_size, synthetic_test_size
+  optimizer.*          see resnet_jax/optim.py
+"""
+
+import ml_collections
+
+from resnet_jax import preprocessing
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.model = ml_collections.ConfigDict({"name": "shallow"})
+  config.dtype = "float32"
+  config.seed = 0
+  config.num_epochs = 30
+  config.batch_size = 128
+  config.eval_batch_size = 500
+  config.label_smoothing = 0.0
+
+  config.data = ml_collections.ConfigDict()
+  config.data.source = "tfds"
+  config.data.dir = ""
+  config.data.tfds_data_dir = ml_collections.config_dict.placeholder(str)
+  config.data.train_split = "train"
+  config.data.eval_split = "test"
+  config.data.augment = preprocessing.augment_settings("shallow")
+  config.data.normalization = "seed"
+  config.data.pipeline = "tfdata"
+  config.data.synthetic_train_size = 512
+  config.data.synthetic_test_size = 256
+
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.name = "adam"
+  config.optimizer.learning_rate = 1e-3
+  config.optimizer.weight_decay = 0.0
+  config.optimizer.decay = "all"
+  config.optimizer.b1 = 0.9
+  config.optimizer.b2 = 0.999
+  config.optimizer.eps = 1e-8
+  config.optimizer.momentum = 0.9
+  config.optimizer.nesterov = False
+  config.optimizer.schedule = "constant"
+  config.optimizer.step_epochs = 10
+  config.optimizer.gamma = 0.1
+  config.optimizer.warmup_epochs = 0.0
+  config.optimizer.accumulation_steps = 1
+  config.optimizer.plateau = ml_collections.ConfigDict()
+  config.optimizer.plateau.enabled = False
+  config.optimizer.plateau.metric = "train_loss"
+  config.optimizer.plateau.factor = 0.1
+  config.optimizer.plateau.patience = 2
+  config.optimizer.plateau.cooldown = 0
+  config.optimizer.plateau.rtol = 1e-4
+  return config

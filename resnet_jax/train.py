@@ -1,0 +1,205 @@
+"""Training and evaluation: create_train_state, train_step, eval_step, train_and_evaluate.
+
+Data parallelism is jax.jit over a 1-D device mesh ("data"): the train state is
+replicated, every batch is sharded along its leading axis, and XLA inserts the
+gradient all-reduce. The same code runs on one CPU, N GPUs or a multi-host TPU
+slice (after jax.distributed.initialize()); BatchNorm statistics are over the
+global batch because the model's means are plain jnp reductions under GSPMD.
+
+The model, optimizer and steps import no TensorFlow; only `train_and_evaluate`
+(through input_pipeline) does, so GPU machines can drive the steps from numpy.
+"""
+
+import functools
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from absl import logging
+from clu import metrics
+from flax.training import train_state
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from resnet_jax import config_validation, data_sources, models, optim
+
+
+class TrainState(train_state.TrainState):
+  """Flax's TrainState plus BatchNorm statistics, the plateau state and a base rng."""
+
+  batch_stats: Any = None
+  plateau: Any = None  # optax ReduceLROnPlateauState; its scale multiplies updates
+  rng: jax.Array = None  # uint32[2]; dropout keys are fold_in(rng, step)
+
+
+@flax.struct.dataclass
+class Metrics(metrics.Collection):
+  loss: metrics.Average.from_output("loss")
+  accuracy: metrics.Accuracy
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0):
+  """Per-example softmax cross-entropy in float32, with optional label smoothing."""
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+  return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+
+
+def build_model(config: ml_collections.ConfigDict) -> models.ResNet:
+  fields = dict(config.model)
+  name = fields.pop("name")
+  return models.get_model(name, dtype=config.dtype, **fields)
+
+
+def create_train_state(config, model: models.ResNet, updates_per_epoch: int) -> TrainState:
+  """Initial parameters, optimizer and plateau state from `config.seed`."""
+  init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+  variables = models.init_variables(model, init_rng)
+  tx, _ = optim.create_optimizer(config.optimizer, updates_per_epoch, config.num_epochs)
+  plateau = optim.plateau_from_config(config.optimizer)
+  return TrainState.create(
+      apply_fn=model.apply, params=variables["params"], tx=tx,
+      batch_stats=variables["batch_stats"],
+      plateau=(plateau or optim.Plateau()).init(), rng=dropout_rng)
+
+
+def train_step(state: TrainState, batch: dict, label_smoothing: float = 0.0):
+  """One optimizer (or accumulation) step; returns the new state and its metrics."""
+  dropout_rng = jax.random.fold_in(state.rng, state.step)
+
+  def loss_fn(params):
+    logits, updates = state.apply_fn(
+        {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
+        mutable=["batch_stats"], rngs={"dropout": dropout_rng})
+    loss = cross_entropy(logits, batch["label"], label_smoothing)
+    return loss.mean(), (logits, loss, updates["batch_stats"])
+
+  grads, (logits, loss, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+  # The plateau scale multiplies the step (not the gradient): the applied lr.
+  updates = jax.tree.map(lambda u: u * state.plateau.scale, updates)
+  state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                        opt_state=opt_state, batch_stats=batch_stats)
+  return state, Metrics.single_from_model_output(loss=loss, logits=logits, labels=batch["label"])
+
+
+def eval_step(state: TrainState, batch: dict) -> Metrics:
+  """Deterministic evaluation (running BN statistics, no dropout), honouring the mask."""
+  logits = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
+                          batch["image"], train=False)
+  loss = cross_entropy(logits, batch["label"])
+  return Metrics.single_from_model_output(loss=loss, logits=logits, labels=batch["label"],
+                                          mask=batch["mask"])
+
+
+class Steps:
+  """The jitted steps over a data-parallel mesh, and host-to-device batch placement."""
+
+  def __init__(self, config, mesh: jax.sharding.Mesh | None = None):
+    self.mesh = mesh or jax.make_mesh((jax.device_count(),), ("data",))
+    self.replicated = NamedSharding(self.mesh, P())
+    self.data = NamedSharding(self.mesh, P("data"))
+    self.train = jax.jit(
+        functools.partial(train_step, label_smoothing=config.label_smoothing),
+        in_shardings=(self.replicated, self.data), out_shardings=self.replicated,
+        donate_argnums=0)
+    self.eval = jax.jit(eval_step, in_shardings=(self.replicated, self.data),
+                        out_shardings=self.replicated)
+
+  def place_state(self, state: TrainState) -> TrainState:
+    return jax.device_put(state, self.replicated)
+
+  def place_batch(self, batch: dict) -> dict:
+    """Assembles the global batch from this process's rows."""
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self.data, x), batch)
+
+
+def evaluate(steps: Steps, state: TrainState, split) -> dict[str, float]:
+  total = None
+  for batch in split:
+    m = steps.eval(state, steps.place_batch(batch))
+    total = m if total is None else total.merge(m)
+  return {k: float(v) for k, v in total.compute().items()}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str) -> tuple[TrainState, list[dict]]:
+  """Trains `config` for config.num_epochs, evaluating on config.data.eval_split each epoch.
+
+  Returns the final state and the history: one dict of scalars per epoch, as
+  written to TensorBoard (train_/eval_ loss and accuracy, learning_rate, ...).
+  """
+  from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top
+  from resnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+
+  config_validation.validate(config)
+  model = build_model(config)
+  train_split = input_pipeline.create_split(config.data, config.data.train_split,
+                                            batch_size=config.batch_size, train=True,
+                                            seed=config.seed)
+  eval_split = input_pipeline.create_split(config.data, config.data.eval_split,
+                                           batch_size=config.eval_batch_size, train=False)
+  accumulation = config.optimizer.accumulation_steps
+  # Whole accumulation groups only, so no gradient is carried across epochs.
+  steps_per_epoch = train_split.steps_per_epoch // accumulation * accumulation
+  if steps_per_epoch == 0:
+    raise data_sources.DataError(
+        f"config.data.train_split={config.data.train_split!r} has {train_split.num_examples} "
+        f"examples: fewer than one update of batch_size={config.batch_size} x "
+        f"accumulation_steps={accumulation}")
+  updates_per_epoch = steps_per_epoch // accumulation
+
+  steps = Steps(config)
+  state = steps.place_state(create_train_state(config, model, updates_per_epoch))
+  _, schedule = optim.create_optimizer(config.optimizer, updates_per_epoch, config.num_epochs)
+  plateau = optim.plateau_from_config(config.optimizer)
+
+  writer = metric_writers.create_default_writer(workdir,
+                                                just_logging=jax.process_index() > 0)
+  writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()})
+  logging.info("model %s: %s parameters; %d train / %d eval examples; %d steps per epoch",
+               config.model.name, f"{models.count_params(model):,}", train_split.num_examples,
+               eval_split.num_examples, steps_per_epoch)
+  total_steps = steps_per_epoch * config.num_epochs
+  progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
+                                             every_secs=60)
+  history = []
+  for epoch in range(config.num_epochs):
+    start, train_metrics = time.perf_counter(), None
+    for _, batch in zip(range(steps_per_epoch), train_split.epoch(epoch)):
+      state, m = steps.train(state, steps.place_batch(batch))
+      train_metrics = m if train_metrics is None else train_metrics.merge(m)
+      progress(int(state.step))
+    train_summary = {k: float(v) for k, v in train_metrics.compute().items()}
+    seconds = time.perf_counter() - start
+    eval_summary = evaluate(steps, state, eval_split)
+    scale = float(state.plateau.scale)
+    lr = float(schedule(int(state.step) // accumulation - 1)) * scale
+    if plateau:  # once per epoch, on the configured metric
+      value = train_summary["loss"] if config.optimizer.plateau.metric == "train_loss" \
+          else eval_summary["loss"]
+      state = state.replace(plateau=plateau.update(state.plateau, value))
+    scalars = {"epoch": epoch + 1, "learning_rate": lr,
+               "images_per_s": steps_per_epoch * config.batch_size / seconds,
+               **{f"train_{k}": v for k, v in train_summary.items()},
+               **{f"eval_{k}": v for k, v in eval_summary.items()}}
+    writer.write_scalars(int(state.step), scalars)
+    history.append(scalars)
+    logging.info("epoch %d/%d: train loss %.4f acc %.4f | eval loss %.4f acc %.4f | lr %.3g | "
+                 "%.0f images/s", epoch + 1, config.num_epochs, train_summary["loss"],
+                 train_summary["accuracy"], eval_summary["loss"], eval_summary["accuracy"], lr,
+                 scalars["images_per_s"])
+  writer.flush()
+  return state, history
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+  return flat

@@ -1,0 +1,144 @@
+"""Optimizers against PyTorch, gradient accumulation, the once-per-epoch plateau."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import torch
+
+from resnet_jax import default_config, optim
+
+
+def _opt_config(**changes):
+  config = default_config.get_config().optimizer
+  for key, value in changes.items():
+    config[key] = value
+  return config
+
+
+def _problem():
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(64, 5)).astype(np.float32)
+  y = rng.normal(size=(64, 3)).astype(np.float32)
+  w = rng.normal(size=(5, 3)).astype(np.float32)
+  return x, y, w
+
+
+def test_coupled_l2_adam_matches_torch_adam_weight_decay():
+  x, y, w0 = _problem()
+  tx, _ = optim.create_optimizer(_opt_config(name="adam", learning_rate=1e-2,
+                                             weight_decay=1e-1), 10, 1)
+  params = {"kernel": jnp.asarray(w0)}
+  state = tx.init(params)
+  loss = lambda p: jnp.mean((x @ p["kernel"] - y) ** 2)
+  for _ in range(20):
+    updates, state = tx.update(jax.grad(loss)(params), state, params)
+    params = optax.apply_updates(params, updates)
+
+  w = torch.tensor(w0, requires_grad=True)
+  opt = torch.optim.Adam([w], lr=1e-2, weight_decay=1e-1)
+  for _ in range(20):
+    opt.zero_grad()
+    torch.mean((torch.from_numpy(x) @ w - torch.from_numpy(y)) ** 2).backward()
+    opt.step()
+  np.testing.assert_allclose(params["kernel"], w.detach().numpy(), atol=1e-5)
+  # Decoupled AdamW is a different optimizer: it must not coincide.
+  adamw, _ = optim.create_optimizer(_opt_config(name="adamw", learning_rate=1e-2,
+                                                weight_decay=1e-1), 10, 1)
+  p = {"kernel": jnp.asarray(w0)}
+  s = adamw.init(p)
+  for _ in range(20):
+    u, s = adamw.update(jax.grad(loss)(p), s, p)
+    p = optax.apply_updates(p, u)
+  assert np.abs(np.asarray(p["kernel"]) - w.detach().numpy()).max() > 1e-3
+
+
+def test_sgd_nesterov_matches_torch():
+  x, y, w0 = _problem()
+  tx, _ = optim.create_optimizer(_opt_config(name="sgd", learning_rate=0.05, momentum=0.9,
+                                             nesterov=True, weight_decay=1e-2), 10, 1)
+  params = {"kernel": jnp.asarray(w0)}
+  state = tx.init(params)
+  loss = lambda p: jnp.mean((x @ p["kernel"] - y) ** 2)
+  for _ in range(10):
+    updates, state = tx.update(jax.grad(loss)(params), state, params)
+    params = optax.apply_updates(params, updates)
+  w = torch.tensor(w0, requires_grad=True)
+  opt = torch.optim.SGD([w], lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-2)
+  for _ in range(10):
+    opt.zero_grad()
+    torch.mean((torch.from_numpy(x) @ w - torch.from_numpy(y)) ** 2).backward()
+    opt.step()
+  np.testing.assert_allclose(params["kernel"], w.detach().numpy(), atol=1e-5)
+
+
+def test_accumulating_k_micro_batches_equals_one_step_on_their_concatenation():
+  x, y, w0 = _problem()
+  loss = lambda p, xb, yb: jnp.mean((xb @ p["kernel"] - yb) ** 2)
+  k = 4
+  accumulated, _ = optim.create_optimizer(_opt_config(accumulation_steps=k), 10, 1)
+  single, _ = optim.create_optimizer(_opt_config(), 10, 1)
+  pa = ps = {"kernel": jnp.asarray(w0)}
+  sa, ss = accumulated.init(pa), single.init(ps)
+  for step in range(2):  # two full updates
+    for xb, yb in zip(np.split(x, k), np.split(y, k)):
+      updates, sa = accumulated.update(jax.grad(loss)(pa, xb, yb), sa, pa)
+      pa = optax.apply_updates(pa, updates)
+    updates, ss = single.update(jax.grad(loss)(ps, x, y), ss, ps)
+    ps = optax.apply_updates(ps, updates)
+    np.testing.assert_allclose(pa["kernel"], ps["kernel"], atol=1e-6, err_msg=f"update {step}")
+
+
+@pytest.mark.parametrize("patience,cooldown", [(2, 0), (1, 0), (2, 1)])
+def test_plateau_matches_torch_reduce_lr_on_plateau(patience, cooldown):
+  values = [1.0, 0.9, 0.9, 0.9, 0.9, 0.9, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8]
+  plateau = optim.Plateau(factor=0.1, patience=patience, cooldown=cooldown)
+  state = plateau.init()
+  w = torch.zeros(1, requires_grad=True)
+  opt = torch.optim.SGD([w], lr=1.0)
+  scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.1, patience=patience,
+                                                         cooldown=cooldown)
+  ours, theirs = [], []
+  for v in values:
+    state = plateau.update(state, v)
+    scheduler.step(v)
+    ours.append(float(state.scale))
+    theirs.append(opt.param_groups[0]["lr"])
+  np.testing.assert_allclose(ours, theirs, rtol=1e-6)
+
+
+def test_plateau_lowers_the_lr_after_patience_flat_epochs_and_not_before():
+  plateau = optim.Plateau(factor=0.5, patience=3)
+  state = plateau.update(plateau.init(), 1.0)  # the first epoch sets the best value
+  for _ in range(3):  # three flat epochs: patience not yet exceeded
+    state = plateau.update(state, 1.0)
+    assert float(state.scale) == 1.0
+  state = plateau.update(state, 1.0)  # the fourth flat epoch exceeds it
+  assert float(state.scale) == 0.5
+
+
+@pytest.mark.parametrize("schedule", ["constant", "step", "warmup_cosine", "one_cycle"])
+def test_schedules_start_peak_and_end_where_expected(schedule):
+  config = _opt_config(schedule=schedule, learning_rate=0.1, step_epochs=2, gamma=0.5,
+                       warmup_epochs=1.0)
+  _, lr = optim.create_optimizer(config, updates_per_epoch=10, num_epochs=4)
+  values = np.array([float(lr(i)) for i in range(40)])
+  assert values.max() == pytest.approx(0.1, rel=1e-3)
+  if schedule == "constant":
+    np.testing.assert_allclose(values, 0.1)
+  elif schedule == "step":
+    np.testing.assert_allclose(values[[0, 19, 20, 39]], [0.1, 0.1, 0.05, 0.05])
+  else:
+    assert values[0] < 0.1 * 0.1 and values[-1] < 0.1 * 0.05
+
+
+def test_kernels_only_decay_leaves_biases_and_bn_alone():
+  tx, _ = optim.create_optimizer(_opt_config(name="sgd", momentum=0.0, weight_decay=1.0,
+                                             decay="kernels", learning_rate=1.0), 10, 1)
+  params = {"conv": {"kernel": jnp.ones(3)}, "bn": {"scale": jnp.ones(3), "bias": jnp.ones(3)}}
+  zero = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = tx.update(zero, tx.init(params), params)
+  np.testing.assert_allclose(updates["conv"]["kernel"], -1.0)
+  np.testing.assert_allclose(updates["bn"]["scale"], 0.0)
+  np.testing.assert_allclose(updates["bn"]["bias"], 0.0)

@@ -1,0 +1,143 @@
+"""Training end to end on the smoke config, data parallelism, dtypes, config validation."""
+
+import glob
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from resnet_jax import config_validation, train
+from configs import smoke
+
+
+def _smoke(**changes):
+  config = smoke.get_config()
+  for key, value in changes.items():
+    target = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      target = target[p]
+    target[leaf] = value
+  return config
+
+
+def test_smoke_config_trains_and_its_loss_falls(tmp_path):
+  state, history = train.train_and_evaluate(_smoke(), str(tmp_path))
+  assert [h["epoch"] for h in history] == [1, 2, 3]
+  assert history[-1]["train_loss"] < 0.5 * history[0]["train_loss"]
+  assert history[-1]["eval_accuracy"] > 0.6
+  assert all(h["learning_rate"] == pytest.approx(3e-3) for h in history)
+  assert int(state.step) == 3 * 16
+  assert glob.glob(str(tmp_path / "events.out.tfevents.*"))  # TensorBoard summaries
+
+
+def test_bfloat16_trains_and_keeps_float32_parameters(tmp_path):
+  state, history = train.train_and_evaluate(_smoke(dtype="bfloat16", num_epochs=2),
+                                            str(tmp_path))
+  dtypes = {x.dtype for x in jax.tree.leaves((state.params, state.batch_stats))}
+  assert dtypes == {jnp.dtype(jnp.float32)}
+  assert np.isfinite(history[-1]["train_loss"])
+  assert history[-1]["train_loss"] < history[0]["train_loss"]
+
+
+def test_accumulation_never_carries_over_an_epoch_and_plateau_scale_is_logged(tmp_path):
+  config = _smoke(**{"optimizer.accumulation_steps": 3, "optimizer.plateau.enabled": True,
+                     "optimizer.plateau.metric": "eval_loss", "optimizer.plateau.patience": 0,
+                     "optimizer.plateau.rtol": 0.99})
+  state, history = train.train_and_evaluate(config, str(tmp_path))
+  assert int(state.step) == 3 * 15  # 16 batches an epoch, 5 whole groups of 3
+  assert int(state.opt_state.mini_step) == 0
+  # rtol 0.99 makes every epoch after the first a non-improvement; patience 0
+  # cuts the lr at the end of epoch 2, so epoch 3 runs at a tenth.
+  lrs = [h["learning_rate"] for h in history]
+  np.testing.assert_allclose(lrs, [3e-3, 3e-3, 3e-4], rtol=1e-5)
+
+
+_MULTI_DEVICE = textwrap.dedent("""
+    import jax, numpy as np
+    from resnet_jax import train
+    from configs import smoke
+    config = smoke.get_config()
+    config.batch_size = 8
+    assert jax.device_count() == 4
+    rng = np.random.default_rng(0)
+    batch = {"image": rng.normal(size=(8, 32, 32, 3)).astype(np.float32),
+             "label": rng.integers(0, 10, 8).astype(np.int32)}
+    model = train.build_model(config)
+    results = []
+    for devices in (jax.devices()[:1], jax.devices()):
+      steps = train.Steps(config, jax.make_mesh((len(devices),), ("data",), devices=devices))
+      state = steps.place_state(train.create_train_state(config, model, 10))
+      for _ in range(2):
+        state, metrics = steps.train(state, steps.place_batch(batch))
+      results.append(jax.device_get((state.params, state.batch_stats)))
+    for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1])):
+      np.testing.assert_allclose(a, b, atol=2e-5, rtol=2e-5)
+    config.batch_size = 30
+    try:
+      from resnet_jax import config_validation
+      config_validation.validate(config)
+    except config_validation.ConfigError as e:
+      print("REJECTED:", e)
+    print("OK")
+""")
+
+
+def test_four_cpu_devices_take_the_same_step_as_one():
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+  result = subprocess.run([sys.executable, "-c", _MULTI_DEVICE], capture_output=True,
+                          text=True, env=env, cwd=os.path.dirname(os.path.dirname(__file__)))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "REJECTED: config.batch_size=30 is not divisible by the 4 devices" in result.stdout
+  assert result.stdout.strip().endswith("OK")
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"model.name": "resnet50"}, r"config.model.name='resnet50' is not one of"),
+    ({"optimizer.name": "lamb"}, r"config.optimizer.name='lamb' is not one of"),
+    ({"optimizer.schedule": "linear"}, r"config.optimizer.schedule='linear' is not one of"),
+    ({"optimizer.learning_rate": -1.0}, r"config.optimizer.learning_rate=-1.0 must be positive"),
+    ({"num_epochs": 0}, r"config.num_epochs=0 must be positive"),
+    ({"batch_size": 0}, r"config.batch_size=0 must be positive"),
+    ({"data.augment.hflip": 2.0}, r"config.data.augment.hflip=2.0 is a probability"),
+    ({"data.eval_split": "valid"}, r"config.data.eval_split: split 'valid': unknown split"),
+    ({"model.stage_widths": (64, 128, 1024)}, r"over its budget max_params=5,000,000"),
+    ({"model.inner_activation": "tanh"}, r"config.model.inner_activation='tanh'"),
+    ({"data.pipeline": "device", "data.augment.rotation": 5.0},
+     r"config.data.augment.rotation=5.0 is not supported by config.data.pipeline='device'"),
+])
+def test_bad_configs_fail_before_compute_naming_key_and_value(changes, message):
+  config = _smoke()
+  for key, value in changes.items():
+    target = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      target = target[p]
+    target[leaf] = value
+  with pytest.raises(config_validation.ConfigError, match=message) as info:
+    config_validation.validate(config)
+  assert "\n" not in str(info.value)
+
+
+def test_unknown_augmentation_key_is_named():
+  config = _smoke()
+  config.data.augment.unlock()
+  config.data.augment.cutout = 8
+  with pytest.raises(config_validation.ConfigError, match=r"unknown augmentation\(s\) \['cutout'\]"):
+    config_validation.validate(config)
+
+
+def test_cli_rejects_a_bad_config_before_writing_anything(tmp_path):
+  workdir = tmp_path / "run"
+  result = subprocess.run(
+      [sys.executable, "-m", "resnet_jax.main", "--config", "configs/smoke.py", "--workdir",
+       str(workdir), "--config.optimizer.learning_rate=-0.1"],
+      capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+  assert result.returncode != 0
+  assert "error: config.optimizer.learning_rate=-0.1 must be positive" in result.stderr
+  assert not workdir.exists()
