@@ -83,9 +83,17 @@ class DeviceSplit:
     order = jax.random.permutation(key, self.num_examples)
     return order[:self.steps_per_epoch * self.batch_size].reshape(self.steps_per_epoch, -1)
 
-  def get_batch(self, order: jax.Array, step: jax.Array, key: jax.Array) -> dict:
+  @property
+  def arrays(self) -> tuple[jax.Array, jax.Array]:
+    """(images, labels) on device: pass them into the jitted step, not as closures,
+    so that 150 MB never becomes a compile-time constant."""
+    return self.images, self.labels
+
+  def get_batch(self, arrays: tuple[jax.Array, jax.Array], order: jax.Array, step: jax.Array,
+                key: jax.Array) -> dict:
     """Batch `step` of an epoch order, augmented and normalised; call inside jit."""
+    images, labels = arrays
     indices = order[step]
-    images = augment(key, self.images[indices], self.settings)
+    images = augment(key, images[indices], self.settings)
     images = (images.astype(jnp.float32) / 255.0 - self.mean) / self.std
-    return {"image": images, "label": self.labels[indices]}
+    return {"image": images, "label": labels[indices]}

@@ -24,7 +24,7 @@ from clu import metrics
 from flax.training import train_state
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from resnet_jax import config_validation, data_sources, models, optim
+from resnet_jax import config_validation, data_sources, device_pipeline, models, optim
 
 
 class TrainState(train_state.TrainState):
@@ -94,19 +94,47 @@ def eval_step(state: TrainState, batch: dict) -> Metrics:
                                           mask=batch["mask"])
 
 
+def data_mesh(devices=None) -> jax.sharding.Mesh:
+  """A 1-D mesh over `devices` (default: all, every process's) with one "data" axis.
+
+  Auto axis type: XLA's partitioner places the collectives (gradient all-reduce,
+  BatchNorm's global-batch means) from the input and output shardings alone.
+  """
+  devices = devices or jax.devices()
+  return jax.make_mesh((len(devices),), ("data",), devices=devices,
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
 class Steps:
   """The jitted steps over a data-parallel mesh, and host-to-device batch placement."""
 
   def __init__(self, config, mesh: jax.sharding.Mesh | None = None):
-    self.mesh = mesh or jax.make_mesh((jax.device_count(),), ("data",))
+    self.mesh = mesh or data_mesh()
     self.replicated = NamedSharding(self.mesh, P())
     self.data = NamedSharding(self.mesh, P("data"))
+    self.label_smoothing = config.label_smoothing
     self.train = jax.jit(
         functools.partial(train_step, label_smoothing=config.label_smoothing),
         in_shardings=(self.replicated, self.data), out_shardings=self.replicated,
         donate_argnums=0)
     self.eval = jax.jit(eval_step, in_shardings=(self.replicated, self.data),
                         out_shardings=self.replicated)
+
+  def device_train(self, split):
+    """A jitted train step that takes its batch from a device_pipeline.DeviceSplit.
+
+    Called as step(state, split.arrays, order, index): the batch is gathered,
+    augmented and sharded on the devices, with no host work per step.
+    """
+
+    def step(state, arrays, order, index):
+      key = jax.random.fold_in(jax.random.fold_in(state.rng, 1), state.step)  # not dropout's
+      batch = split.get_batch(arrays, order, index, key)
+      batch = jax.lax.with_sharding_constraint(batch, self.data)
+      return train_step(state, batch, self.label_smoothing)
+
+    return jax.jit(step, in_shardings=(self.replicated, self.replicated, self.replicated, None),
+                   out_shardings=self.replicated, donate_argnums=0)
 
   def place_state(self, state: TrainState) -> TrainState:
     return jax.device_put(state, self.replicated)
@@ -136,9 +164,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   config_validation.validate(config)
   model = build_model(config)
-  train_split = input_pipeline.create_split(config.data, config.data.train_split,
-                                            batch_size=config.batch_size, train=True,
-                                            seed=config.seed)
+  steps = Steps(config)
+  if config.data.pipeline == "device":
+    images, labels = data_sources.load_split(config.data, config.data.train_split)
+    train_split = device_pipeline.DeviceSplit(
+        images, labels, batch_size=config.batch_size, augment_settings=config.data.augment,
+        normalization=config.data.normalization, seed=config.seed, sharding=steps.replicated)
+  else:
+    train_split = input_pipeline.create_split(config.data, config.data.train_split,
+                                              batch_size=config.batch_size, train=True,
+                                              seed=config.seed)
   eval_split = input_pipeline.create_split(config.data, config.data.eval_split,
                                            batch_size=config.eval_batch_size, train=False)
   accumulation = config.optimizer.accumulation_steps
@@ -151,7 +186,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         f"accumulation_steps={accumulation}")
   updates_per_epoch = steps_per_epoch // accumulation
 
-  steps = Steps(config)
   state = steps.place_state(create_train_state(config, model, updates_per_epoch))
   _, schedule = optim.create_optimizer(config.optimizer, updates_per_epoch, config.num_epochs)
   plateau = optim.plateau_from_config(config.optimizer)
@@ -165,11 +199,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   total_steps = steps_per_epoch * config.num_epochs
   progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
                                              every_secs=60)
+  run_epoch = _epoch_runner(steps, train_split, steps_per_epoch)
   history = []
   for epoch in range(config.num_epochs):
     start, train_metrics = time.perf_counter(), None
-    for _, batch in zip(range(steps_per_epoch), train_split.epoch(epoch)):
-      state, m = steps.train(state, steps.place_batch(batch))
+    for state, m in run_epoch(state, epoch):
       train_metrics = m if train_metrics is None else train_metrics.merge(m)
       progress(int(state.step))
     train_summary = {k: float(v) for k, v in train_metrics.compute().items()}
@@ -193,6 +227,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                  scalars["images_per_s"])
   writer.flush()
   return state, history
+
+
+def _epoch_runner(steps: Steps, split, num_steps: int):
+  """run(state, epoch) yields (state, metrics) after each of the epoch's `num_steps` steps."""
+  if isinstance(split, device_pipeline.DeviceSplit):
+    device_step = steps.device_train(split)
+
+    def run(state, epoch):
+      order = split.epoch_order(epoch)
+      for index in range(num_steps):
+        state, metrics_ = device_step(state, split.arrays, order, index)
+        yield state, metrics_
+  else:
+
+    def run(state, epoch):
+      for _, batch in zip(range(num_steps), split.epoch(epoch)):
+        state, metrics_ = steps.train(state, steps.place_batch(batch))
+        yield state, metrics_
+
+  return run
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:

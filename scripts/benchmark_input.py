@@ -53,12 +53,12 @@ def device_results(images, labels, batch_size, steps):
   order = split.epoch_order(0)
 
   @jax.jit
-  def batch_sum(step, key):  # a reduction forces the whole batch to be computed
-    return split.get_batch(order, step, key)["image"].sum()
+  def batch_sum(arrays, step, key):  # a reduction forces the whole batch to be computed
+    return split.get_batch(arrays, order, step, key)["image"].sum()
 
   def batches():
     for step in range(split.steps_per_epoch):
-      yield batch_sum(step, jax.random.key(step)).block_until_ready()
+      yield batch_sum(split.arrays, step, jax.random.key(step)).block_until_ready()
 
   rate = _rate(batches(), batch_size, warmup=5, steps=min(steps, split.steps_per_epoch - 5))
   return [{"pipeline": "device", "mode": "train", "preset": "shallow", "batch_size": batch_size,

@@ -60,7 +60,7 @@ def test_device_split_batches_inside_jit_deterministically():
   assert order.shape == (3, 32) and len(set(np.asarray(order).ravel().tolist())) == 96
   np.testing.assert_array_equal(order, split.epoch_order(0))
   assert not np.array_equal(order, split.epoch_order(1))
-  batch = jax.jit(split.get_batch)(order, 1, jax.random.key(3))
+  batch = jax.jit(split.get_batch)(split.arrays, order, 1, jax.random.key(3))
   assert batch["image"].shape == (32, 32, 32, 3) and batch["image"].dtype == jnp.float32
   np.testing.assert_array_equal(batch["label"], labels[np.asarray(order[1])])
   pixels = (np.asarray(batch["image"]) * 0.5 + 0.5) * 255  # undo the seed normalisation

@@ -71,7 +71,7 @@ _MULTI_DEVICE = textwrap.dedent("""
     model = train.build_model(config)
     results = []
     for devices in (jax.devices()[:1], jax.devices()):
-      steps = train.Steps(config, jax.make_mesh((len(devices),), ("data",), devices=devices))
+      steps = train.Steps(config, train.data_mesh(devices))
       state = steps.place_state(train.create_train_state(config, model, 10))
       for _ in range(2):
         state, metrics = steps.train(state, steps.place_batch(batch))
@@ -141,3 +141,11 @@ def test_cli_rejects_a_bad_config_before_writing_anything(tmp_path):
   assert result.returncode != 0
   assert "error: config.optimizer.learning_rate=-0.1 must be positive" in result.stderr
   assert not workdir.exists()
+
+
+def test_device_pipeline_trains_the_smoke_config(tmp_path):
+  config = _smoke(**{"data.pipeline": "device", "num_epochs": 2})
+  state, history = train.train_and_evaluate(config, str(tmp_path))
+  assert int(state.step) == 2 * 16
+  assert history[-1]["train_loss"] < history[0]["train_loss"]
+  assert history[-1]["eval_accuracy"] > 0.3
