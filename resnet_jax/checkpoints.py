@@ -1,13 +1,16 @@
-"""Orbax checkpoints of model variables, with the model's description beside them.
+"""Orbax checkpoints: model variables, training state and a JSON description.
 
-Layout: WORKDIR/checkpoints/<step>/ holds two items,
-  "model": {"params", "batch_stats"} as an Orbax PyTree,
-  "meta":  JSON with "model" (preset name and every ResNet field) and free-form
-           provenance ("source").
-Evaluation rebuilds the model from "meta" alone, so a checkpoint converted from
-PyTorch and one written by training restore the same way.
+Layout: WORKDIR/checkpoints/<step>/ holds up to three items,
+  "model": {"params", "batch_stats"}: all that evaluation and prediction need;
+  "train": {"opt_state", "plateau", "step", "rng"}: the rest of the train state
+           (training checkpoints only; converted PyTorch weights have none);
+  "meta":  JSON: "model" (preset name and every ResNet field, from which the
+           model is rebuilt), "source", and for training "epoch", "config",
+           "history" (per-epoch scalars) and "eval_accuracy".
+Training numbers checkpoints by completed epochs; a converted checkpoint is step 0.
 
-No TensorFlow here: GPU measurement machines restore from numpy.
+Restoring builds an abstract target with the *current* mesh's shardings, so a
+checkpoint written on N devices restores on M. No TensorFlow here.
 """
 
 import functools
@@ -16,24 +19,51 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers
 
 from resnet_jax import models
 
 CHECKPOINT_SUBDIR = "checkpoints"
+ITEMS = ("model", "train", "meta")
+
+
+class CheckpointError(ValueError):
+  """No usable checkpoint, or one that does not fit the config; names the directory."""
 
 
 def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), CHECKPOINT_SUBDIR)
 
 
-def _manager(workdir: str) -> ocp.CheckpointManager:
-  return ocp.CheckpointManager(checkpoint_dir(workdir), item_names=("model", "meta"))
+def training_manager(workdir: str, keep_last: int) -> ocp.CheckpointManager:
+  """Asynchronous saves; retention keeps the last `keep_last` and the best by eval accuracy."""
+  policy = checkpoint_managers.AnyPreservationPolicy([
+      checkpoint_managers.LatestN(keep_last),
+      checkpoint_managers.BestN(get_metric_fn=lambda m: m["eval_accuracy"], n=1),
+  ])
+  options = ocp.CheckpointManagerOptions(preservation_policy=policy,
+                                         enable_async_checkpointing=True)
+  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_names=ITEMS)
+
+
+def reading_manager(workdir: str) -> ocp.CheckpointManager:
+  """A read-only manager; errors when there is nothing to read, creating nothing."""
+  directory = checkpoint_dir(workdir)
+  if not os.path.isdir(directory):
+    raise CheckpointError(f"no checkpoint in {directory} (the directory does not exist)")
+  manager = ocp.CheckpointManager(
+      directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+      item_names=ITEMS)
+  if not manager.all_steps():
+    manager.close()
+    raise CheckpointError(f"no checkpoint in {directory}")
+  return manager
 
 
 def save_model(workdir: str, step: int, variables: dict, model_config: dict,
                **meta: Any) -> str:
-  """Writes {"params", "batch_stats"} and the model config; returns the step's path."""
-  with _manager(workdir) as manager:
+  """Writes model variables and description only (converted weights); returns the path."""
+  with ocp.CheckpointManager(checkpoint_dir(workdir), item_names=ITEMS) as manager:
     manager.save(step, args=ocp.args.Composite(
         model=ocp.args.StandardSave({"params": variables["params"],
                                      "batch_stats": variables["batch_stats"]}),
@@ -42,16 +72,49 @@ def save_model(workdir: str, step: int, variables: dict, model_config: dict,
   return os.path.join(checkpoint_dir(workdir), str(step))
 
 
+def save_training(manager: ocp.CheckpointManager, step: int, state, meta: dict) -> None:
+  """Starts an asynchronous save of a TrainState (returns once arrays are on the host)."""
+  manager.save(step, args=ocp.args.Composite(
+      model=ocp.args.StandardSave({"params": state.params, "batch_stats": state.batch_stats}),
+      train=ocp.args.StandardSave({"opt_state": state.opt_state, "plateau": state.plateau,
+                                   "step": state.step, "rng": state.rng}),
+      meta=ocp.args.JsonSave(meta)), metrics={"eval_accuracy": meta["eval_accuracy"]})
+
+
+def read_meta(manager: ocp.CheckpointManager, step: int) -> dict:
+  return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+
+def _abstract(tree, sharding):
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+
+
+def restore_training(manager: ocp.CheckpointManager, step: int, state, sharding):
+  """`state` (a TrainState, concrete or abstract) with every array restored from `step`."""
+  target = _abstract({"model": {"params": state.params, "batch_stats": state.batch_stats},
+                      "train": {"opt_state": state.opt_state, "plateau": state.plateau,
+                                "step": state.step, "rng": state.rng}}, sharding)
+  restored = manager.restore(step, args=ocp.args.Composite(
+      model=ocp.args.StandardRestore(target["model"]),
+      train=ocp.args.StandardRestore(target["train"])))
+  return state.replace(**restored["model"], **restored["train"])
+
+
+def restore_variables(manager: ocp.CheckpointManager, step: int, model: models.ResNet,
+                      sharding=None) -> dict:
+  """{"params", "batch_stats"} of `step` for `model`, on `sharding` (default: one device)."""
+  shapes = jax.eval_shape(functools.partial(models.init_variables, model), jax.random.key(0))
+  sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = _abstract(dict(shapes), sharding)
+  restored = manager.restore(step, args=ocp.args.Composite(
+      model=ocp.args.StandardRestore(target)))
+  return restored["model"]
+
+
 def restore_model(workdir: str, step: int | None = None) -> tuple[models.ResNet, dict, dict]:
   """(model, variables, meta) of `step`, or of the latest step when None."""
-  with _manager(workdir) as manager:
-    if step is None:
-      step = manager.latest_step()
-    if step is None:
-      raise FileNotFoundError(f"no checkpoint in {checkpoint_dir(workdir)}")
-    meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+  with reading_manager(workdir) as manager:
+    step = manager.latest_step() if step is None else step
+    meta = read_meta(manager, step)
     model = models.from_config(meta["model"])
-    target = jax.eval_shape(functools.partial(models.init_variables, model), jax.random.key(0))
-    restored = manager.restore(step, args=ocp.args.Composite(
-        model=ocp.args.StandardRestore(dict(target))))
-  return model, restored["model"], meta
+    return model, restore_variables(manager, step, model), meta

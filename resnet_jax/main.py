@@ -1,5 +1,10 @@
 """Command line: python -m resnet_jax.main --config configs/shallow.py --workdir DIR.
 
+Modes:
+  train    (default) trains, resuming from the latest checkpoint in DIR
+  eval     evaluates the best checkpoint (or --checkpoint_step) on config.data.eval_split
+  predict  --input FILE --output CSV: labels for an unlabeled pickled array file
+
 Config values are overridden as --config.a.b=value (ml_collections config_flags).
 """
 
@@ -9,13 +14,16 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from resnet_jax import config_validation, data_sources, train
+from resnet_jax import checkpoints, config_validation, data_sources, evaluate, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training configuration file.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for TensorBoard summaries and checkpoints.")
-flags.DEFINE_enum("mode", "train", ["train"], "What to do.")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "predict"], "What to do.")
+flags.DEFINE_integer("checkpoint_step", None, "eval/predict: this checkpoint instead of the best.")
+flags.DEFINE_string("input", None, "predict: pickled dict with b'data' (N x 32 x 32 x 3 uint8).")
+flags.DEFINE_string("output", None, "predict: CSV file to write (ID,Labels).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -25,8 +33,21 @@ def main(argv: Sequence[str]) -> None:
   logging.info("JAX process %d of %d, devices: %s", jax.process_index(), jax.process_count(),
                jax.devices())
   try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (config_validation.ConfigError, data_sources.DataError) as e:
+    if FLAGS.mode == "train":
+      train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    elif FLAGS.mode == "eval":
+      metrics = evaluate.evaluate(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint_step)
+      print(f"{metrics['split']}: accuracy {metrics['accuracy']:.4f} on "
+            f"{metrics['num_examples']} examples (checkpoint {metrics['checkpoint']}); "
+            f"wrote {FLAGS.workdir}/eval/metrics.json")
+    else:
+      if not FLAGS.input or not FLAGS.output:
+        raise app.UsageError("--mode predict needs --input FILE and --output CSV")
+      n = evaluate.predict(FLAGS.config, FLAGS.workdir, FLAGS.input, FLAGS.output,
+                           FLAGS.checkpoint_step)
+      print(f"wrote {n} predictions to {FLAGS.output}")
+  except (config_validation.ConfigError, data_sources.DataError, checkpoints.CheckpointError,
+          evaluate.InputFileError) as e:
     raise SystemExit(f"error: {e}") from e
 
 

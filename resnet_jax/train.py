@@ -11,6 +11,8 @@ The model, optimizer and steps import no TensorFlow; only `train_and_evaluate`
 """
 
 import functools
+import json
+import os
 import time
 from typing import Any
 
@@ -24,7 +26,8 @@ from clu import metrics
 from flax.training import train_state
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from resnet_jax import config_validation, data_sources, device_pipeline, models, optim
+from resnet_jax import (checkpoints, config_validation, data_sources, device_pipeline, models,
+                        optim, plots)
 
 
 class TrainState(train_state.TrainState):
@@ -187,6 +190,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   updates_per_epoch = steps_per_epoch // accumulation
 
   state = steps.place_state(create_train_state(config, model, updates_per_epoch))
+  manager = checkpoints.training_manager(workdir, config.keep_checkpoints)
+  state, history = _resume(manager, state, model, config, steps)
   _, schedule = optim.create_optimizer(config.optimizer, updates_per_epoch, config.num_epochs)
   plateau = optim.plateau_from_config(config.optimizer)
 
@@ -200,8 +205,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
                                              every_secs=60)
   run_epoch = _epoch_runner(steps, train_split, steps_per_epoch)
-  history = []
-  for epoch in range(config.num_epochs):
+  for epoch in range(len(history), config.num_epochs):
     start, train_metrics = time.perf_counter(), None
     for state, m in run_epoch(state, epoch):
       train_metrics = m if train_metrics is None else train_metrics.merge(m)
@@ -221,12 +225,40 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                **{f"eval_{k}": v for k, v in eval_summary.items()}}
     writer.write_scalars(int(state.step), scalars)
     history.append(scalars)
+    plots.write_history(workdir, history)
+    if (epoch + 1) % config.checkpoint_every_epochs == 0 or epoch + 1 == config.num_epochs:
+      checkpoints.save_training(manager, epoch + 1, state, {
+          "model": models.model_config(config.model.name, model), "source": "train",
+          "epoch": epoch + 1, "eval_accuracy": eval_summary["accuracy"],
+          "config": config.to_json_best_effort(), "history": history})
     logging.info("epoch %d/%d: train loss %.4f acc %.4f | eval loss %.4f acc %.4f | lr %.3g | "
                  "%.0f images/s", epoch + 1, config.num_epochs, train_summary["loss"],
                  train_summary["accuracy"], eval_summary["loss"], eval_summary["accuracy"], lr,
                  scalars["images_per_s"])
+  manager.wait_until_finished()  # asynchronous saves complete before we return
+  manager.close()
   writer.flush()
+  if history and jax.process_index() == 0:
+    plots.plot_curves(history, os.path.join(workdir, plots.CURVES_FILE))
   return state, history
+
+
+def _resume(manager, state: TrainState, model: models.ResNet, config, steps: Steps):
+  """(state, history) from the latest checkpoint in the workdir, or unchanged and []."""
+  step = manager.latest_step()
+  if step is None:
+    return state, []
+  meta = checkpoints.read_meta(manager, step)
+  expected = json.loads(json.dumps(models.model_config(config.model.name, model)))
+  if meta.get("source") != "train" or meta["model"] != expected:
+    diff = sorted(k for k in set(expected) | set(meta["model"])
+                  if expected.get(k) != meta["model"].get(k))
+    raise checkpoints.CheckpointError(
+        f"{checkpoints.checkpoint_dir(manager.directory.parent)} holds "
+        f"{meta.get('source')} checkpoints of another model (differs in {diff}); "
+        "use a new --workdir")
+  logging.info("resuming from %s/%d: %d epochs done", manager.directory, step, meta["epoch"])
+  return checkpoints.restore_training(manager, step, state, steps.replicated), meta["history"]
 
 
 def _epoch_runner(steps: Steps, split, num_steps: int):

@@ -1,0 +1,173 @@
+"""`--mode eval` and `--mode predict`: restore an Orbax checkpoint and use it.
+
+eval:    the best checkpoint by validation accuracy (or --checkpoint_step N) on
+         config.data.eval_split; writes DIR/eval/metrics.json ("accuracy",
+         "per_class_accuracy", "confusion_matrix", "num_examples", "step",
+         "split", "checkpoint", "tta") and DIR/eval/confusion_matrix.png.
+predict: labels for an unlabeled pickled array file (a dict with b"data" as
+         N x 32 x 32 x 3 or N x 3072 uint8, optional b"ids"), written as the
+         seed's Kaggle-style CSV with columns ID,Labels.
+
+Checkpoints converted from PyTorch (resnet_jax.convert_torch) work the same way.
+Nothing is written to the workdir unless the whole command succeeds.
+"""
+
+import csv
+import json
+import os
+import pickle
+
+import jax
+import jax.numpy as jnp
+import matplotlib
+import numpy as np
+
+from resnet_jax import checkpoints, config_validation, models, preprocessing, train
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+               "truck")
+
+
+class InputFileError(ValueError):
+  """An unusable predict input file; the message names it."""
+
+
+def _choose_step(manager, step: int | None) -> int:
+  """The requested step, or the one with the best validation accuracy (latest on ties)."""
+  steps = manager.all_steps()
+  if step is not None:
+    if step not in steps:
+      raise checkpoints.CheckpointError(
+          f"no checkpoint step {step} in {manager.directory}; it has {sorted(steps)}")
+    return step
+  scores = {s: checkpoints.read_meta(manager, s).get("eval_accuracy", -1.0) for s in steps}
+  return max(steps, key=lambda s: (scores[s], s))
+
+
+def restore_for_config(config, workdir: str, step: int | None):
+  """(model, variables, step, meta) from the workdir, checked against the config's model."""
+  config_validation.validate(config)
+  with checkpoints.reading_manager(workdir) as manager:
+    step = _choose_step(manager, step)
+    meta = checkpoints.read_meta(manager, step)
+    model = train.build_model(config)
+    expected = json.loads(json.dumps(models.model_config(config.model.name, model)))
+    differs = sorted(k for k in set(expected) | set(meta["model"])
+                     if k != "dtype" and expected.get(k) != meta["model"].get(k))
+    if differs:
+      raise checkpoints.CheckpointError(
+          f"{manager.directory}/{step} holds model {meta['model']['name']!r}, which differs "
+          f"from the config's model {config.model.name!r} in {differs}: "
+          + ", ".join(f"{k}={meta['model'].get(k)} vs {expected.get(k)}" for k in differs))
+    return model, checkpoints.restore_variables(manager, step, model), step, meta
+
+
+def _predict_fn(model: models.ResNet, tta: bool):
+  @jax.jit
+  def probabilities(variables, images):
+    p = jax.nn.softmax(model.apply(variables, images, train=False))
+    if tta:  # mirror images are as likely as the originals: average both views
+      p = (p + jax.nn.softmax(model.apply(variables, images[:, :, ::-1], train=False))) / 2
+    return p
+  return probabilities
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
+  matrix = np.zeros((num_classes, num_classes), np.int64)
+  np.add.at(matrix, (labels, predictions), 1)
+  return matrix
+
+
+def _plot_confusion(matrix: np.ndarray, path: str, title: str) -> None:
+  figure, ax = plt.subplots(figsize=(7, 6))
+  image = ax.imshow(matrix, cmap="Blues")
+  names = CLASS_NAMES if len(matrix) == len(CLASS_NAMES) else range(len(matrix))
+  ax.set_xticks(range(len(matrix)), names, rotation=45, ha="right")
+  ax.set_yticks(range(len(matrix)), names)
+  for (i, j), n in np.ndenumerate(matrix):
+    ax.text(j, i, str(n), ha="center", va="center", fontsize=7,
+            color="white" if n > matrix.max() / 2 else "black")
+  ax.set_xlabel("predicted")
+  ax.set_ylabel("true")
+  ax.set_title(title)
+  figure.colorbar(image)
+  figure.tight_layout()
+  figure.savefig(path, dpi=100)
+  plt.close(figure)
+
+
+def evaluate(config, workdir: str, step: int | None = None) -> dict:
+  """Evaluates a checkpoint and writes DIR/eval/; returns the metrics dict."""
+  from resnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  model, variables, step, meta = restore_for_config(config, workdir, step)
+  split = input_pipeline.create_split(config.data, config.data.eval_split,
+                                      batch_size=config.eval_batch_size, train=False)
+  probabilities = _predict_fn(model, config.eval.tta)
+  labels, predictions = [], []
+  for batch in split:
+    p = np.asarray(probabilities(variables, batch["image"]))
+    predictions.append(p.argmax(-1)[batch["mask"]])
+    labels.append(batch["label"][batch["mask"]])
+  labels, predictions = np.concatenate(labels), np.concatenate(predictions)
+  matrix = confusion_matrix(labels, predictions, model.num_classes)
+  per_class = matrix.diagonal() / np.maximum(matrix.sum(1), 1)
+  metrics = {"accuracy": float((labels == predictions).mean()),
+             "per_class_accuracy": per_class.tolist(), "confusion_matrix": matrix.tolist(),
+             "num_examples": int(len(labels)), "step": int(step),
+             "split": config.data.eval_split, "tta": bool(config.eval.tta),
+             "checkpoint": os.path.join(checkpoints.checkpoint_dir(workdir), str(step)),
+             "source": meta.get("source")}
+  out = os.path.join(workdir, "eval")
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, "metrics.json"), "w") as f:
+    json.dump(metrics, f, indent=1)
+  _plot_confusion(matrix, os.path.join(out, "confusion_matrix.png"),
+                  f"{config.data.eval_split}, step {step}: accuracy {metrics['accuracy']:.4f}")
+  return metrics
+
+
+def load_unlabeled(path: str) -> tuple[np.ndarray, list]:
+  """(images uint8 [N, 32, 32, 3], ids) from a pickled dict with b"data" and optional b"ids"."""
+  if not os.path.isfile(path):
+    raise InputFileError(f"{path}: no such file")
+  try:
+    with open(path, "rb") as f:
+      obj = pickle.load(f, encoding="bytes")
+  except Exception as e:  # corrupt pickles raise many types
+    raise InputFileError(f"{path}: not a readable pickle ({type(e).__name__}: {e})") from e
+  if not isinstance(obj, dict) or b"data" not in obj:
+    raise InputFileError(f"{path}: expected a dict with b'data'")
+  data = np.asarray(obj[b"data"])
+  if data.dtype != np.uint8 or not (data.ndim == 4 and data.shape[1:] == (32, 32, 3)
+                                    or data.ndim == 2 and data.shape[1] == 3072):
+    raise InputFileError(f"{path}: b'data' has shape {data.shape} and dtype {data.dtype}; "
+                         "expected N x 32 x 32 x 3 or N x 3072 uint8")
+  if data.ndim == 2:  # CIFAR's channel-major rows
+    data = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+  ids = list(obj.get(b"ids", range(len(data))))
+  if len(ids) != len(data):
+    raise InputFileError(f"{path}: {len(ids)} ids for {len(data)} images")
+  return data, [i.decode() if isinstance(i, bytes) else i for i in ids]
+
+
+def predict(config, workdir: str, input_path: str, output_path: str,
+            step: int | None = None) -> int:
+  """Writes ID,Labels predictions for `input_path` to `output_path`; returns the count."""
+  images, ids = load_unlabeled(input_path)
+  model, variables, step, _ = restore_for_config(config, workdir, step)
+  mean, std = preprocessing.normalization(config.data.normalization)
+  probabilities = _predict_fn(model, config.eval.tta)
+  labels = []
+  for start in range(0, len(images), config.eval_batch_size):
+    x = (images[start:start + config.eval_batch_size].astype(np.float32) / 255 - mean) / std
+    labels.append(np.asarray(probabilities(variables, jnp.asarray(x, jnp.float32))).argmax(-1))
+  labels = np.concatenate(labels) if labels else np.zeros(0, np.int64)
+  os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
+  with open(output_path, "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["ID", "Labels"])
+    writer.writerows(zip(ids, labels.tolist()))
+  return len(labels)

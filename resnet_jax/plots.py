@@ -1,0 +1,69 @@
+"""Training curves (the seed's Figure 4, made properly): loss and accuracy per epoch.
+
+    python -m resnet_jax.plots DIR
+
+reads DIR/history.json (written by training after every epoch) and writes
+DIR/curves.png: train and validation loss on the left, accuracy on the right.
+"""
+
+import json
+import os
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on servers and CI
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
+from matplotlib import ticker  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+HISTORY_FILE = "history.json"
+CURVES_FILE = "curves.png"
+
+
+def write_history(workdir: str, history: list[dict]) -> None:
+  """Replaces DIR/history.json atomically, so a reader never sees half a file."""
+  path = os.path.join(workdir, HISTORY_FILE)
+  with open(path + ".tmp", "w") as f:
+    json.dump(history, f, indent=1)
+  os.replace(path + ".tmp", path)
+
+
+def read_history(workdir: str) -> list[dict]:
+  path = os.path.join(workdir, HISTORY_FILE)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"no training history at {path}: is {workdir} a training workdir?")
+  with open(path) as f:
+    return json.load(f)
+
+
+def plot_curves(history: list[dict], path: str) -> str:
+  epochs = [h["epoch"] for h in history]
+  figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+  for ax, metric in zip(axes, ("loss", "accuracy")):
+    ax.plot(epochs, [h[f"train_{metric}"] for h in history], "o-", label="train")
+    ax.plot(epochs, [h[f"eval_{metric}"] for h in history], "s-", label="validation")
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    ax.legend()
+  axes[0].set_title("cross-entropy loss")
+  axes[1].set_title("accuracy")
+  figure.tight_layout()
+  figure.savefig(path, dpi=100)
+  plt.close(figure)
+  return path
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) != 2:
+    sys.exit(__doc__)
+  try:
+    history = read_history(argv[1])
+  except FileNotFoundError as e:
+    sys.exit(f"error: {e}")
+  print(f"wrote {plot_curves(history, os.path.join(argv[1], CURVES_FILE))}")
+
+
+if __name__ == "__main__":
+  main(sys.argv)

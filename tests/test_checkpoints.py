@@ -1,0 +1,194 @@
+"""Checkpoints: resume equals uninterrupted, N-to-M devices, eval and predict modes, errors."""
+
+import csv
+import json
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+import torch
+
+from resnet_jax import checkpoints, convert_torch, data_sources, evaluate, train
+from configs import smoke
+from tests import torch_reference
+
+REPO = os.path.dirname(os.path.dirname(__file__))
+
+
+def _smoke(**changes):
+  config = smoke.get_config()
+  for key, value in changes.items():
+    target = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      target = target[p]
+    target[leaf] = value
+  return config
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """A 3-epoch smoke run, uninterrupted: (workdir, state, history)."""
+  workdir = str(tmp_path_factory.mktemp("trained"))
+  state, history = train.train_and_evaluate(_smoke(), workdir)
+  return workdir, jax.device_get(state), history
+
+
+def _snapshot(directory):
+  return {os.path.join(root, f): os.stat(os.path.join(root, f)).st_mtime_ns
+          for root, _, files in os.walk(directory) for f in files}
+
+
+def test_resume_continues_exactly_as_if_never_interrupted(tmp_path, trained):
+  _, uninterrupted, full_history = trained
+  workdir = str(tmp_path)
+  train.train_and_evaluate(_smoke(num_epochs=1), workdir)  # "interrupted" after epoch 1
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["1"]
+  state, history = train.train_and_evaluate(_smoke(), workdir)  # resumes at epoch 2
+  assert int(state.step) == int(uninterrupted.step)
+  for ours, theirs in zip(jax.tree.leaves(jax.device_get((state.params, state.batch_stats,
+                                                          state.opt_state))),
+                          jax.tree.leaves((uninterrupted.params, uninterrupted.batch_stats,
+                                           uninterrupted.opt_state))):
+    np.testing.assert_array_equal(ours, theirs)  # bitwise on CPU
+  untimed = lambda hs: [{k: v for k, v in h.items() if k != "images_per_s"} for h in hs]
+  assert untimed(history) == untimed(full_history)
+
+
+def test_retention_keeps_the_last_k_and_the_best(tmp_path):
+  workdir = str(tmp_path)
+  train.train_and_evaluate(_smoke(num_epochs=4, keep_checkpoints=1), workdir)
+  with open(os.path.join(workdir, "history.json")) as f:
+    accuracies = [h["eval_accuracy"] for h in json.load(f)]
+  best = max(range(4), key=lambda i: (accuracies[i], i)) + 1
+  assert sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))) == \
+      sorted({best, 4})
+
+
+def test_eval_mode_writes_the_schema_and_matches_the_training_log(trained):
+  workdir, _, history = trained
+  metrics = evaluate.evaluate(_smoke(), workdir)
+  assert set(metrics) >= {"accuracy", "per_class_accuracy", "confusion_matrix", "num_examples",
+                          "step", "split"}
+  best = max(history, key=lambda h: (h["eval_accuracy"], h["epoch"]))
+  assert metrics["step"] == best["epoch"]
+  assert metrics["accuracy"] == pytest.approx(best["eval_accuracy"], abs=1e-6)
+  assert metrics["num_examples"] == 256 and metrics["split"] == "test"
+  matrix = np.array(metrics["confusion_matrix"])
+  assert matrix.shape == (10, 10) and matrix.sum() == 256
+  with open(os.path.join(workdir, "eval", "metrics.json")) as f:
+    assert json.load(f) == metrics
+  assert os.path.getsize(os.path.join(workdir, "eval", "confusion_matrix.png")) > 1000
+  first = evaluate.evaluate(_smoke(**{"eval.tta": True}), workdir, step=1)
+  assert first["step"] == 1 and first["tta"] is True
+
+
+def test_predict_writes_id_labels_csv(tmp_path, trained):
+  workdir, _, _ = trained
+  images, labels = data_sources.load_synthetic("test[:40]", {"train": 512, "test": 256})
+  rows = images.transpose(0, 3, 1, 2).reshape(40, 3072)  # CIFAR's channel-major rows
+  for name, payload in [("rows", {b"data": rows}),
+                        ("nhwc", {b"data": images, b"ids": [f"img{i}".encode() for i in range(40)]})]:
+    path = tmp_path / f"{name}.pkl"
+    with open(path, "wb") as f:
+      pickle.dump(payload, f)
+    out = tmp_path / f"{name}.csv"
+    assert evaluate.predict(_smoke(eval_batch_size=16), workdir, str(path), str(out)) == 40
+    with open(out) as f:
+      table = list(csv.reader(f))
+    assert table[0] == ["ID", "Labels"] and len(table) == 41
+    predicted = np.array([int(r[1]) for r in table[1:]])
+    assert (predicted == labels).mean() > 0.9
+    assert table[1][0] == ("0" if name == "rows" else "img0")
+
+
+def test_converted_pytorch_checkpoint_evaluates_like_pytorch(tmp_path):
+  torch.manual_seed(0)
+  reference = torch_reference.ShallowResNet()
+  torch_reference.randomize_batchnorm(reference, torch.Generator().manual_seed(1))
+  pth = tmp_path / "ModifiedResNet.pth"
+  torch.save({"model_state_dict": reference.state_dict()}, pth)
+  workdir = str(tmp_path / "converted")
+  convert_torch.convert_checkpoint("shallow", str(pth), workdir)
+  config = _smoke(**{"model": {"name": "shallow"}})
+  metrics = evaluate.evaluate(config, workdir)
+  images, labels = data_sources.load_synthetic("test", {"train": 512, "test": 256})
+  with torch.no_grad():
+    x = torch.from_numpy((images.astype(np.float32) / 255 - 0.5) / 0.5).permute(0, 3, 1, 2)
+    expected = (reference.eval()(x).argmax(1).numpy() == labels).mean()
+  assert metrics["step"] == 0 and metrics["source"] == "convert_torch"
+  assert metrics["accuracy"] == pytest.approx(expected, abs=1e-9)
+
+
+def test_errors_are_clear_and_leave_the_workdir_untouched(tmp_path, trained):
+  workdir, _, _ = trained
+  before = _snapshot(workdir)
+  empty = tmp_path / "empty"
+  with pytest.raises(checkpoints.CheckpointError, match=r"no checkpoint in .*empty/checkpoints"):
+    evaluate.evaluate(_smoke(), str(empty))
+  assert not empty.exists()
+  with pytest.raises(checkpoints.CheckpointError, match=r"holds model 'shallow', which differs "
+                                                        r"from the config's model 'deep'"):
+    evaluate.evaluate(_smoke(**{"model": {"name": "deep"}}), workdir)
+  with pytest.raises(checkpoints.CheckpointError, match=r"differs .* in \['stage_widths'\]"):
+    evaluate.evaluate(_smoke(**{"model.stage_widths": (8, 16, 64)}), workdir)
+  with pytest.raises(checkpoints.CheckpointError, match=r"no checkpoint step 7 .* has \[1, 2, 3\]"):
+    evaluate.evaluate(_smoke(), workdir, step=7)
+  bad = tmp_path / "bad.pkl"
+  with open(bad, "wb") as f:
+    pickle.dump({b"data": np.zeros((5, 32, 32), np.uint8)}, f)
+  with pytest.raises(evaluate.InputFileError, match=r"bad.pkl: b'data' has shape \(5, 32, 32\)"):
+    evaluate.predict(_smoke(), workdir, str(bad), str(tmp_path / "out.csv"))
+  assert not (tmp_path / "out.csv").exists()
+  # Training another model into the same workdir refuses instead of overwriting.
+  with pytest.raises(checkpoints.CheckpointError, match=r"checkpoints of another model"):
+    train.train_and_evaluate(_smoke(**{"model.stem_width": 16}), workdir)
+  assert _snapshot(workdir) == before
+
+
+def test_cli_eval_and_plots(trained, tmp_path):
+  workdir, _, _ = trained
+  result = subprocess.run([sys.executable, "-m", "resnet_jax.main", "--config",
+                           "configs/smoke.py", "--workdir", workdir, "--mode", "eval",
+                           "--checkpoint_step", "2"], capture_output=True, text=True, cwd=REPO)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "test: accuracy" in result.stdout
+  missing = subprocess.run([sys.executable, "-m", "resnet_jax.main", "--config",
+                            "configs/smoke.py", "--workdir", str(tmp_path / "none"), "--mode",
+                            "predict", "--input", "x.pkl", "--output", "y.csv"],
+                           capture_output=True, text=True, cwd=REPO)
+  assert missing.returncode != 0 and "error: x.pkl: no such file" in missing.stderr
+  os.remove(os.path.join(workdir, "curves.png"))
+  plots = subprocess.run([sys.executable, "-m", "resnet_jax.plots", workdir],
+                         capture_output=True, text=True, cwd=REPO)
+  assert plots.returncode == 0 and os.path.getsize(os.path.join(workdir, "curves.png")) > 1000
+
+
+_WRITE_ON_FOUR = textwrap.dedent("""
+    import sys, jax
+    from resnet_jax import train
+    from configs import smoke
+    assert jax.device_count() == 4
+    config = smoke.get_config()
+    config.num_epochs = 1
+    train.train_and_evaluate(config, sys.argv[1])
+""")
+
+
+def test_checkpoint_written_on_four_devices_restores_on_one(tmp_path):
+  workdir = str(tmp_path)
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+  result = subprocess.run([sys.executable, "-c", _WRITE_ON_FOUR, workdir], env=env, cwd=REPO,
+                          capture_output=True, text=True)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert jax.device_count() == 1
+  with open(os.path.join(workdir, "history.json")) as f:
+    logged = json.load(f)[0]["eval_accuracy"]
+  assert evaluate.evaluate(_smoke(), workdir)["accuracy"] == pytest.approx(logged, abs=1e-6)
+  state, history = train.train_and_evaluate(_smoke(num_epochs=2), workdir)  # resume on 1
+  assert int(state.step) == 32 and len(history) == 2
