@@ -7,7 +7,8 @@ Layout: WORKDIR/checkpoints/<step>/ holds up to three items,
   "meta":  JSON: "model" (preset name and every ResNet field, from which the
            model is rebuilt), "source", and for training "epoch", "config",
            "history" (per-epoch scalars) and "eval_accuracy".
-Training numbers checkpoints by completed epochs; a converted checkpoint is step 0.
+Training numbers checkpoints by train step (meta "epoch" and "epoch_step" say
+where in the schedule it is); a converted checkpoint is step 0.
 
 Restoring builds an abstract target with the *current* mesh's shardings, so a
 checkpoint written on N devices restores on M. No TensorFlow here.
@@ -17,6 +18,7 @@ import functools
 import os
 from typing import Any
 
+import flax
 import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
@@ -39,7 +41,9 @@ def training_manager(workdir: str, keep_last: int) -> ocp.CheckpointManager:
   """Asynchronous saves; retention keeps the last `keep_last` and the best by eval accuracy."""
   policy = checkpoint_managers.AnyPreservationPolicy([
       checkpoint_managers.LatestN(keep_last),
-      checkpoint_managers.BestN(get_metric_fn=lambda m: m["eval_accuracy"], n=1),
+      # Mid-epoch (preemption) checkpoints carry no accuracy and only LatestN keeps them.
+      checkpoint_managers.BestN(get_metric_fn=lambda m: m["eval_accuracy"], n=1,
+                                keep_checkpoints_without_metrics=False),
   ])
   options = ocp.CheckpointManagerOptions(preservation_policy=policy,
                                          enable_async_checkpointing=True)
@@ -72,13 +76,20 @@ def save_model(workdir: str, step: int, variables: dict, model_config: dict,
   return os.path.join(checkpoint_dir(workdir), str(step))
 
 
-def save_training(manager: ocp.CheckpointManager, step: int, state, meta: dict) -> None:
-  """Starts an asynchronous save of a TrainState (returns once arrays are on the host)."""
+def save_training(manager: ocp.CheckpointManager, step: int, state, train_metrics,
+                  meta: dict) -> None:
+  """Starts an asynchronous save of a TrainState (returns once arrays are on the host).
+
+  `train_metrics` (a clu Collection) holds a part-finished epoch's running
+  averages, so that a run stopped mid-epoch resumes with identical epoch metrics.
+  """
   manager.save(step, args=ocp.args.Composite(
       model=ocp.args.StandardSave({"params": state.params, "batch_stats": state.batch_stats}),
-      train=ocp.args.StandardSave({"opt_state": state.opt_state, "plateau": state.plateau,
-                                   "step": state.step, "rng": state.rng}),
-      meta=ocp.args.JsonSave(meta)), metrics={"eval_accuracy": meta["eval_accuracy"]})
+      train=ocp.args.StandardSave({
+          "opt_state": state.opt_state, "plateau": state.plateau, "step": state.step,
+          "rng": state.rng, "metrics": flax.serialization.to_state_dict(train_metrics)}),
+      meta=ocp.args.JsonSave(meta)),
+      metrics=None if meta["eval_accuracy"] is None else {"eval_accuracy": meta["eval_accuracy"]})
 
 
 def read_meta(manager: ocp.CheckpointManager, step: int) -> dict:
@@ -89,15 +100,19 @@ def _abstract(tree, sharding):
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
 
-def restore_training(manager: ocp.CheckpointManager, step: int, state, sharding):
-  """`state` (a TrainState, concrete or abstract) with every array restored from `step`."""
+def restore_training(manager: ocp.CheckpointManager, step: int, state, train_metrics,
+                     sharding):
+  """(state, metrics state dict) restored from `step` into the structure of the arguments."""
   target = _abstract({"model": {"params": state.params, "batch_stats": state.batch_stats},
                       "train": {"opt_state": state.opt_state, "plateau": state.plateau,
-                                "step": state.step, "rng": state.rng}}, sharding)
+                                "step": state.step, "rng": state.rng,
+                                "metrics": flax.serialization.to_state_dict(train_metrics)}},
+                     sharding)
   restored = manager.restore(step, args=ocp.args.Composite(
       model=ocp.args.StandardRestore(target["model"]),
       train=ocp.args.StandardRestore(target["train"])))
-  return state.replace(**restored["model"], **restored["train"])
+  metrics_state = restored["train"].pop("metrics")
+  return state.replace(**restored["model"], **restored["train"]), metrics_state
 
 
 def restore_variables(manager: ocp.CheckpointManager, step: int, model: models.ResNet,

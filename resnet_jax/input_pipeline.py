@@ -172,7 +172,8 @@ class InputSplit:
     rows = slice(self.process_index * local, (self.process_index + 1) * local)
     return order[:, rows], mask.reshape(steps, self.batch_size)[:, rows]
 
-  def dataset(self, epoch: int = 0) -> tf.data.Dataset:
+  def dataset(self, epoch: int = 0, start: int = 0) -> tf.data.Dataset:
+    """Epoch `epoch` from its batch `start` on (a resumed run skips what it has seen)."""
     order, mask = self._plan(epoch)
     local = self.batch_size // self.process_count
     rows = (self.process_index * local, (self.process_index + 1) * local, self.batch_size)
@@ -190,12 +191,12 @@ class InputSplit:
         batch["mask"] = valid
       return batch
 
-    ds = tf.data.Dataset.from_tensor_slices((order, mask, batch_seeds))
+    ds = tf.data.Dataset.from_tensor_slices((order[start:], mask[start:], batch_seeds[start:]))
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)
 
-  def epoch(self, epoch: int) -> Iterator[dict]:
-    return self.dataset(epoch).as_numpy_iterator()
+  def epoch(self, epoch: int, start: int = 0) -> Iterator[dict]:
+    return self.dataset(epoch, start).as_numpy_iterator()
 
   def __iter__(self) -> Iterator[dict]:
     return self.epoch(0)

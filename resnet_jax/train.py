@@ -10,9 +10,13 @@ The model, optimizer and steps import no TensorFlow; only `train_and_evaluate`
 (through input_pipeline) does, so GPU machines can drive the steps from numpy.
 """
 
+import dataclasses
 import functools
 import json
 import os
+import signal
+import sys
+import threading
 import time
 from typing import Any
 
@@ -155,14 +159,63 @@ def evaluate(steps: Steps, state: TrainState, split) -> dict[str, float]:
   return {k: float(v) for k, v in total.compute().items()}
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str) -> tuple[TrainState, list[dict]]:
-  """Trains `config` for config.num_epochs, evaluating on config.data.eval_split each epoch.
+class Preempted(SystemExit):
+  """Training stopped on SIGTERM/SIGINT after checkpointing; rerunning resumes it."""
 
-  Returns the final state and the history: one dict of scalars per epoch, as
-  written to TensorBoard (train_/eval_ loss and accuracy, learning_rate, ...).
-  """
-  from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top
+
+class _StopSignals:
+  """Turns SIGTERM and SIGINT into a flag checked between steps (main thread only)."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __enter__(self):
+    self.received = None
+    self._previous = {}
+    if threading.current_thread() is threading.main_thread():
+      for sig in self.SIGNALS:
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    self.received = signal.Signals(signum).name
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+@dataclasses.dataclass
+class _Run:
+  """What a run needs besides the train state, built once by train_and_evaluate."""
+
+  config: ml_collections.ConfigDict
+  workdir: str
+  model: models.ResNet
+  steps: Steps
+  train_split: Any
+  eval_split: Any
+  steps_per_epoch: int
+  schedule: Any
+  plateau: optim.Plateau | None
+  manager: Any
+  writer: Any  # clu metric writer, created once the workdir is known to be ours
+
+  def save(self, state: TrainState, history: list[dict], epoch_step: int,
+           train_metrics: Metrics | None, eval_accuracy: float | None) -> None:
+    """Checkpoints at the state's step, unless that step is already saved."""
+    if int(state.step) in self.manager.all_steps():
+      return
+    meta = {"model": models.model_config(self.config.model.name, self.model),
+            "source": "train", "epoch": len(history), "epoch_step": epoch_step,
+            "eval_accuracy": eval_accuracy, "config": self.config.to_json_best_effort(),
+            "history": history}
+    checkpoints.save_training(self.manager, int(state.step), state,
+                              train_metrics or Metrics.empty(), meta)
+
+
+def _build_run(config, workdir: str) -> tuple[_Run, TrainState]:
+  """Validates the config, loads the data and builds model, steps and optimizer."""
   from resnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
 
   config_validation.validate(config)
@@ -188,93 +241,142 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         f"examples: fewer than one update of batch_size={config.batch_size} x "
         f"accumulation_steps={accumulation}")
   updates_per_epoch = steps_per_epoch // accumulation
-
   state = steps.place_state(create_train_state(config, model, updates_per_epoch))
-  manager = checkpoints.training_manager(workdir, config.keep_checkpoints)
-  state, history = _resume(manager, state, model, config, steps)
   _, schedule = optim.create_optimizer(config.optimizer, updates_per_epoch, config.num_epochs)
-  plateau = optim.plateau_from_config(config.optimizer)
-
-  writer = metric_writers.create_default_writer(workdir,
-                                                just_logging=jax.process_index() > 0)
-  writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()})
+  manager = checkpoints.training_manager(workdir, config.keep_checkpoints)
+  run = _Run(config, workdir, model, steps, train_split, eval_split, steps_per_epoch, schedule,
+             optim.plateau_from_config(config.optimizer), manager, writer=None)
   logging.info("model %s: %s parameters; %d train / %d eval examples; %d steps per epoch",
                config.model.name, f"{models.count_params(model):,}", train_split.num_examples,
                eval_split.num_examples, steps_per_epoch)
-  total_steps = steps_per_epoch * config.num_epochs
-  progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
-                                             every_secs=60)
-  run_epoch = _epoch_runner(steps, train_split, steps_per_epoch)
-  for epoch in range(len(history), config.num_epochs):
-    start, train_metrics = time.perf_counter(), None
-    for state, m in run_epoch(state, epoch):
-      train_metrics = m if train_metrics is None else train_metrics.merge(m)
-      progress(int(state.step))
-    train_summary = {k: float(v) for k, v in train_metrics.compute().items()}
-    seconds = time.perf_counter() - start
-    eval_summary = evaluate(steps, state, eval_split)
-    scale = float(state.plateau.scale)
-    lr = float(schedule(int(state.step) // accumulation - 1)) * scale
-    if plateau:  # once per epoch, on the configured metric
-      value = train_summary["loss"] if config.optimizer.plateau.metric == "train_loss" \
-          else eval_summary["loss"]
-      state = state.replace(plateau=plateau.update(state.plateau, value))
-    scalars = {"epoch": epoch + 1, "learning_rate": lr,
-               "images_per_s": steps_per_epoch * config.batch_size / seconds,
-               **{f"train_{k}": v for k, v in train_summary.items()},
-               **{f"eval_{k}": v for k, v in eval_summary.items()}}
-    writer.write_scalars(int(state.step), scalars)
-    history.append(scalars)
-    plots.write_history(workdir, history)
-    if (epoch + 1) % config.checkpoint_every_epochs == 0 or epoch + 1 == config.num_epochs:
-      checkpoints.save_training(manager, epoch + 1, state, {
-          "model": models.model_config(config.model.name, model), "source": "train",
-          "epoch": epoch + 1, "eval_accuracy": eval_summary["accuracy"],
-          "config": config.to_json_best_effort(), "history": history})
-    logging.info("epoch %d/%d: train loss %.4f acc %.4f | eval loss %.4f acc %.4f | lr %.3g | "
-                 "%.0f images/s", epoch + 1, config.num_epochs, train_summary["loss"],
-                 train_summary["accuracy"], eval_summary["loss"], eval_summary["accuracy"], lr,
-                 scalars["images_per_s"])
-  manager.wait_until_finished()  # asynchronous saves complete before we return
-  manager.close()
-  writer.flush()
+  return run, state
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str) -> tuple[TrainState, list[dict]]:
+  """Trains `config` for config.num_epochs, evaluating on config.data.eval_split each epoch.
+
+  Resumes from the newest checkpoint in `workdir`. On SIGTERM or SIGINT it
+  finishes the current step, checkpoints, and raises Preempted (a SystemExit
+  whose message says how to resume). Returns the final state and the history:
+  one dict of scalars per epoch, as written to TensorBoard.
+  """
+  from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top
+
+  run, state = _build_run(config, workdir)
+  state, history, epoch_step, train_metrics = _resume(run, state)
+  # Only now, with the workdir known to be ours, is anything written to it.
+  run.writer = metric_writers.create_default_writer(workdir,
+                                                    just_logging=jax.process_index() > 0)
+  if not history and not epoch_step:
+    run.writer.write_hparams(_flatten(config.to_dict()))
+  progress = periodic_actions.ReportProgress(
+      num_train_steps=run.steps_per_epoch * config.num_epochs, writer=run.writer, every_secs=60)
+  run_epoch = _epoch_runner(run.steps, run.train_split, run.steps_per_epoch)
+  with _StopSignals() as stop:
+    for epoch in range(len(history), config.num_epochs):
+      start = time.perf_counter()
+      for state, m in run_epoch(state, epoch, epoch_step):
+        train_metrics = m if train_metrics is None else train_metrics.merge(m)
+        epoch_step += 1
+        progress(int(state.step))
+        if stop.received and epoch_step < run.steps_per_epoch:
+          _stop(run, state, history, epoch_step, train_metrics, stop.received)
+      state = _end_epoch(run, state, history, train_metrics, time.perf_counter() - start)
+      epoch_step, train_metrics = 0, None
+      if stop.received and epoch + 1 < config.num_epochs:
+        _stop(run, state, history, 0, None, stop.received)
+  _close(run)
   if history and jax.process_index() == 0:
     plots.plot_curves(history, os.path.join(workdir, plots.CURVES_FILE))
   return state, history
 
 
-def _resume(manager, state: TrainState, model: models.ResNet, config, steps: Steps):
-  """(state, history) from the latest checkpoint in the workdir, or unchanged and []."""
-  step = manager.latest_step()
+def _end_epoch(run: _Run, state: TrainState, history: list[dict], train_metrics: Metrics,
+               seconds: float) -> TrainState:
+  """Evaluates, drives the plateau, logs, appends to `history` and checkpoints."""
+  config = run.config
+  train_summary = {k: float(v) for k, v in train_metrics.compute().items()}
+  eval_summary = evaluate(run.steps, state, run.eval_split)
+  accumulation = config.optimizer.accumulation_steps
+  lr = float(run.schedule(int(state.step) // accumulation - 1)) * float(state.plateau.scale)
+  if run.plateau:  # once per epoch, on the configured metric
+    value = train_summary["loss"] if config.optimizer.plateau.metric == "train_loss" \
+        else eval_summary["loss"]
+    state = state.replace(plateau=run.plateau.update(state.plateau, value))
+  epoch = len(history) + 1
+  scalars = {"epoch": epoch, "learning_rate": lr,
+             "images_per_s": run.steps_per_epoch * config.batch_size / seconds,
+             **{f"train_{k}": v for k, v in train_summary.items()},
+             **{f"eval_{k}": v for k, v in eval_summary.items()}}
+  run.writer.write_scalars(int(state.step), scalars)
+  history.append(scalars)
+  if jax.process_index() == 0:
+    plots.write_history(run.workdir, history)
+  if epoch % config.checkpoint_every_epochs == 0 or epoch == config.num_epochs:
+    run.save(state, history, 0, None, eval_summary["accuracy"])
+  logging.info("epoch %d/%d: train loss %.4f acc %.4f | eval loss %.4f acc %.4f | lr %.3g | "
+               "%.0f images/s", epoch, config.num_epochs, train_summary["loss"],
+               train_summary["accuracy"], eval_summary["loss"], eval_summary["accuracy"], lr,
+               scalars["images_per_s"])
+  return state
+
+
+def _stop(run: _Run, state, history, epoch_step, train_metrics, signal_name: str):
+  run.save(state, history, epoch_step, train_metrics, None)
+  _close(run)
+  code = 130 if signal_name == "SIGINT" else 143  # the shell's 128 + signal number
+  message = (f"{signal_name}: stopped at step {int(state.step)} (epoch {len(history) + 1}, "
+             f"step {epoch_step} of {run.steps_per_epoch}) and saved a checkpoint to "
+             f"{checkpoints.checkpoint_dir(run.workdir)}; rerun the same command to resume")
+  logging.warning(message)
+  print(message, file=sys.stderr)
+  raise Preempted(code)
+
+
+def _close(run: _Run) -> None:
+  run.manager.wait_until_finished()  # asynchronous saves complete before we exit
+  run.manager.close()
+  run.writer.flush()
+
+
+def _resume(run: _Run, state: TrainState):
+  """(state, history, epoch_step, partial train metrics) from the newest checkpoint."""
+  step = run.manager.latest_step()
   if step is None:
-    return state, []
-  meta = checkpoints.read_meta(manager, step)
-  expected = json.loads(json.dumps(models.model_config(config.model.name, model)))
+    return state, [], 0, None
+  meta = checkpoints.read_meta(run.manager, step)
+  expected = json.loads(json.dumps(models.model_config(run.config.model.name, run.model)))
   if meta.get("source") != "train" or meta["model"] != expected:
     diff = sorted(k for k in set(expected) | set(meta["model"])
                   if expected.get(k) != meta["model"].get(k))
     raise checkpoints.CheckpointError(
-        f"{checkpoints.checkpoint_dir(manager.directory.parent)} holds "
-        f"{meta.get('source')} checkpoints of another model (differs in {diff}); "
-        "use a new --workdir")
-  logging.info("resuming from %s/%d: %d epochs done", manager.directory, step, meta["epoch"])
-  return checkpoints.restore_training(manager, step, state, steps.replicated), meta["history"]
+        f"{run.manager.directory} holds {meta.get('source')} checkpoints of another model "
+        f"(differs in {diff}); use a new --workdir")
+  state, metrics_state = checkpoints.restore_training(run.manager, step, state, Metrics.empty(),
+                                                      run.steps.replicated)
+  epoch_step = meta["epoch_step"]
+  train_metrics = flax.serialization.from_state_dict(Metrics.empty(), metrics_state) \
+      if epoch_step else None
+  logging.info("resuming from %s/%d: epoch %d, step %d of it", run.manager.directory, step,
+               meta["epoch"] + 1, epoch_step)
+  return state, meta["history"], epoch_step, train_metrics
 
 
 def _epoch_runner(steps: Steps, split, num_steps: int):
-  """run(state, epoch) yields (state, metrics) after each of the epoch's `num_steps` steps."""
+  """run(state, epoch, start) yields (state, metrics) after each step from `start` on."""
   if isinstance(split, device_pipeline.DeviceSplit):
     device_step = steps.device_train(split)
 
-    def run(state, epoch):
+    def run(state, epoch, start):
       order = split.epoch_order(epoch)
-      for index in range(num_steps):
+      for index in range(start, num_steps):
         state, metrics_ = device_step(state, split.arrays, order, index)
         yield state, metrics_
   else:
 
-    def run(state, epoch):
-      for _, batch in zip(range(num_steps), split.epoch(epoch)):
+    def run(state, epoch, start):
+      for _, batch in zip(range(start, num_steps), split.epoch(epoch, start)):
         state, metrics_ = steps.train(state, steps.place_batch(batch))
         yield state, metrics_
 

@@ -48,7 +48,7 @@ def test_resume_continues_exactly_as_if_never_interrupted(tmp_path, trained):
   _, uninterrupted, full_history = trained
   workdir = str(tmp_path)
   train.train_and_evaluate(_smoke(num_epochs=1), workdir)  # "interrupted" after epoch 1
-  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["1"]
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["16"]  # 16 steps/epoch
   state, history = train.train_and_evaluate(_smoke(), workdir)  # resumes at epoch 2
   assert int(state.step) == int(uninterrupted.step)
   for ours, theirs in zip(jax.tree.leaves(jax.device_get((state.params, state.batch_stats,
@@ -67,7 +67,7 @@ def test_retention_keeps_the_last_k_and_the_best(tmp_path):
     accuracies = [h["eval_accuracy"] for h in json.load(f)]
   best = max(range(4), key=lambda i: (accuracies[i], i)) + 1
   assert sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))) == \
-      sorted({best, 4})
+      sorted({16 * best, 16 * 4})
 
 
 def test_eval_mode_writes_the_schema_and_matches_the_training_log(trained):
@@ -76,7 +76,7 @@ def test_eval_mode_writes_the_schema_and_matches_the_training_log(trained):
   assert set(metrics) >= {"accuracy", "per_class_accuracy", "confusion_matrix", "num_examples",
                           "step", "split"}
   best = max(history, key=lambda h: (h["eval_accuracy"], h["epoch"]))
-  assert metrics["step"] == best["epoch"]
+  assert metrics["step"] == 16 * best["epoch"]
   assert metrics["accuracy"] == pytest.approx(best["eval_accuracy"], abs=1e-6)
   assert metrics["num_examples"] == 256 and metrics["split"] == "test"
   matrix = np.array(metrics["confusion_matrix"])
@@ -84,8 +84,8 @@ def test_eval_mode_writes_the_schema_and_matches_the_training_log(trained):
   with open(os.path.join(workdir, "eval", "metrics.json")) as f:
     assert json.load(f) == metrics
   assert os.path.getsize(os.path.join(workdir, "eval", "confusion_matrix.png")) > 1000
-  first = evaluate.evaluate(_smoke(**{"eval.tta": True}), workdir, step=1)
-  assert first["step"] == 1 and first["tta"] is True
+  first = evaluate.evaluate(_smoke(**{"eval.tta": True}), workdir, step=16)
+  assert first["step"] == 16 and first["tta"] is True
 
 
 def test_predict_writes_id_labels_csv(tmp_path, trained):
@@ -137,7 +137,7 @@ def test_errors_are_clear_and_leave_the_workdir_untouched(tmp_path, trained):
     evaluate.evaluate(_smoke(**{"model": {"name": "deep"}}), workdir)
   with pytest.raises(checkpoints.CheckpointError, match=r"differs .* in \['stage_widths'\]"):
     evaluate.evaluate(_smoke(**{"model.stage_widths": (8, 16, 64)}), workdir)
-  with pytest.raises(checkpoints.CheckpointError, match=r"no checkpoint step 7 .* has \[1, 2, 3\]"):
+  with pytest.raises(checkpoints.CheckpointError, match=r"no checkpoint step 7 .* has \[16, 32, 48\]"):
     evaluate.evaluate(_smoke(), workdir, step=7)
   bad = tmp_path / "bad.pkl"
   with open(bad, "wb") as f:
@@ -155,7 +155,7 @@ def test_cli_eval_and_plots(trained, tmp_path):
   workdir, _, _ = trained
   result = subprocess.run([sys.executable, "-m", "resnet_jax.main", "--config",
                            "configs/smoke.py", "--workdir", workdir, "--mode", "eval",
-                           "--checkpoint_step", "2"], capture_output=True, text=True, cwd=REPO)
+                           "--checkpoint_step", "32"], capture_output=True, text=True, cwd=REPO)
   assert result.returncode == 0, result.stderr[-2000:]
   assert "test: accuracy" in result.stdout
   missing = subprocess.run([sys.executable, "-m", "resnet_jax.main", "--config",
