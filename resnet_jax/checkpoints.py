@@ -87,7 +87,9 @@ def save_training(manager: ocp.CheckpointManager, step: int, state, train_metric
       model=ocp.args.StandardSave({"params": state.params, "batch_stats": state.batch_stats}),
       train=ocp.args.StandardSave({
           "opt_state": state.opt_state, "plateau": state.plateau, "step": state.step,
-          "rng": state.rng, "metrics": flax.serialization.to_state_dict(train_metrics)}),
+          "rng": state.rng, "skipped_steps": state.skipped_steps,
+          "first_nonfinite_step": state.first_nonfinite_step,
+          "metrics": flax.serialization.to_state_dict(train_metrics)}),
       meta=ocp.args.JsonSave(meta)),
       metrics=None if meta["eval_accuracy"] is None else {"eval_accuracy": meta["eval_accuracy"]})
 
@@ -106,6 +108,8 @@ def restore_training(manager: ocp.CheckpointManager, step: int, state, train_met
   target = _abstract({"model": {"params": state.params, "batch_stats": state.batch_stats},
                       "train": {"opt_state": state.opt_state, "plateau": state.plateau,
                                 "step": state.step, "rng": state.rng,
+                                "skipped_steps": state.skipped_steps,
+                                "first_nonfinite_step": state.first_nonfinite_step,
                                 "metrics": flax.serialization.to_state_dict(train_metrics)}},
                      sharding)
   restored = manager.restore(step, args=ocp.args.Composite(

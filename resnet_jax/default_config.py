@@ -6,7 +6,7 @@ Keys (see README "Configuration"):
   dtype                compute dtype: "float32", "bfloat16" (parameters stay float32)
   seed                 initialisation, dropout, data order and augmentation
   num_epochs, batch_size (global), eval_batch_size, label_smoothing
-  checkpoint_every_epochs, keep_checkpoints, eval.tta
+  checkpoint_every_epochs, keep_checkpoints, eval.tta, skip_nonfinite_steps
   data.*               source, dir, tfds_data_dir, train_split, eval_split,
                        augment.<field>, normalization, pipeline ("tfdata", "device"),
                        synthetic_train_size, synthetic_test_size
@@ -27,6 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.batch_size = 128
   config.eval_batch_size = 500
   config.label_smoothing = 0.0
+  config.skip_nonfinite_steps = False  # True: skip NaN/inf steps instead of stopping
   config.checkpoint_every_epochs = 1
   config.keep_checkpoints = 3  # the last 3, plus the best by validation accuracy
 

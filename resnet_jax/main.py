@@ -47,7 +47,7 @@ def main(argv: Sequence[str]) -> None:
                            FLAGS.checkpoint_step)
       print(f"wrote {n} predictions to {FLAGS.output}")
   except (config_validation.ConfigError, data_sources.DataError, checkpoints.CheckpointError,
-          evaluate.InputFileError) as e:
+          evaluate.InputFileError, train.NonFiniteError) as e:
     raise SystemExit(f"error: {e}") from e
 
 

@@ -35,11 +35,17 @@ from resnet_jax import (checkpoints, config_validation, data_sources, device_pip
 
 
 class TrainState(train_state.TrainState):
-  """Flax's TrainState plus BatchNorm statistics, the plateau state and a base rng."""
+  """Flax's TrainState plus BatchNorm statistics, plateau state, rng and non-finite record."""
 
   batch_stats: Any = None
   plateau: Any = None  # optax ReduceLROnPlateauState; its scale multiplies updates
   rng: jax.Array = None  # uint32[2]; dropout keys are fold_in(rng, step)
+  skipped_steps: jax.Array = None  # int32: steps whose loss or gradient was not finite
+  first_nonfinite_step: jax.Array = None  # int32, -1 until a step is not finite
+
+
+class NonFiniteError(RuntimeError):
+  """A loss or gradient was NaN or infinite; names the step."""
 
 
 @flax.struct.dataclass
@@ -69,11 +75,19 @@ def create_train_state(config, model: models.ResNet, updates_per_epoch: int) -> 
   return TrainState.create(
       apply_fn=model.apply, params=variables["params"], tx=tx,
       batch_stats=variables["batch_stats"],
-      plateau=(plateau or optim.Plateau()).init(), rng=dropout_rng)
+      plateau=(plateau or optim.Plateau()).init(), rng=dropout_rng,
+      skipped_steps=jnp.zeros((), jnp.int32), first_nonfinite_step=jnp.full((), -1, jnp.int32))
 
 
-def train_step(state: TrainState, batch: dict, label_smoothing: float = 0.0):
-  """One optimizer (or accumulation) step; returns the new state and its metrics."""
+def train_step(state: TrainState, batch: dict, label_smoothing: float = 0.0,
+               skip_nonfinite: bool = False):
+  """One optimizer (or accumulation) step; returns the new state and its metrics.
+
+  A step whose loss or gradient is not finite changes nothing but the step
+  count and the non-finite record, so no NaN ever reaches parameters,
+  statistics or checkpoints. Unless `skip_nonfinite`, every later step is a
+  no-op too, until the host sees `first_nonfinite_step` and stops the run.
+  """
   dropout_rng = jax.random.fold_in(state.rng, state.step)
 
   def loss_fn(params):
@@ -84,12 +98,24 @@ def train_step(state: TrainState, batch: dict, label_smoothing: float = 0.0):
     return loss.mean(), (logits, loss, updates["batch_stats"])
 
   grads, (logits, loss, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+  finite = jnp.isfinite(loss).all() & jnp.all(jnp.array(
+      [jnp.isfinite(g).all() for g in jax.tree.leaves(grads)]))
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
   # The plateau scale multiplies the step (not the gradient): the applied lr.
   updates = jax.tree.map(lambda u: u * state.plateau.scale, updates)
-  state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                        opt_state=opt_state, batch_stats=batch_stats)
-  return state, Metrics.single_from_model_output(loss=loss, logits=logits, labels=batch["label"])
+  apply = finite & (skip_nonfinite | (state.first_nonfinite_step < 0))
+  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(apply, n, o), new, old)
+  state = state.replace(
+      step=state.step + 1,
+      params=keep(optax.apply_updates(state.params, updates), state.params),
+      opt_state=keep(opt_state, state.opt_state), batch_stats=keep(batch_stats, state.batch_stats),
+      skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32),
+      first_nonfinite_step=jnp.where((state.first_nonfinite_step < 0) & ~finite, state.step,
+                                     state.first_nonfinite_step))
+  mask = jnp.broadcast_to(finite, loss.shape)  # a skipped step does not count in the metrics
+  return state, Metrics.single_from_model_output(loss=jnp.where(finite, loss, 0.0),
+                                                 logits=jnp.where(finite, logits, 0.0),
+                                                 labels=batch["label"], mask=mask)
 
 
 def eval_step(state: TrainState, batch: dict) -> Metrics:
@@ -120,8 +146,10 @@ class Steps:
     self.replicated = NamedSharding(self.mesh, P())
     self.data = NamedSharding(self.mesh, P("data"))
     self.label_smoothing = config.label_smoothing
+    self.skip_nonfinite = config.skip_nonfinite_steps
     self.train = jax.jit(
-        functools.partial(train_step, label_smoothing=config.label_smoothing),
+        functools.partial(train_step, label_smoothing=config.label_smoothing,
+                          skip_nonfinite=config.skip_nonfinite_steps),
         in_shardings=(self.replicated, self.data), out_shardings=self.replicated,
         donate_argnums=0)
     self.eval = jax.jit(eval_step, in_shardings=(self.replicated, self.data),
@@ -138,7 +166,7 @@ class Steps:
       key = jax.random.fold_in(jax.random.fold_in(state.rng, 1), state.step)  # not dropout's
       batch = split.get_batch(arrays, order, index, key)
       batch = jax.lax.with_sharding_constraint(batch, self.data)
-      return train_step(state, batch, self.label_smoothing)
+      return train_step(state, batch, self.label_smoothing, self.skip_nonfinite)
 
     return jax.jit(step, in_shardings=(self.replicated, self.replicated, self.replicated, None),
                    out_shardings=self.replicated, donate_argnums=0)
@@ -204,6 +232,7 @@ class _Run:
   def save(self, state: TrainState, history: list[dict], epoch_step: int,
            train_metrics: Metrics | None, eval_accuracy: float | None) -> None:
     """Checkpoints at the state's step, unless that step is already saved."""
+    _check_finite(self, state)
     if int(state.step) in self.manager.all_steps():
       return
     meta = {"model": models.model_config(self.config.model.name, self.model),
@@ -280,6 +309,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         train_metrics = m if train_metrics is None else train_metrics.merge(m)
         epoch_step += 1
         progress(int(state.step))
+        if epoch_step % 100 == 0:
+          _check_finite(run, state)
         if stop.received and epoch_step < run.steps_per_epoch:
           _stop(run, state, history, epoch_step, train_metrics, stop.received)
       state = _end_epoch(run, state, history, train_metrics, time.perf_counter() - start)
@@ -305,7 +336,7 @@ def _end_epoch(run: _Run, state: TrainState, history: list[dict], train_metrics:
         else eval_summary["loss"]
     state = state.replace(plateau=run.plateau.update(state.plateau, value))
   epoch = len(history) + 1
-  scalars = {"epoch": epoch, "learning_rate": lr,
+  scalars = {"epoch": epoch, "learning_rate": lr, "skipped_steps": int(state.skipped_steps),
              "images_per_s": run.steps_per_epoch * config.batch_size / seconds,
              **{f"train_{k}": v for k, v in train_summary.items()},
              **{f"eval_{k}": v for k, v in eval_summary.items()}}
@@ -320,6 +351,20 @@ def _end_epoch(run: _Run, state: TrainState, history: list[dict], train_metrics:
                train_summary["accuracy"], eval_summary["loss"], eval_summary["accuracy"], lr,
                scalars["images_per_s"])
   return state
+
+
+def _check_finite(run: _Run, state: TrainState) -> None:
+  """Stops the run at the first non-finite step, unless config.skip_nonfinite_steps."""
+  first = int(state.first_nonfinite_step)
+  if first < 0 or run.config.skip_nonfinite_steps:
+    return
+  _close(run)
+  latest = run.manager.latest_step()
+  raise NonFiniteError(
+      f"non-finite loss or gradient at step {first} (epoch {first // run.steps_per_epoch + 1}); "
+      f"training stopped before applying it. Last good checkpoint: "
+      f"{'none' if latest is None else os.path.join(run.manager.directory, str(latest))}. "
+      "Lower the learning rate, or set config.skip_nonfinite_steps=True to skip such steps.")
 
 
 def _stop(run: _Run, state, history, epoch_step, train_metrics, signal_name: str):
@@ -341,11 +386,35 @@ def _close(run: _Run) -> None:
 
 
 def _resume(run: _Run, state: TrainState):
-  """(state, history, epoch_step, partial train metrics) from the newest checkpoint."""
-  step = run.manager.latest_step()
-  if step is None:
-    return state, [], 0, None
-  meta = checkpoints.read_meta(run.manager, step)
+  """(state, history, epoch_step, partial train metrics) from the newest valid checkpoint.
+
+  A checkpoint that cannot be read (truncated files, missing metadata) is moved
+  aside as <step>.corrupt, with a warning naming it, and the next older one is
+  tried; nothing is deleted.
+  """
+  for step in sorted(run.manager.all_steps(), reverse=True):
+    try:
+      meta = checkpoints.read_meta(run.manager, step)
+    except Exception as e:  # pylint: disable=broad-except  # orbax raises many types
+      _set_aside(run, step, e)
+      continue
+    _check_same_model(run, meta)
+    try:
+      state, metrics_state = checkpoints.restore_training(run.manager, step, state,
+                                                          Metrics.empty(), run.steps.replicated)
+    except Exception as e:  # pylint: disable=broad-except
+      _set_aside(run, step, e)
+      continue
+    epoch_step = meta["epoch_step"]
+    train_metrics = flax.serialization.from_state_dict(Metrics.empty(), metrics_state) \
+        if epoch_step else None
+    logging.info("resuming from %s/%d: epoch %d, step %d of it", run.manager.directory, step,
+                 meta["epoch"] + 1, epoch_step)
+    return state, meta["history"], epoch_step, train_metrics
+  return state, [], 0, None
+
+
+def _check_same_model(run: _Run, meta: dict) -> None:
   expected = json.loads(json.dumps(models.model_config(run.config.model.name, run.model)))
   if meta.get("source") != "train" or meta["model"] != expected:
     diff = sorted(k for k in set(expected) | set(meta["model"])
@@ -353,14 +422,18 @@ def _resume(run: _Run, state: TrainState):
     raise checkpoints.CheckpointError(
         f"{run.manager.directory} holds {meta.get('source')} checkpoints of another model "
         f"(differs in {diff}); use a new --workdir")
-  state, metrics_state = checkpoints.restore_training(run.manager, step, state, Metrics.empty(),
-                                                      run.steps.replicated)
-  epoch_step = meta["epoch_step"]
-  train_metrics = flax.serialization.from_state_dict(Metrics.empty(), metrics_state) \
-      if epoch_step else None
-  logging.info("resuming from %s/%d: epoch %d, step %d of it", run.manager.directory, step,
-               meta["epoch"] + 1, epoch_step)
-  return state, meta["history"], epoch_step, train_metrics
+
+
+def _set_aside(run: _Run, step: int, error: Exception) -> None:
+  path = os.path.join(run.manager.directory, str(step))
+  aside = f"{path}.corrupt"
+  while os.path.exists(aside):
+    aside += "_"
+  if jax.process_index() == 0:
+    os.rename(path, aside)
+  logging.warning("skipping unreadable checkpoint %s (%s: %s); moved it to %s", path,
+                  type(error).__name__, str(error)[:300], aside)
+  run.manager.reload()
 
 
 def _epoch_runner(steps: Steps, split, num_steps: int):

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from resnet_jax import train
+from resnet_jax import checkpoints, train
 from tests.test_checkpoints import REPO, _smoke, trained  # noqa: F401  (fixture)
 
 
@@ -61,3 +61,64 @@ def test_same_config_and_seed_give_identical_metrics(tmp_path, trained):  # noqa
   _, again = train.train_and_evaluate(_smoke(), str(tmp_path))
   untimed = lambda hs: [{k: v for k, v in h.items() if k != "images_per_s"} for h in hs]
   assert untimed(again) == untimed(history)
+
+
+def _poison(monkeypatch, train_batch: int):
+  """Makes the n-th training batch all NaN."""
+  place = train.Steps.place_batch
+  calls = {"n": 0}
+
+  def poisoned(self, batch):
+    if "mask" not in batch:
+      calls["n"] += 1
+      if calls["n"] == train_batch:
+        batch = {**batch, "image": np.full_like(batch["image"], np.nan)}
+    return place(self, batch)
+
+  monkeypatch.setattr(train.Steps, "place_batch", poisoned)
+
+
+def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
+    tmp_path, monkeypatch):
+  _poison(monkeypatch, 20)  # step 19, in epoch 2
+  with pytest.raises(train.NonFiniteError,
+                     match=r"at step 19 \(epoch 2\).*Last good checkpoint: .*checkpoints/16"):
+    train.train_and_evaluate(_smoke(), str(tmp_path))
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["16"]
+  _, variables, _ = checkpoints.restore_model(str(tmp_path))
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(variables))
+
+
+def test_skip_nonfinite_steps_skips_and_trains_on(tmp_path, monkeypatch):
+  _poison(monkeypatch, 20)
+  state, history = train.train_and_evaluate(_smoke(skip_nonfinite_steps=True), str(tmp_path))
+  assert [h["skipped_steps"] for h in history] == [0, 1, 1]
+  assert int(state.first_nonfinite_step) == 19
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.params))
+  assert np.isfinite(history[1]["train_loss"]) and history[-1]["eval_accuracy"] > 0.6
+
+
+def _truncate_model_files(step_dir):
+  for root, _, files in os.walk(os.path.join(step_dir, "model")):
+    for name in files:
+      path = os.path.join(root, name)
+      with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+
+
+def _remove_metadata(step_dir):
+  os.remove(os.path.join(step_dir, "meta", "metadata"))
+
+
+@pytest.mark.parametrize("damage", [_truncate_model_files, _remove_metadata])
+def test_unreadable_latest_checkpoint_is_set_aside_and_the_previous_resumed(
+    tmp_path, trained, damage, caplog):  # noqa: F811
+  _, uninterrupted, _ = trained
+  train.train_and_evaluate(_smoke(num_epochs=2), str(tmp_path))
+  damage(str(tmp_path / "checkpoints" / "32"))
+  state, _ = train.train_and_evaluate(_smoke(), str(tmp_path))
+  assert "skipping unreadable checkpoint" in caplog.text and "checkpoints/32" in caplog.text
+  assert (tmp_path / "checkpoints" / "32.corrupt").is_dir()  # kept, not deleted
+  for ours, theirs in zip(jax.tree.leaves(jax.device_get(state.params)),
+                          jax.tree.leaves(uninterrupted.params)):
+    np.testing.assert_array_equal(ours, theirs)
