@@ -16,6 +16,7 @@ import json
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 from typing import Any
@@ -239,8 +240,14 @@ class _Run:
             "source": "train", "epoch": len(history), "epoch_step": epoch_step,
             "eval_accuracy": eval_accuracy, "config": self.config.to_json_best_effort(),
             "history": history}
-    checkpoints.save_training(self.manager, int(state.step), state,
-                              train_metrics or Metrics.empty(), meta)
+    try:
+      checkpoints.save_training(self.manager, int(state.step), state,
+                                train_metrics or Metrics.empty(), meta)
+    except Exception as e:  # pylint: disable=broad-except
+      # Disk full, permissions... Orbax raises OSError, or ValueError from its
+      # asynchronous writers (a previous save's failure surfaces here), and only
+      # ever renames a finished save into place: earlier checkpoints are intact.
+      raise _save_failed(self.manager, e) from e
 
 
 def _build_run(config, workdir: str) -> tuple[_Run, TrainState]:
@@ -248,6 +255,7 @@ def _build_run(config, workdir: str) -> tuple[_Run, TrainState]:
   from resnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
 
   config_validation.validate(config)
+  _check_writable(workdir)
   model = build_model(config)
   steps = Steps(config)
   if config.data.pipeline == "device":
@@ -279,6 +287,23 @@ def _build_run(config, workdir: str) -> tuple[_Run, TrainState]:
                config.model.name, f"{models.count_params(model):,}", train_split.num_examples,
                eval_split.num_examples, steps_per_epoch)
   return run, state
+
+
+def _save_failed(manager, error: Exception) -> checkpoints.CheckpointError:
+  manager.reload()
+  return checkpoints.CheckpointError(
+      f"writing to {os.path.dirname(manager.directory)} failed ({type(error).__name__}: "
+      f"{str(error)[:400]}); the complete checkpoints are intact: {sorted(manager.all_steps())}")
+
+
+def _check_writable(workdir: str) -> None:
+  """Fails before any compute when checkpoints could not be written."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=workdir):
+      pass
+  except OSError as e:
+    raise checkpoints.CheckpointError(f"--workdir {workdir} is not writable: {e}") from e
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
@@ -343,7 +368,10 @@ def _end_epoch(run: _Run, state: TrainState, history: list[dict], train_metrics:
   run.writer.write_scalars(int(state.step), scalars)
   history.append(scalars)
   if jax.process_index() == 0:
-    plots.write_history(run.workdir, history)
+    try:
+      plots.write_history(run.workdir, history)  # atomic: the old file survives a failure
+    except OSError as e:
+      raise _save_failed(run.manager, e) from e
   if epoch % config.checkpoint_every_epochs == 0 or epoch == config.num_epochs:
     run.save(state, history, 0, None, eval_summary["accuracy"])
   logging.info("epoch %d/%d: train loss %.4f acc %.4f | eval loss %.4f acc %.4f | lr %.3g | "
@@ -380,7 +408,10 @@ def _stop(run: _Run, state, history, epoch_step, train_metrics, signal_name: str
 
 
 def _close(run: _Run) -> None:
-  run.manager.wait_until_finished()  # asynchronous saves complete before we exit
+  try:
+    run.manager.wait_until_finished()  # asynchronous saves complete before we exit
+  except Exception as e:  # pylint: disable=broad-except  # as in _Run.save
+    raise _save_failed(run.manager, e) from e
   run.manager.close()
   run.writer.flush()
 

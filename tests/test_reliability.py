@@ -1,5 +1,7 @@
-"""Preemption (SIGTERM/SIGINT) and determinism."""
+"""Faults: preemption signals, SIGKILL, non-finite steps, corrupt checkpoints, full disks;
+and determinism."""
 
+import json
 import os
 import signal
 import subprocess
@@ -122,3 +124,58 @@ def test_unreadable_latest_checkpoint_is_set_aside_and_the_previous_resumed(
   for ours, theirs in zip(jax.tree.leaves(jax.device_get(state.params)),
                           jax.tree.leaves(uninterrupted.params)):
     np.testing.assert_array_equal(ours, theirs)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A 2 MiB tmpfs (the machines here run as root); None where mounting is not allowed."""
+  mount = tmp_path / "small_disk"
+  mount.mkdir()
+  result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
+                          capture_output=True)
+  yield mount if result.returncode == 0 else None
+  if result.returncode == 0:
+    subprocess.run(["umount", "-l", str(mount)], check=False)  # -l: orbax threads may linger
+
+
+def test_disk_full_during_a_save_is_a_clear_error_and_earlier_checkpoints_survive(
+    tmp_path, small_disk, monkeypatch):
+  if small_disk is None:  # no mount: inject the OSError a full disk raises instead
+    workdir = tmp_path / "run"
+    save = checkpoints.save_training
+
+    def save_until_full(manager, step, *args):
+      if step > 48:
+        raise OSError(28, "No space left on device")
+      save(manager, step, *args)
+
+    monkeypatch.setattr(checkpoints, "save_training", save_until_full)
+  else:
+    workdir = small_disk / "run"
+  with pytest.raises(checkpoints.CheckpointError,
+                     match=r"No space left on device.*complete checkpoints are intact"):
+    train.train_and_evaluate(_smoke(num_epochs=12, keep_checkpoints=12), str(workdir))
+  complete = sorted(int(n) for n in os.listdir(workdir / "checkpoints") if n.isdigit())
+  assert complete and complete == list(range(16, 16 * len(complete) + 1, 16))
+  for step in complete:  # every complete checkpoint still restores
+    _, variables, meta = checkpoints.restore_model(str(workdir), step)
+    assert meta["epoch"] == step // 16
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(variables))
+
+
+def test_unwritable_workdir_fails_before_compute(tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("not a directory")
+  with pytest.raises(checkpoints.CheckpointError, match=r"--workdir .*a_file/run is not writable"):
+    train.train_and_evaluate(_smoke(), str(blocker / "run"))
+  assert blocker.read_text() == "not a directory"
+
+
+def test_chaos_script_sigkills_resumes_and_matches(tmp_path):
+  result = subprocess.run([sys.executable, "scripts/chaos_resume.py", "--kills", "2",
+                           "--epochs", "3", "--workdir", str(tmp_path)], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+  report = json.loads(result.stdout)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert len(report["kills"]) >= 1 and report["final_exit_code"] == 0
+  assert report["arrays_identical"] and report["history_identical"]
