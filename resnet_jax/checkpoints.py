@@ -20,6 +20,7 @@ from typing import Any
 
 import flax
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
@@ -89,9 +90,15 @@ def save_training(manager: ocp.CheckpointManager, step: int, state, train_metric
           "opt_state": state.opt_state, "plateau": state.plateau, "step": state.step,
           "rng": state.rng, "skipped_steps": state.skipped_steps,
           "first_nonfinite_step": state.first_nonfinite_step,
-          "metrics": flax.serialization.to_state_dict(train_metrics)}),
+          "metrics": _host_values(flax.serialization.to_state_dict(train_metrics))}),
       meta=ocp.args.JsonSave(meta)),
       metrics=None if meta["eval_accuracy"] is None else {"eval_accuracy": meta["eval_accuracy"]})
+
+
+def _host_values(tree):
+  """Small replicated values as numpy: Orbax cannot save host-local arrays multi-process."""
+  return jax.tree.map(lambda x: np.asarray(x.addressable_data(0))
+                      if isinstance(x, jax.Array) else np.asarray(x), tree)
 
 
 def read_meta(manager: ocp.CheckpointManager, step: int) -> dict:

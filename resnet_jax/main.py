@@ -24,12 +24,36 @@ flags.DEFINE_enum("mode", "train", ["train", "eval", "predict"], "What to do.")
 flags.DEFINE_integer("checkpoint_step", None, "eval/predict: this checkpoint instead of the best.")
 flags.DEFINE_string("input", None, "predict: pickled dict with b'data' (N x 32 x 32 x 3 uint8).")
 flags.DEFINE_string("output", None, "predict: CSV file to write (ID,Labels).")
+flags.DEFINE_string("coordinator_address", None,
+                    "Multi-process: host:port of process 0 (jax.distributed.initialize).")
+flags.DEFINE_integer("num_processes", None, "Multi-process: how many processes in all.")
+flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
+flags.DEFINE_integer("heartbeat_timeout", 100,
+                     "Multi-process: seconds without a peer's heartbeat before every process "
+                     "stops with an error (a dead peer never leaves the others hanging).")
+flags.DEFINE_bool("distributed", False,
+                  "Call jax.distributed.initialize() with no arguments (TPU pod slices and "
+                  "clusters it detects by itself).")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _initialize_distributed() -> None:
+  """Joins JAX's distributed runtime when asked to; a single process needs nothing."""
+  if FLAGS.num_processes and FLAGS.num_processes > 1:
+    # CPU processes need a collectives implementation for cross-process all-reduce;
+    # the setting does nothing on GPU or TPU. (Set before any backend starts.)
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(FLAGS.coordinator_address, num_processes=FLAGS.num_processes,
+                               process_id=FLAGS.process_id, initialization_timeout=120,
+                               heartbeat_timeout_seconds=FLAGS.heartbeat_timeout)
+  elif FLAGS.distributed:
+    jax.distributed.initialize()
 
 
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  _initialize_distributed()
   logging.info("JAX process %d of %d, devices: %s", jax.process_index(), jax.process_count(),
                jax.devices())
   try:

@@ -172,8 +172,8 @@ def test_unwritable_workdir_fails_before_compute(tmp_path):
 
 
 def test_chaos_script_sigkills_resumes_and_matches(tmp_path):
-  result = subprocess.run([sys.executable, "scripts/chaos_resume.py", "--kills", "2",
-                           "--epochs", "3", "--workdir", str(tmp_path)], cwd=REPO,
+  result = subprocess.run([sys.executable, "scripts/chaos_resume.py", "--kills", "1",
+                           "--epochs", "2", "--workdir", str(tmp_path)], cwd=REPO,
                           capture_output=True, text=True, timeout=600)
   report = json.loads(result.stdout)
   assert result.returncode == 0, result.stderr[-2000:]
