@@ -48,3 +48,16 @@ def data_config(location: str, **overrides) -> ml_collections.ConfigDict:
                 augment=preprocessing.augment_settings("none"), normalization="seed")
   config.update(overrides)
   return ml_collections.ConfigDict(config)
+
+
+def smoke_config(**changes):
+  """configs/smoke.py with dotted-key changes, e.g. smoke_config(**{"optimizer.name": "sgd"})."""
+  from configs import smoke  # pylint: disable=g-import-not-at-top
+  config = smoke.get_config()
+  for key, value in changes.items():
+    target = config
+    *parents, leaf = key.split(".")
+    for parent in parents:
+      target = target[parent]
+    target[leaf] = value
+  return config

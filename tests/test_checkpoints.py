@@ -14,21 +14,10 @@ import pytest
 import torch
 
 from resnet_jax import checkpoints, convert_torch, data_sources, evaluate, train
-from configs import smoke
 from tests import torch_reference
+from tests.conftest import smoke_config as _smoke
 
 REPO = os.path.dirname(os.path.dirname(__file__))
-
-
-def _smoke(**changes):
-  config = smoke.get_config()
-  for key, value in changes.items():
-    target = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      target = target[p]
-    target[leaf] = value
-  return config
 
 
 @pytest.fixture(scope="module")

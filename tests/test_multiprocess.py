@@ -11,7 +11,8 @@ import jax
 import numpy as np
 
 from resnet_jax import checkpoints, train
-from tests.test_checkpoints import REPO, _smoke
+from tests.conftest import smoke_config as _smoke
+from tests.test_checkpoints import REPO
 
 
 def _free_port() -> int:

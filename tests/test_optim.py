@@ -25,52 +25,46 @@ def _problem():
   return x, y, w
 
 
-def test_coupled_l2_adam_matches_torch_adam_weight_decay():
+def _optax_fit(steps: int, **opt_changes) -> np.ndarray:
+  """The least-squares problem's kernel after `steps` updates of our optimizer."""
   x, y, w0 = _problem()
-  tx, _ = optim.create_optimizer(_opt_config(name="adam", learning_rate=1e-2,
-                                             weight_decay=1e-1), 10, 1)
+  tx, _ = optim.create_optimizer(_opt_config(**opt_changes), 10, 1)
   params = {"kernel": jnp.asarray(w0)}
   state = tx.init(params)
   loss = lambda p: jnp.mean((x @ p["kernel"] - y) ** 2)
-  for _ in range(20):
+  for _ in range(steps):
     updates, state = tx.update(jax.grad(loss)(params), state, params)
     params = optax.apply_updates(params, updates)
+  return np.asarray(params["kernel"])
 
+
+def _torch_fit(steps: int, make_optimizer) -> np.ndarray:
+  """The same problem with a torch.optim optimizer."""
+  x, y, w0 = _problem()
   w = torch.tensor(w0, requires_grad=True)
-  opt = torch.optim.Adam([w], lr=1e-2, weight_decay=1e-1)
-  for _ in range(20):
+  opt = make_optimizer([w])
+  for _ in range(steps):
     opt.zero_grad()
     torch.mean((torch.from_numpy(x) @ w - torch.from_numpy(y)) ** 2).backward()
     opt.step()
-  np.testing.assert_allclose(params["kernel"], w.detach().numpy(), atol=1e-5)
+  return w.detach().numpy()
+
+
+def test_coupled_l2_adam_matches_torch_adam_weight_decay():
+  theirs = _torch_fit(20, lambda p: torch.optim.Adam(p, lr=1e-2, weight_decay=1e-1))
+  ours = _optax_fit(20, name="adam", learning_rate=1e-2, weight_decay=1e-1)
+  np.testing.assert_allclose(ours, theirs, atol=1e-5)
   # Decoupled AdamW is a different optimizer: it must not coincide.
-  adamw, _ = optim.create_optimizer(_opt_config(name="adamw", learning_rate=1e-2,
-                                                weight_decay=1e-1), 10, 1)
-  p = {"kernel": jnp.asarray(w0)}
-  s = adamw.init(p)
-  for _ in range(20):
-    u, s = adamw.update(jax.grad(loss)(p), s, p)
-    p = optax.apply_updates(p, u)
-  assert np.abs(np.asarray(p["kernel"]) - w.detach().numpy()).max() > 1e-3
+  adamw = _optax_fit(20, name="adamw", learning_rate=1e-2, weight_decay=1e-1)
+  assert np.abs(adamw - theirs).max() > 1e-3
 
 
 def test_sgd_nesterov_matches_torch():
-  x, y, w0 = _problem()
-  tx, _ = optim.create_optimizer(_opt_config(name="sgd", learning_rate=0.05, momentum=0.9,
-                                             nesterov=True, weight_decay=1e-2), 10, 1)
-  params = {"kernel": jnp.asarray(w0)}
-  state = tx.init(params)
-  loss = lambda p: jnp.mean((x @ p["kernel"] - y) ** 2)
-  for _ in range(10):
-    updates, state = tx.update(jax.grad(loss)(params), state, params)
-    params = optax.apply_updates(params, updates)
-  w = torch.tensor(w0, requires_grad=True)
-  opt = torch.optim.SGD([w], lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-2)
-  for _ in range(10):
-    opt.zero_grad()
-    torch.mean((torch.from_numpy(x) @ w - torch.from_numpy(y)) ** 2).backward()
-    opt.step()
-  np.testing.assert_allclose(params["kernel"], w.detach().numpy(), atol=1e-5)
+  theirs = _torch_fit(10, lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True,
+                                                    weight_decay=1e-2))
+  ours = _optax_fit(10, name="sgd", learning_rate=0.05, momentum=0.9, nesterov=True,
+                    weight_decay=1e-2)
+  np.testing.assert_allclose(ours, theirs, atol=1e-5)
 
 
 def test_accumulating_k_micro_batches_equals_one_step_on_their_concatenation():

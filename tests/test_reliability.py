@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from resnet_jax import checkpoints, train
-from tests.test_checkpoints import REPO, _smoke, trained  # noqa: F401  (fixture)
+from tests.conftest import smoke_config as _smoke
+from tests.test_checkpoints import REPO, trained  # noqa: F401  (fixture)
 
 
 @pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])

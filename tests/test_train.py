@@ -12,18 +12,7 @@ import numpy as np
 import pytest
 
 from resnet_jax import config_validation, train
-from configs import smoke
-
-
-def _smoke(**changes):
-  config = smoke.get_config()
-  for key, value in changes.items():
-    target = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      target = target[p]
-    target[leaf] = value
-  return config
+from tests.conftest import smoke_config as _smoke
 
 
 def test_smoke_config_trains_and_its_loss_falls(tmp_path):
@@ -112,13 +101,7 @@ def test_four_cpu_devices_take_the_same_step_as_one():
      r"config.data.augment.rotation=5.0 is not supported by config.data.pipeline='device'"),
 ])
 def test_bad_configs_fail_before_compute_naming_key_and_value(changes, message):
-  config = _smoke()
-  for key, value in changes.items():
-    target = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      target = target[p]
-    target[leaf] = value
+  config = _smoke(**changes)
   with pytest.raises(config_validation.ConfigError, match=message) as info:
     config_validation.validate(config)
   assert "\n" not in str(info.value)
