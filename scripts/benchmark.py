@@ -1,0 +1,151 @@
+"""Training and evaluation speed of a seed model, printed as one JSON object.
+
+    python scripts/benchmark.py --model shallow --batch_size 128 --dtype float32 [--compare_torch]
+
+Times the jitted train step (forward, backward, Adam update, on random data already
+on the device) and the eval forward on JAX's default backend, and reports
+first-step compile seconds, model FLOPs per image from XLA's cost analysis,
+achieved FLOP/s, peak host RSS and, where the backend reports it, device memory.
+With --compare_torch it times the same seed model in PyTorch (the test-only
+reference in tests/torch_reference.py; channels_last; autocast for bfloat16) in
+the same run, alternating JAX and PyTorch rounds, and reports the ratio.
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shlex
+import sys
+import time
+
+import jax
+import numpy as np
+
+from resnet_jax import default_config, train
+
+# bf16 dense peak FLOP/s of accelerators whose utilisation we report.
+PEAK_BF16_FLOPS = {"NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H200": 989e12,
+                   "NVIDIA A100-SXM4-80GB": 312e12, "NVIDIA A100-SXM4-40GB": 312e12}
+
+
+def _jax_setup(model_name: str, batch_size: int, dtype: str):
+  config = default_config.get_config()
+  config.model.name, config.dtype, config.batch_size = model_name, dtype, batch_size
+  model = train.build_model(config)
+  steps = train.Steps(config)
+  state = steps.place_state(train.create_train_state(config, model, 100))
+  rng = np.random.default_rng(0)
+  batch = steps.place_batch({
+      "image": rng.normal(size=(batch_size, 32, 32, 3)).astype(np.float32),
+      "label": rng.integers(0, 10, batch_size).astype(np.int32),
+      "mask": np.ones(batch_size, bool)})
+  return steps, state, batch
+
+
+def _time(fn, steps: int) -> float:
+  """Seconds per call of fn(), which must block until its work is done."""
+  start = time.perf_counter()
+  for _ in range(steps):
+    fn()
+  return (time.perf_counter() - start) / steps
+
+
+def _torch_round(model_name: str, batch_size: int, dtype: str):
+  import torch  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  from tests import torch_reference  # pylint: disable=g-import-not-at-top
+  model = (torch_reference.ShallowResNet() if model_name == "shallow"
+           else torch_reference.DeepResNet()).to(memory_format=torch.channels_last)
+  opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+  x = torch.randn(batch_size, 3, 32, 32).to(memory_format=torch.channels_last)
+  y = torch.randint(0, 10, (batch_size,))
+  autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+
+  def train_step():
+    model.train()
+    opt.zero_grad()
+    with autocast:
+      loss = torch.nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    opt.step()
+
+  def eval_step():
+    model.eval()
+    with torch.no_grad(), autocast:
+      model(x)
+
+  return train_step, eval_step
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--model", choices=["shallow", "deep"], default="shallow")
+  parser.add_argument("--batch_size", type=int, default=128)
+  parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+  parser.add_argument("--steps", type=int, default=5, help="timed steps per round")
+  parser.add_argument("--rounds", type=int, default=2, help="alternating JAX/PyTorch rounds")
+  parser.add_argument("--compare_torch", action="store_true")
+  args = parser.parse_args()
+
+  steps, state, batch = _jax_setup(args.model, args.batch_size, args.dtype)
+  start = time.perf_counter()
+  compiled = steps.train.lower(state, batch).compile()
+  compile_s = time.perf_counter() - start
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  flops_per_image = float(cost.get("flops", 0.0)) / args.batch_size
+  holder = {"state": jax.block_until_ready(compiled(state, batch)[0])}
+
+  def jax_train():
+    holder["state"], _ = steps.train(holder["state"], batch)
+    jax.block_until_ready(holder["state"].params)
+
+  def jax_eval():
+    jax.block_until_ready(steps.eval(holder["state"], batch))
+
+  jax_eval()  # compile eval outside the timing
+  torch_steps = _torch_round(args.model, args.batch_size, args.dtype) \
+      if args.compare_torch else None
+  if torch_steps:  # warm-up
+    for step in torch_steps:
+      step()
+  timings = {"jax_train": [], "jax_eval": [], "torch_train": [], "torch_eval": []}
+  for _ in range(args.rounds):  # alternate, so drifting machine load hits both alike
+    timings["jax_train"].append(_time(jax_train, args.steps))
+    timings["jax_eval"].append(_time(jax_eval, args.steps))
+    if torch_steps:
+      timings["torch_train"].append(_time(torch_steps[0], args.steps))
+      timings["torch_eval"].append(_time(torch_steps[1], args.steps))
+  rate = lambda key: args.batch_size / min(timings[key])  # best round
+  device = jax.devices()[0]
+  result = {
+      "command": " ".join(shlex.quote(a) for a in ["scripts/benchmark.py"] + sys.argv[1:]),
+      "backend": jax.default_backend(), "device": device.device_kind,
+      "devices": jax.device_count(), "cpus": os.cpu_count(), "platform": platform.platform(),
+      "model": args.model, "dtype": args.dtype, "batch_size": args.batch_size,
+      "train_images_per_s": round(rate("jax_train"), 1),
+      "eval_images_per_s": round(rate("jax_eval"), 1),
+      "compile_s": round(compile_s, 2),
+      "train_flops_per_image": flops_per_image,
+      "achieved_flops_per_s": flops_per_image * rate("jax_train"),
+      "peak_host_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+  }
+  stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+  if stats and "peak_bytes_in_use" in stats:
+    result["peak_device_memory_mb"] = round(stats["peak_bytes_in_use"] / 2**20, 1)
+  if device.device_kind in PEAK_BF16_FLOPS:
+    result["utilisation_of_bf16_peak"] = result["achieved_flops_per_s"] / PEAK_BF16_FLOPS[
+        device.device_kind]
+  if torch_steps:
+    result.update({"torch_version": __import__("torch").__version__,
+                   "torch_train_images_per_s": round(rate("torch_train"), 1),
+                   "torch_eval_images_per_s": round(rate("torch_eval"), 1),
+                   "train_speed_ratio_jax_over_torch": round(
+                       rate("jax_train") / rate("torch_train"), 3)})
+  print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+  main()
