@@ -8,7 +8,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_DATA = os.path.join(REPO, "..", "shared", "data")
 
 
 def write_cifar_dir(root, per_batch: int = 20, seed: int = 0) -> tuple[str, dict]:
@@ -61,3 +62,13 @@ def smoke_config(**changes):
       target = target[parent]
     target[leaf] = value
   return config
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """A 3-epoch smoke run, uninterrupted: (workdir, state, history)."""
+  workdir = str(tmp_path_factory.mktemp("trained"))
+  import jax  # pylint: disable=g-import-not-at-top
+  from resnet_jax import train  # pylint: disable=g-import-not-at-top
+  state, history = train.train_and_evaluate(smoke_config(), workdir)
+  return workdir, jax.device_get(state), history

@@ -4,7 +4,7 @@ import json
 import subprocess
 import sys
 
-from tests.test_checkpoints import REPO
+from tests.conftest import REPO
 
 
 def test_benchmark_prints_its_json_with_the_pytorch_comparison():

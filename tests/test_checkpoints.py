@@ -15,17 +15,9 @@ import torch
 
 from resnet_jax import checkpoints, convert_torch, data_sources, evaluate, train
 from tests import torch_reference
+from tests.conftest import REPO
 from tests.conftest import smoke_config as _smoke
 
-REPO = os.path.dirname(os.path.dirname(__file__))
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-  """A 3-epoch smoke run, uninterrupted: (workdir, state, history)."""
-  workdir = str(tmp_path_factory.mktemp("trained"))
-  state, history = train.train_and_evaluate(_smoke(), workdir)
-  return workdir, jax.device_get(state), history
 
 
 def _snapshot(directory):

@@ -1,6 +1,5 @@
 """Two CPU processes under jax.distributed: data-parallel training, and a peer dying."""
 
-import os
 import signal
 import socket
 import subprocess
@@ -12,7 +11,7 @@ import numpy as np
 
 from resnet_jax import checkpoints, train
 from tests.conftest import smoke_config as _smoke
-from tests.test_checkpoints import REPO
+from tests.conftest import REPO
 
 
 def _free_port() -> int:

@@ -14,12 +14,12 @@ import pytest
 
 from resnet_jax import checkpoints, train
 from tests.conftest import smoke_config as _smoke
-from tests.test_checkpoints import REPO, trained  # noqa: F401  (fixture)
+from tests.conftest import REPO
 
 
 @pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signal_mid_epoch_checkpoints_and_the_rerun_matches_uninterrupted(
-    tmp_path, monkeypatch, trained, signum, code):  # noqa: F811
+    tmp_path, monkeypatch, trained, signum, code):
   _, uninterrupted, full_history = trained
   calls = {"n": 0}
   place = train.Steps.place_batch
@@ -59,7 +59,7 @@ def test_sigterm_to_the_cli_exits_with_a_resume_message(tmp_path):
   assert os.listdir(tmp_path / "checkpoints")
 
 
-def test_same_config_and_seed_give_identical_metrics(tmp_path, trained):  # noqa: F811
+def test_same_config_and_seed_give_identical_metrics(tmp_path, trained):
   _, _, history = trained
   _, again = train.train_and_evaluate(_smoke(), str(tmp_path))
   untimed = lambda hs: [{k: v for k, v in h.items() if k != "images_per_s"} for h in hs]
@@ -115,7 +115,7 @@ def _remove_metadata(step_dir):
 
 @pytest.mark.parametrize("damage", [_truncate_model_files, _remove_metadata])
 def test_unreadable_latest_checkpoint_is_set_aside_and_the_previous_resumed(
-    tmp_path, trained, damage, caplog):  # noqa: F811
+    tmp_path, trained, damage, caplog):
   _, uninterrupted, _ = trained
   train.train_and_evaluate(_smoke(num_epochs=2), str(tmp_path))
   damage(str(tmp_path / "checkpoints" / "32"))
