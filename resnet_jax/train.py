@@ -291,9 +291,12 @@ def _build_run(config, workdir: str) -> tuple[_Run, TrainState]:
 
 def _save_failed(manager, error: Exception) -> checkpoints.CheckpointError:
   manager.reload()
+  reason = str(error)
+  if len(reason) > 400:  # Orbax's messages put paths first and the OS's reason last
+    reason = f"{reason[:150]} ... {reason[-250:]}"
   return checkpoints.CheckpointError(
       f"writing to {os.path.dirname(manager.directory)} failed ({type(error).__name__}: "
-      f"{str(error)[:400]}); the complete checkpoints are intact: {sorted(manager.all_steps())}")
+      f"{reason}); the complete checkpoints are intact: {sorted(manager.all_steps())}")
 
 
 def _check_writable(workdir: str) -> None:
