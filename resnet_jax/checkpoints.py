@@ -15,6 +15,7 @@ checkpoint written on N devices restores on M. No TensorFlow here.
 """
 
 import functools
+import json
 import os
 from typing import Any
 
@@ -93,6 +94,14 @@ def save_training(manager: ocp.CheckpointManager, step: int, state, train_metric
           "metrics": _host_values(flax.serialization.to_state_dict(train_metrics))}),
       meta=ocp.args.JsonSave(meta)),
       metrics=None if meta["eval_accuracy"] is None else {"eval_accuracy": meta["eval_accuracy"]})
+
+
+def model_differences(saved: dict, name: str, model: models.ResNet,
+                      ignore: tuple[str, ...] = ()) -> list[str]:
+  """Fields in which a checkpoint's "model" description differs from (name, model)."""
+  expected = json.loads(json.dumps(models.model_config(name, model)))  # tuples -> lists
+  return sorted(k for k in set(expected) | set(saved)
+                if k not in ignore and expected.get(k) != saved.get(k))
 
 
 def _host_values(tree):

@@ -54,10 +54,10 @@ def restore_for_config(config, workdir: str, step: int | None):
     step = _choose_step(manager, step)
     meta = checkpoints.read_meta(manager, step)
     model = train.build_model(config)
-    expected = json.loads(json.dumps(models.model_config(config.model.name, model)))
-    differs = sorted(k for k in set(expected) | set(meta["model"])
-                     if k != "dtype" and expected.get(k) != meta["model"].get(k))
+    differs = checkpoints.model_differences(meta["model"], config.model.name, model,
+                                            ignore=("dtype",))  # any compute dtype will do
     if differs:
+      expected = models.model_config(config.model.name, model)
       raise checkpoints.CheckpointError(
           f"{manager.directory}/{step} holds model {meta['model']['name']!r}, which differs "
           f"from the config's model {config.model.name!r} in {differs}: "

@@ -12,7 +12,6 @@ The model, optimizer and steps import no TensorFlow; only `train_and_evaluate`
 
 import dataclasses
 import functools
-import json
 import os
 import signal
 import sys
@@ -449,10 +448,8 @@ def _resume(run: _Run, state: TrainState):
 
 
 def _check_same_model(run: _Run, meta: dict) -> None:
-  expected = json.loads(json.dumps(models.model_config(run.config.model.name, run.model)))
-  if meta.get("source") != "train" or meta["model"] != expected:
-    diff = sorted(k for k in set(expected) | set(meta["model"])
-                  if expected.get(k) != meta["model"].get(k))
+  diff = checkpoints.model_differences(meta["model"], run.config.model.name, run.model)
+  if meta.get("source") != "train" or diff:
     raise checkpoints.CheckpointError(
         f"{run.manager.directory} holds {meta.get('source')} checkpoints of another model "
         f"(differs in {diff}); use a new --workdir")
