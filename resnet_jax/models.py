@@ -102,6 +102,58 @@ class AdaptivePool(nn.Module):
     return x
 
 
+def channel_sum(x: jax.Array) -> jax.Array:
+  """Sum over all axes but the last (channels).
+
+  Two stages, rows of 16 pixels first: XLA:CPU reduces a [M, C] array over M
+  with a split reduce-window at about a third of memory bandwidth, while the
+  sum of [M/16, 16*C] over its leading axis vectorises over 16*C contiguous
+  floats (measured 2-3x faster on the project's CPU, docs/performance.md).
+  """
+  c = x.shape[-1]
+  pixels = x.size // c
+  rows = 16 if pixels % 16 == 0 else 1
+  return x.reshape(pixels // rows, rows * c).sum(0).reshape(rows, c).sum(0)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float):
+  """Training-mode batch norm over all axes but the last: (y, batch mean, biased var).
+
+  The backward pass is written out (the textbook BN gradient: two channel
+  sums instead of the seven reductions autodiff derives from the forward) so
+  that each reduction runs once, in `channel_sum`'s fast form.
+  """
+  return _batch_norm_train_fwd(x, scale, bias, epsilon)[0]
+
+
+def _batch_norm_train_fwd(x, scale, bias, epsilon):
+  n = x.size // x.shape[-1]
+  mean = channel_sum(x) / n
+  centered = x - mean
+  var = channel_sum(jnp.square(centered)) / n
+  inv = jax.lax.rsqrt(var + epsilon)
+  return (centered * (inv * scale) + bias, mean, var), (x, mean, inv, scale)
+
+
+def _batch_norm_train_bwd(epsilon, residuals, cotangents):
+  del epsilon
+  x, mean, inv, scale = residuals
+  g, g_mean, g_var = cotangents
+  n = x.size // x.shape[-1]
+  centered = x - mean
+  x_hat = centered * inv
+  g_bias = channel_sum(g)
+  g_scale = channel_sum(g * x_hat)
+  g_x = (scale * inv / n) * (n * g - g_bias - x_hat * g_scale)
+  # The batch statistics are outputs too (they feed the running averages).
+  g_x = g_x + g_mean / n + g_var * (2 / n) * centered
+  return g_x, g_scale, g_bias
+
+
+batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
+
+
 class BatchNorm(nn.Module):
   """BatchNorm2d with PyTorch's semantics.
 
@@ -124,19 +176,36 @@ class BatchNorm(nn.Module):
     running_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,))
     running_var = self.variable("batch_stats", "var", jnp.ones, (features,))
     x = x.astype(jnp.float32)
-    if train:
-      axes = tuple(range(x.ndim - 1))
-      mean = x.mean(axes)
-      var = jnp.square(x - mean).mean(axes)
-      if not self.is_initializing():
-        n = x.size // features
-        m = self.momentum
-        running_mean.value = (1 - m) * running_mean.value + m * mean
-        running_var.value = (1 - m) * running_var.value + m * var * n / max(n - 1, 1)
-    else:
-      mean, var = running_mean.value, running_var.value
-    y = (x - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
+    if not train:
+      y = (x - running_mean.value) * (
+          jax.lax.rsqrt(running_var.value + self.epsilon) * scale) + bias
+      return y.astype(self.dtype)
+    y, mean, var = batch_norm_train(x, scale, bias, self.epsilon)
+    if not self.is_initializing():
+      n = x.size // features
+      m = self.momentum
+      running_mean.value = (1 - m) * running_mean.value + m * mean
+      running_var.value = (1 - m) * running_var.value + m * var * n / max(n - 1, 1)
     return y.astype(self.dtype)
+
+
+def fusion_barrier(x: jax.Array) -> jax.Array:
+  """The identity, as an op XLA does not fuse through.
+
+  XLA:CPU computes each weight gradient as a convolution over a transposed copy
+  of the layer's input, and fuses into that transpose the whole elementwise
+  chain that produced the input: along a stage's residual stream, every earlier
+  block's BatchNorm, ReLU and addition, re-read in transposed (cache-hostile)
+  order. At batch 128 these transposes took a third of the shallow model's
+  train step. A conditional is a fusion boundary, so the block output is
+  computed once and the transpose reads it (docs/performance.md). Both branches
+  return their operand exactly (x * 1 == x for every float), so any predicate
+  works; it must not be a compile-time constant, or XLA inlines the branch and
+  the boundary goes with it, and the branches must differ as written, or jax
+  drops the conditional.
+  """
+  first = x.reshape(-1)[0]
+  return jax.lax.cond(first == first, lambda v: v, lambda v: v * 1, x)
 
 
 class ResidualBlock(nn.Module):
@@ -148,6 +217,7 @@ class ResidualBlock(nn.Module):
   outer_activation: Callable
   conv: Callable
   norm: Callable
+  fusion_barrier: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -158,7 +228,8 @@ class ResidualBlock(nn.Module):
     if self.strides != 1 or x.shape[-1] != self.features:
       x = self.conv(self.features, (1, 1), self.strides, padding=0, name="downsample_conv")(x)
       x = self.norm(name="downsample_bn")(x, train)
-    return self.outer_activation(y + x)
+    y = self.outer_activation(y + x)
+    return fusion_barrier(y) if self.fusion_barrier and train else y
 
 
 class ResNet(nn.Module):
@@ -179,6 +250,9 @@ class ResNet(nn.Module):
     dtype: compute dtype name; parameters and BN statistics stay float32.
     kernel_init: "torch" (PyTorch's defaults) or "he_normal".
     max_params: the trainable-parameter budget, checked by `get_model`.
+    fusion_barriers: in training, end each block with `fusion_barrier` (an
+      XLA:CPU speed setting that leaves the function unchanged, so it is not
+      part of the saved model description, `FIELDS`).
   """
 
   stem_width: int
@@ -198,6 +272,7 @@ class ResNet(nn.Module):
   dtype: str = "float32"
   kernel_init: str = "torch"
   max_params: int = 5_000_000
+  fusion_barriers: bool = False
 
   def __post_init__(self):
     _check_fields(self)
@@ -210,7 +285,7 @@ class ResNet(nn.Module):
     conv = functools.partial(nn.Conv, use_bias=False, dtype=dtype, kernel_init=kernel_init)
     norm = functools.partial(BatchNorm, dtype=dtype)
     block = functools.partial(
-        ResidualBlock, conv=conv, norm=norm,
+        ResidualBlock, conv=conv, norm=norm, fusion_barrier=self.fusion_barriers,
         inner_activation=ACTIVATIONS[self.inner_activation],
         outer_activation=ACTIVATIONS[self.outer_activation])
 
@@ -281,7 +356,10 @@ def count_params(model: ResNet) -> int:
   return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes["params"]))
 
 
-FIELDS = tuple(f.name for f in dataclasses.fields(ResNet) if f.name not in ("parent", "name"))
+# Settings that change how, not what, the model computes: not saved with it.
+RUNTIME_FIELDS = ("fusion_barriers",)
+FIELDS = tuple(f.name for f in dataclasses.fields(ResNet)
+               if f.name not in ("parent", "name", *RUNTIME_FIELDS))
 
 
 def get_model(name: str, **overrides: Any) -> ResNet:
@@ -291,7 +369,7 @@ def get_model(name: str, **overrides: Any) -> ResNet:
   """
   if name not in PRESETS:
     raise ValueError(f"model name {name!r} is not one of {sorted(PRESETS)}")
-  unknown = sorted(set(overrides) - set(FIELDS))
+  unknown = sorted(set(overrides) - set(FIELDS) - set(RUNTIME_FIELDS))
   if unknown:
     raise ValueError(f"unknown model field(s) {unknown}; fields are {sorted(FIELDS)}")
   # Lists (from JSON or config files) become tuples: module fields must be hashable.

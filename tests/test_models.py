@@ -1,5 +1,6 @@
 """The model family: seed parameter counts, budget, fields, dtypes, initialisation."""
 
+import functools
 import math
 
 import jax
@@ -103,3 +104,64 @@ def test_dropout_is_active_only_in_training():
 def test_model_config_round_trip(name):
   model = models.get_model(name, num_classes=7)
   assert models.from_config(models.model_config(name, model)) == model
+
+
+def _reference_batch_norm(x, scale, bias, epsilon=1e-5):
+  """Training-mode BN as plain jnp, for autodiff to differentiate."""
+  mean = x.mean((0, 1, 2))
+  var = jnp.square(x - mean).mean((0, 1, 2))
+  return (x - mean) * jax.lax.rsqrt(var + epsilon) * scale + bias, mean, var
+
+
+def test_batch_norm_custom_gradient_matches_autodiff():
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(3.0, 2.0, size=(4, 6, 6, 8)), jnp.float32)
+  scale = jnp.asarray(rng.normal(size=8), jnp.float32)
+  bias = jnp.asarray(rng.normal(size=8), jnp.float32)
+  weights = [jnp.asarray(rng.normal(size=s), jnp.float32) for s in (x.shape, (8,), (8,))]
+
+  def loss(fn, *args):  # every output gets a cotangent, the statistics included
+    return sum((out * w).sum() for out, w in zip(fn(*args), weights))
+
+  ours = jax.grad(functools.partial(loss, lambda *a: models.batch_norm_train(*a, 1e-5)),
+                  (0, 1, 2))(x, scale, bias)
+  reference = jax.grad(functools.partial(loss, _reference_batch_norm), (0, 1, 2))(x, scale, bias)
+  for a, b in zip(ours, reference):
+    np.testing.assert_allclose(a, b, atol=2e-5 * np.abs(b).max(), rtol=0)
+  for a, b in zip(models.batch_norm_train(x, scale, bias, 1e-5), _reference_batch_norm(x, scale,
+                                                                                      bias)):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_fusion_barriers_change_the_compiled_step_not_the_results():
+  images = jnp.asarray(np.random.default_rng(0).normal(size=(4, 32, 32, 3)), jnp.float32)
+  results = []
+  for barriers in (False, True):
+    model = models.get_model("shallow", stem_width=8, stage_widths=(8, 16, 32),
+                             fusion_barriers=barriers)
+    variables = models.init_variables(model, jax.random.key(0))
+
+    def loss(params, model=model, variables=variables):
+      logits, updates = model.apply({**variables, "params": params}, images, train=True,
+                                    mutable=["batch_stats"])
+      return logits.sum(), (logits, updates)
+
+    step = jax.jit(jax.grad(loss, has_aux=True))
+    hlo = step.lower(variables["params"]).compile().as_text()
+    # One conditional per block output, forward and backward (6 blocks).
+    assert hlo.count("conditional(") == (12 if barriers else 0)
+    results.append(step(variables["params"]))
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(results[0]),
+                          jax.tree.leaves(results[1])):
+    np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-6, err_msg=jax.tree_util.keystr(path))
+  # Inference does not pay for them: they act only in training.
+  model = models.get_model("shallow", stem_width=8, stage_widths=(8, 16, 32), fusion_barriers=True)
+  variables = models.init_variables(model, jax.random.key(0))
+  hlo = jax.jit(lambda v: model.apply(v, images, train=False)).lower(variables).compile().as_text()
+  assert "conditional(" not in hlo
+
+
+def test_fusion_barriers_are_not_part_of_the_saved_description():
+  model = models.get_model("shallow", fusion_barriers=True)
+  assert "fusion_barriers" not in models.model_config("shallow", model)
+  assert models.from_config(models.model_config("shallow", model)) == models.get_model("shallow")
