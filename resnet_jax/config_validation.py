@@ -1,6 +1,7 @@
 """Checks a training config before any compute: one-line errors naming key and value."""
 
 import jax
+import jax.numpy as jnp
 
 from resnet_jax import data_sources, device_pipeline, models, optim, preprocessing
 
@@ -26,6 +27,17 @@ def _positive(config, *keys: str) -> None:
       value = value[part]
     if not value > 0:
       raise ConfigError(f"config.{key}={value!r} must be positive")
+
+
+def _check_xla_options(config) -> None:
+  """Compiles a trivial function with config.cpu.xla_options: XLA names a bad option or value."""
+  options = dict(config.cpu.xla_options)
+  if not options or jax.default_backend() != "cpu":
+    return
+  try:
+    jax.jit(lambda x: x + 1, compiler_options=options).lower(jnp.zeros(())).compile()
+  except jax.errors.JaxRuntimeError as e:
+    raise ConfigError(f"config.cpu.xla_options={options}: {e}") from e
 
 
 def validate(config) -> None:
@@ -61,6 +73,10 @@ def validate(config) -> None:
       data_sources.check_split(config.data[key])
     except data_sources.DataError as e:
       raise ConfigError(f"config.data.{key}: {e}") from e
+  _check_xla_options(config)
+  for key in models.RUNTIME_FIELDS:
+    if key in config.model:
+      raise ConfigError(f"config.model.{key} is not a model field; set config.cpu.{key}")
   fields = dict(config.model)
   try:
     models.get_model(fields.pop("name"), dtype=config.dtype, **fields)

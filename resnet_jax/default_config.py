@@ -11,6 +11,7 @@ Keys (see README "Configuration"):
                        augment.<field>, normalization, pipeline ("tfdata", "device"),
                        synthetic_train_size, synthetic_test_size
   optimizer.*          see resnet_jax/optim.py
+  cpu.xla_options, cpu.fusion_barriers, compilation_cache_dir: speed settings, below
 """
 
 import ml_collections
@@ -30,6 +31,19 @@ def get_config() -> ml_collections.ConfigDict:
   config.skip_nonfinite_steps = False  # True: skip NaN/inf steps instead of stopping
   config.checkpoint_every_epochs = 1
   config.keep_checkpoints = 3  # the last 3, plus the best by validation accuracy
+
+  # Speed settings for XLA:CPU only (ignored on GPU and TPU); measured in
+  # docs/performance.md. They change how, not what, the model computes.
+  config.cpu = ml_collections.ConfigDict()
+  # XLA debug options for the train and eval steps. YNNPACK's fusions (jaxlib
+  # 0.10's default) made the shallow train step ~20% slower and eval ~40% slower
+  # on the project's CPU than Eigen's kernels; "" turns them all off.
+  config.cpu.xla_options = ml_collections.ConfigDict(
+      {"xla_cpu_experimental_ynn_fusion_type": ""})
+  config.cpu.fusion_barriers = True  # see models.fusion_barrier
+  # Jax's persistent compilation cache: a rerun or resume skips compiling the
+  # steps ("" turns it off).
+  config.compilation_cache_dir = "~/.cache/resnet_jax/jax"
 
   config.eval = ml_collections.ConfigDict()
   config.eval.tta = False  # average the predictions of each image and its mirror

@@ -13,6 +13,7 @@ Nothing is written to the workdir unless the whole command succeeds.
 """
 
 import csv
+import functools
 import json
 import os
 import pickle
@@ -65,8 +66,8 @@ def restore_for_config(config, workdir: str, step: int | None):
     return model, checkpoints.restore_variables(manager, step, model), step, meta
 
 
-def _predict_fn(model: models.ResNet, tta: bool):
-  @jax.jit
+def _predict_fn(model: models.ResNet, tta: bool, compiler_options: dict | None):
+  @functools.partial(jax.jit, compiler_options=compiler_options)
   def probabilities(variables, images):
     p = jax.nn.softmax(model.apply(variables, images, train=False))
     if tta:  # mirror images are as likely as the originals: average both views
@@ -105,7 +106,7 @@ def evaluate(config, workdir: str, step: int | None = None) -> dict:
   model, variables, step, meta = restore_for_config(config, workdir, step)
   split = input_pipeline.create_split(config.data, config.data.eval_split,
                                       batch_size=config.eval_batch_size, train=False)
-  probabilities = _predict_fn(model, config.eval.tta)
+  probabilities = _predict_fn(model, config.eval.tta, train.compiler_options(config))
   labels, predictions = [], []
   for batch in split:
     p = np.asarray(probabilities(variables, batch["image"]))
@@ -159,7 +160,7 @@ def predict(config, workdir: str, input_path: str, output_path: str,
   images, ids = load_unlabeled(input_path)
   model, variables, step, _ = restore_for_config(config, workdir, step)
   mean, std = preprocessing.normalization(config.data.normalization)
-  probabilities = _predict_fn(model, config.eval.tta)
+  probabilities = _predict_fn(model, config.eval.tta, train.compiler_options(config))
   labels = []
   for start in range(0, len(images), config.eval_batch_size):
     x = (images[start:start + config.eval_batch_size].astype(np.float32) / 255 - mean) / std

@@ -54,6 +54,7 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   _initialize_distributed()
+  train.enable_compilation_cache(FLAGS.config.compilation_cache_dir)
   logging.info("JAX process %d of %d, devices: %s", jax.process_index(), jax.process_count(),
                jax.devices())
   try:

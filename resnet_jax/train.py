@@ -60,10 +60,28 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
   return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
 
 
+def on_cpu() -> bool:
+  return jax.default_backend() == "cpu"
+
+
 def build_model(config: ml_collections.ConfigDict) -> models.ResNet:
   fields = dict(config.model)
   name = fields.pop("name")
-  return models.get_model(name, dtype=config.dtype, **fields)
+  return models.get_model(name, dtype=config.dtype, **fields,
+                          fusion_barriers=config.cpu.fusion_barriers and on_cpu())
+
+
+def enable_compilation_cache(directory: str) -> None:
+  """Jax's persistent compilation cache in `directory` ("" leaves it off)."""
+  if directory:
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(directory))
+
+
+def compiler_options(config: ml_collections.ConfigDict) -> dict | None:
+  """XLA options for the jitted steps: config.cpu.xla_options, on the CPU backend only."""
+  if not on_cpu():
+    return None
+  return dict(config.cpu.xla_options) or None
 
 
 def create_train_state(config, model: models.ResNet, updates_per_epoch: int) -> TrainState:
@@ -147,13 +165,14 @@ class Steps:
     self.data = NamedSharding(self.mesh, P("data"))
     self.label_smoothing = config.label_smoothing
     self.skip_nonfinite = config.skip_nonfinite_steps
+    self.compiler_options = compiler_options(config)
     self.train = jax.jit(
         functools.partial(train_step, label_smoothing=config.label_smoothing,
                           skip_nonfinite=config.skip_nonfinite_steps),
         in_shardings=(self.replicated, self.data), out_shardings=self.replicated,
-        donate_argnums=0)
+        donate_argnums=0, compiler_options=self.compiler_options)
     self.eval = jax.jit(eval_step, in_shardings=(self.replicated, self.data),
-                        out_shardings=self.replicated)
+                        out_shardings=self.replicated, compiler_options=self.compiler_options)
 
   def device_train(self, split):
     """A jitted train step that takes its batch from a device_pipeline.DeviceSplit.
@@ -169,7 +188,8 @@ class Steps:
       return train_step(state, batch, self.label_smoothing, self.skip_nonfinite)
 
     return jax.jit(step, in_shardings=(self.replicated, self.replicated, self.replicated, None),
-                   out_shardings=self.replicated, donate_argnums=0)
+                   out_shardings=self.replicated, donate_argnums=0,
+                   compiler_options=self.compiler_options)
 
   def place_state(self, state: TrainState) -> TrainState:
     return jax.device_put(state, self.replicated)

@@ -99,6 +99,10 @@ def test_four_cpu_devices_take_the_same_step_as_one():
     ({"model.inner_activation": "tanh"}, r"config.model.inner_activation='tanh'"),
     ({"data.pipeline": "device", "data.augment.rotation": 5.0},
      r"config.data.augment.rotation=5.0 is not supported by config.data.pipeline='device'"),
+    ({"cpu.xla_options": {"xla_cpu_no_such_option": "1"}},
+     r"config.cpu.xla_options=\{'xla_cpu_no_such_option': '1'\}: .*xla_cpu_no_such_option"),
+    ({"model.fusion_barriers": True},
+     r"config.model.fusion_barriers is not a model field; set config.cpu.fusion_barriers"),
 ])
 def test_bad_configs_fail_before_compute_naming_key_and_value(changes, message):
   config = _smoke(**changes)
@@ -132,3 +136,17 @@ def test_device_pipeline_trains_the_smoke_config(tmp_path):
   assert int(state.step) == 2 * 16
   assert history[-1]["train_loss"] < history[0]["train_loss"]
   assert history[-1]["eval_accuracy"] > 0.3
+
+
+@pytest.mark.parametrize("options,ynn", [({"xla_cpu_experimental_ynn_fusion_type": ""}, False),
+                                         ({}, True)])
+def test_cpu_xla_options_reach_the_compiled_train_step(options, ynn):
+  config = _smoke(**{"cpu.xla_options": options})
+  model = train.build_model(config)
+  steps = train.Steps(config)
+  state = steps.place_state(train.create_train_state(config, model, 10))
+  n = config.batch_size
+  batch = steps.place_batch({"image": np.zeros((n, 32, 32, 3), np.float32),
+                             "label": np.zeros(n, np.int32), "mask": np.ones(n, bool)})
+  hlo = steps.train.lower(state, batch).compile().as_text()
+  assert ("__ynn_fusion" in hlo) == ynn  # jaxlib's default fuses the classifier's dot
