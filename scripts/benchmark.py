@@ -1,6 +1,7 @@
 """Training and evaluation speed of a seed model, printed as one JSON object.
 
     python scripts/benchmark.py --model shallow --batch_size 128 --dtype float32 [--compare_torch]
+        [--no_cpu_tuning] [--compilation_cache_dir DIR]
 
 Times the jitted train step (forward, backward, Adam update, on random data already
 on the device) and the eval forward on JAX's default backend, and reports
@@ -9,6 +10,11 @@ achieved FLOP/s, peak host RSS and, where the backend reports it, device memory.
 With --compare_torch it times the same seed model in PyTorch (the test-only
 reference in tests/torch_reference.py; channels_last; autocast for bfloat16) in
 the same run, alternating JAX and PyTorch rounds, and reports the ratio.
+
+The JAX steps use the project's defaults, XLA:CPU speed settings included
+(config.cpu, docs/performance.md); --no_cpu_tuning measures without them. With
+--compilation_cache_dir it compiles the train step a second time through jax's
+persistent compilation cache and reports that time as cached_compile_s.
 """
 
 import argparse
@@ -30,9 +36,11 @@ PEAK_BF16_FLOPS = {"NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H200": 989e12,
                    "NVIDIA A100-SXM4-80GB": 312e12, "NVIDIA A100-SXM4-40GB": 312e12}
 
 
-def _jax_setup(model_name: str, batch_size: int, dtype: str):
+def _jax_setup(model_name: str, batch_size: int, dtype: str, cpu_tuning: bool):
   config = default_config.get_config()
   config.model.name, config.dtype, config.batch_size = model_name, dtype, batch_size
+  if not cpu_tuning:
+    config.cpu.xla_options, config.cpu.fusion_barriers = {}, False
   model = train.build_model(config)
   steps = train.Steps(config)
   state = steps.place_state(train.create_train_state(config, model, 100))
@@ -87,12 +95,25 @@ def main() -> None:
   parser.add_argument("--steps", type=int, default=5, help="timed steps per round")
   parser.add_argument("--rounds", type=int, default=2, help="alternating JAX/PyTorch rounds")
   parser.add_argument("--compare_torch", action="store_true")
+  parser.add_argument("--no_cpu_tuning", action="store_true",
+                      help="without the XLA:CPU speed settings of config.cpu")
+  parser.add_argument("--compilation_cache_dir", default="",
+                      help="also time a compile served by jax's persistent cache here")
   args = parser.parse_args()
 
-  steps, state, batch = _jax_setup(args.model, args.batch_size, args.dtype)
+  train.enable_compilation_cache(args.compilation_cache_dir)
+  steps, state, batch = _jax_setup(args.model, args.batch_size, args.dtype,
+                                   cpu_tuning=not args.no_cpu_tuning)
+  lowered = steps.train.lower(state, batch)
   start = time.perf_counter()
-  compiled = steps.train.lower(state, batch).compile()
+  compiled = lowered.compile()
   compile_s = time.perf_counter() - start
+  if args.compilation_cache_dir:  # as a rerun would: nothing in memory, all on disk
+    jax.clear_caches()
+    lowered = steps.train.lower(state, batch)
+    start = time.perf_counter()
+    lowered.compile()
+    cached_compile_s = time.perf_counter() - start
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
   flops_per_image = float(cost.get("flops", 0.0)) / args.batch_size
@@ -127,11 +148,14 @@ def main() -> None:
       "model": args.model, "dtype": args.dtype, "batch_size": args.batch_size,
       "train_images_per_s": round(rate("jax_train"), 1),
       "eval_images_per_s": round(rate("jax_eval"), 1),
+      "cpu_tuning": not args.no_cpu_tuning and jax.default_backend() == "cpu",
       "compile_s": round(compile_s, 2),
       "train_flops_per_image": flops_per_image,
       "achieved_flops_per_s": flops_per_image * rate("jax_train"),
       "peak_host_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
   }
+  if args.compilation_cache_dir:
+    result["cached_compile_s"] = round(cached_compile_s, 2)
   stats = device.memory_stats() if hasattr(device, "memory_stats") else None
   if stats and "peak_bytes_in_use" in stats:
     result["peak_device_memory_mb"] = round(stats["peak_bytes_in_use"] / 2**20, 1)
