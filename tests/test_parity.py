@@ -85,7 +85,6 @@ def test_gelu_is_exact_erf():
   np.testing.assert_allclose(np.asarray(models.ACTIVATIONS["gelu"](x)), expected, atol=1e-6)
 
 
-
 def test_batch_norm_training_gradients_match_pytorch():
   """models.batch_norm_train's hand-written backward is PyTorch's BatchNorm2d backward.
 

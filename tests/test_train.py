@@ -150,3 +150,20 @@ def test_cpu_xla_options_reach_the_compiled_train_step(options, ynn):
                              "label": np.zeros(n, np.int32), "mask": np.ones(n, bool)})
   hlo = steps.train.lower(state, batch).compile().as_text()
   assert ("__ynn_fusion" in hlo) == ynn  # jaxlib's default fuses the classifier's dot
+
+
+def test_an_unusable_compilation_cache_warns_and_compiling_goes_on(tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("")
+  script = textwrap.dedent(f"""
+      import jax, jax.numpy as jnp
+      from resnet_jax import train
+      train.enable_compilation_cache({str(blocker / "cache")!r})
+      jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+      print("OK", float(jax.jit(lambda x: (x * 2).sum())(jnp.ones(4))))
+      """)
+  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=os.path.dirname(os.path.dirname(__file__)))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "OK 8.0" in result.stdout
+  assert str(blocker) in result.stderr  # the warning names the path it could not use
