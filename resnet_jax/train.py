@@ -351,7 +351,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   run_epoch = _epoch_runner(run.steps, run.train_split, run.steps_per_epoch)
   with _StopSignals() as stop:
     for epoch in range(len(history), config.num_epochs):
-      start = time.perf_counter()
+      start, first_step = time.perf_counter(), epoch_step  # first_step > 0 when resumed
       for state, m in run_epoch(state, epoch, epoch_step):
         train_metrics = m if train_metrics is None else train_metrics.merge(m)
         epoch_step += 1
@@ -360,7 +360,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           _check_finite(run, state)
         if stop.received and epoch_step < run.steps_per_epoch:
           _stop(run, state, history, epoch_step, train_metrics, stop.received)
-      state = _end_epoch(run, state, history, train_metrics, time.perf_counter() - start)
+      images = (run.steps_per_epoch - first_step) * config.batch_size
+      state = _end_epoch(run, state, history, train_metrics,
+                         images / (time.perf_counter() - start))
       epoch_step, train_metrics = 0, None
       if stop.received and epoch + 1 < config.num_epochs:
         _stop(run, state, history, 0, None, stop.received)
@@ -371,7 +373,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
 
 def _end_epoch(run: _Run, state: TrainState, history: list[dict], train_metrics: Metrics,
-               seconds: float) -> TrainState:
+               images_per_s: float) -> TrainState:
   """Evaluates, drives the plateau, logs, appends to `history` and checkpoints."""
   config = run.config
   train_summary = {k: float(v) for k, v in train_metrics.compute().items()}
@@ -384,7 +386,7 @@ def _end_epoch(run: _Run, state: TrainState, history: list[dict], train_metrics:
     state = state.replace(plateau=run.plateau.update(state.plateau, value))
   epoch = len(history) + 1
   scalars = {"epoch": epoch, "learning_rate": lr, "skipped_steps": int(state.skipped_steps),
-             "images_per_s": run.steps_per_epoch * config.batch_size / seconds,
+             "images_per_s": images_per_s,
              **{f"train_{k}": v for k, v in train_summary.items()},
              **{f"eval_{k}": v for k, v in eval_summary.items()}}
   run.writer.write_scalars(int(state.step), scalars)
