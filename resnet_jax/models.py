@@ -196,12 +196,13 @@ def fusion_barrier(x: jax.Array) -> jax.Array:
   of the layer's input, and fuses into that transpose the whole elementwise
   chain that produced the input: along a stage's residual stream, every earlier
   block's BatchNorm, ReLU and addition, re-read in transposed (cache-hostile)
-  order: 412 ms of the shallow model's 1.47 s train step at batch 64. A conditional is a fusion boundary, so the block output is
-  computed once and the transpose reads it (docs/performance.md). Both branches
-  return their operand exactly (x * 1 == x for every float), so any predicate
-  works; it must not be a compile-time constant, or XLA inlines the branch and
-  the boundary goes with it, and the branches must differ as written, or jax
-  drops the conditional.
+  order: 412 ms of the shallow model's 1.47 s train step at batch 64. A
+  conditional is a fusion boundary, so the block output is computed once and
+  the transpose reads it (docs/performance.md). Both branches return their
+  operand exactly (x * 1 == x for every float), so any predicate works; it must
+  not be a compile-time constant, or XLA inlines the branch and the boundary
+  goes with it, and the branches must differ as written, or jax drops the
+  conditional.
   """
   first = x.reshape(-1)[0]
   return jax.lax.cond(first == first, lambda v: v, lambda v: v * 1, x)

@@ -146,7 +146,7 @@ def main() -> None:
       "model": args.model, "dtype": args.dtype, "batch_size": args.batch_size,
       "train_images_per_s": round(rate("jax_train"), 1),
       "eval_images_per_s": round(rate("jax_eval"), 1),
-      "cpu_tuning": not args.no_cpu_tuning and jax.default_backend() == "cpu",
+      "cpu_tuning": not args.no_cpu_tuning and train.on_cpu(),
       "compile_s": round(compile_s, 2),
       "train_flops_per_image": flops_per_image,
       "achieved_flops_per_s": flops_per_image * rate("jax_train"),
