@@ -6,9 +6,12 @@ Layout: WORKDIR/checkpoints/<step>/ holds up to three items,
            (training checkpoints only; converted PyTorch weights have none);
   "meta":  JSON: "model" (preset name and every ResNet field, from which the
            model is rebuilt), "source", and for training "epoch", "config",
-           "history" (per-epoch scalars) and "eval_accuracy".
+           "history" (per-epoch scalars) and "eval_accuracy" (None for a
+           checkpoint written mid-epoch, on a preemption signal).
 Training numbers checkpoints by train step (meta "epoch" and "epoch_step" say
-where in the schedule it is); a converted checkpoint is step 0.
+where in the schedule it is); a converted checkpoint is step 0. The validation
+accuracy is also the checkpoint's Orbax metric, by which managers rank them
+(`choose_step`): a checkpoint without one is never the best.
 
 Restoring builds an abstract target with the *current* mesh's shardings, so a
 checkpoint written on N devices restores on M. No TensorFlow here.
@@ -39,16 +42,20 @@ def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), CHECKPOINT_SUBDIR)
 
 
+def _eval_accuracy(metrics: dict) -> float:
+  return metrics["eval_accuracy"]
+
+
 def training_manager(workdir: str, keep_last: int) -> ocp.CheckpointManager:
   """Asynchronous saves; retention keeps the last `keep_last` and the best by eval accuracy."""
   policy = checkpoint_managers.AnyPreservationPolicy([
       checkpoint_managers.LatestN(keep_last),
       # Mid-epoch (preemption) checkpoints carry no accuracy and only LatestN keeps them.
-      checkpoint_managers.BestN(get_metric_fn=lambda m: m["eval_accuracy"], n=1,
+      checkpoint_managers.BestN(get_metric_fn=_eval_accuracy, n=1,
                                 keep_checkpoints_without_metrics=False),
   ])
-  options = ocp.CheckpointManagerOptions(preservation_policy=policy,
-                                         enable_async_checkpointing=True)
+  options = ocp.CheckpointManagerOptions(preservation_policy=policy, best_fn=_eval_accuracy,
+                                         best_mode="max", enable_async_checkpointing=True)
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_names=ITEMS)
 
 
@@ -57,13 +64,32 @@ def reading_manager(workdir: str) -> ocp.CheckpointManager:
   directory = checkpoint_dir(workdir)
   if not os.path.isdir(directory):
     raise CheckpointError(f"no checkpoint in {directory} (the directory does not exist)")
-  manager = ocp.CheckpointManager(
-      directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False),
-      item_names=ITEMS)
+  options = ocp.CheckpointManagerOptions(read_only=True, create=False, best_fn=_eval_accuracy,
+                                         best_mode="max")
+  manager = ocp.CheckpointManager(directory, options=options, item_names=ITEMS)
   if not manager.all_steps():
     manager.close()
     raise CheckpointError(f"no checkpoint in {directory}")
   return manager
+
+
+def choose_step(manager: ocp.CheckpointManager, step: int | None = None) -> tuple[int, str]:
+  """(step, why) of the checkpoint to evaluate or predict with.
+
+  `step` when given; else the best by validation accuracy (the latest of equals),
+  as the manager ranks them; else, when no checkpoint has an accuracy (only
+  mid-epoch or converted ones), the latest.
+  """
+  steps = manager.all_steps()
+  if step is not None:
+    if step not in steps:
+      raise CheckpointError(f"no checkpoint step {step} in {manager.directory}; it has "
+                            f"{sorted(steps)}")
+    return step, "as requested"
+  best = manager.best_step()
+  if best is not None:
+    return best, f"best validation accuracy, {manager.metrics(best)['eval_accuracy']:.4f}"
+  return manager.latest_step(), "the latest: no checkpoint here has a validation accuracy"
 
 
 def save_model(workdir: str, step: int, variables: dict, model_config: dict,

@@ -127,9 +127,10 @@ def load_state_dict(path: str) -> Mapping[str, Any]:
 
 def convert_checkpoint(model_name: str, checkpoint: str, output: str) -> str:
   """Converts the .pth `checkpoint` into an Orbax checkpoint in `output`; returns its path."""
-  existing = os.path.join(checkpoints.checkpoint_dir(output), "0")
-  if os.path.exists(existing):
-    raise FileExistsError(f"{existing} already exists; choose another --output")
+  existing = checkpoints.checkpoint_dir(output)
+  if os.path.isdir(existing) and os.listdir(existing):
+    raise FileExistsError(f"{existing} already exists, holding {sorted(os.listdir(existing))}; "
+                          "choose another --output")
   model = models.get_model(model_name)
   variables = convert_for_model(load_state_dict(checkpoint), model, model_name)
   return checkpoints.save_model(output, 0, variables, models.model_config(model_name, model), source="convert_torch",

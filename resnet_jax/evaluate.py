@@ -1,9 +1,10 @@
 """`--mode eval` and `--mode predict`: restore an Orbax checkpoint and use it.
 
-eval:    the best checkpoint by validation accuracy (or --checkpoint_step N) on
-         config.data.eval_split; writes DIR/eval/metrics.json ("accuracy",
-         "per_class_accuracy", "confusion_matrix", "num_examples", "step",
-         "split", "checkpoint", "tta") and DIR/eval/confusion_matrix.png.
+eval:    the checkpoints.choose_step checkpoint (--checkpoint_step N, else the
+         best by validation accuracy, else the latest) on config.data.eval_split;
+         writes DIR/eval/metrics.json ("accuracy", "per_class_accuracy",
+         "confusion_matrix", "num_examples", "step", "split", "checkpoint",
+         "chosen" (why that one), "tta") and DIR/eval/confusion_matrix.png.
 predict: labels for an unlabeled pickled array file (a dict with b"data" as
          N x 32 x 32 x 3 or N x 3072 uint8, optional b"ids"), written as the
          seed's Kaggle-style CSV with columns ID,Labels.
@@ -36,23 +37,14 @@ class InputFileError(ValueError):
   """An unusable predict input file; the message names it."""
 
 
-def _choose_step(manager, step: int | None) -> int:
-  """The requested step, or the one with the best validation accuracy (latest on ties)."""
-  steps = manager.all_steps()
-  if step is not None:
-    if step not in steps:
-      raise checkpoints.CheckpointError(
-          f"no checkpoint step {step} in {manager.directory}; it has {sorted(steps)}")
-    return step
-  scores = {s: checkpoints.read_meta(manager, s).get("eval_accuracy", -1.0) for s in steps}
-  return max(steps, key=lambda s: (scores[s], s))
-
-
 def restore_for_config(config, workdir: str, step: int | None):
-  """(model, variables, step, meta) from the workdir, checked against the config's model."""
+  """(model, variables, step, why, meta) from the workdir, checked against the config's model.
+
+  `why` says how checkpoints.choose_step picked the step.
+  """
   config_validation.validate(config)
   with checkpoints.reading_manager(workdir) as manager:
-    step = _choose_step(manager, step)
+    step, why = checkpoints.choose_step(manager, step)
     meta = checkpoints.read_meta(manager, step)
     model = train.build_model(config)
     differs = checkpoints.model_differences(meta["model"], config.model.name, model,
@@ -63,7 +55,7 @@ def restore_for_config(config, workdir: str, step: int | None):
           f"{manager.directory}/{step} holds model {meta['model']['name']!r}, which differs "
           f"from the config's model {config.model.name!r} in {differs}: "
           + ", ".join(f"{k}={meta['model'].get(k)} vs {expected.get(k)}" for k in differs))
-    return model, checkpoints.restore_variables(manager, step, model), step, meta
+    return model, checkpoints.restore_variables(manager, step, model), step, why, meta
 
 
 def _predict_fn(model: models.ResNet, tta: bool, compiler_options: dict | None):
@@ -103,7 +95,7 @@ def _plot_confusion(matrix: np.ndarray, path: str, title: str) -> None:
 def evaluate(config, workdir: str, step: int | None = None) -> dict:
   """Evaluates a checkpoint and writes DIR/eval/; returns the metrics dict."""
   from resnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  model, variables, step, meta = restore_for_config(config, workdir, step)
+  model, variables, step, why, meta = restore_for_config(config, workdir, step)
   split = input_pipeline.create_split(config.data, config.data.eval_split,
                                       batch_size=config.eval_batch_size, train=False)
   probabilities = _predict_fn(model, config.eval.tta, train.compiler_options(config))
@@ -120,7 +112,7 @@ def evaluate(config, workdir: str, step: int | None = None) -> dict:
              "num_examples": int(len(labels)), "step": int(step),
              "split": config.data.eval_split, "tta": bool(config.eval.tta),
              "checkpoint": os.path.join(checkpoints.checkpoint_dir(workdir), str(step)),
-             "source": meta.get("source")}
+             "chosen": why, "source": meta.get("source")}
   out = os.path.join(workdir, "eval")
   os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, "metrics.json"), "w") as f:
@@ -155,10 +147,13 @@ def load_unlabeled(path: str) -> tuple[np.ndarray, list]:
 
 
 def predict(config, workdir: str, input_path: str, output_path: str,
-            step: int | None = None) -> int:
-  """Writes ID,Labels predictions for `input_path` to `output_path`; returns the count."""
+            step: int | None = None) -> dict:
+  """Writes ID,Labels predictions for `input_path` to `output_path`.
+
+  Returns {"count", "checkpoint", "chosen"}: how many rows, from which checkpoint, and why it.
+  """
   images, ids = load_unlabeled(input_path)
-  model, variables, step, _ = restore_for_config(config, workdir, step)
+  model, variables, step, why, _ = restore_for_config(config, workdir, step)
   mean, std = preprocessing.normalization(config.data.normalization)
   probabilities = _predict_fn(model, config.eval.tta, train.compiler_options(config))
   labels = []
@@ -171,4 +166,5 @@ def predict(config, workdir: str, input_path: str, output_path: str,
     writer = csv.writer(f)
     writer.writerow(["ID", "Labels"])
     writer.writerows(zip(ids, labels.tolist()))
-  return len(labels)
+  return {"count": len(labels), "chosen": why,
+          "checkpoint": os.path.join(checkpoints.checkpoint_dir(workdir), str(step))}

@@ -2,7 +2,8 @@
 
 Modes:
   train    (default) trains, resuming from the latest checkpoint in DIR
-  eval     evaluates the best checkpoint (or --checkpoint_step) on config.data.eval_split
+  eval     evaluates a checkpoint on config.data.eval_split: --checkpoint_step, else the
+           best by validation accuracy, else the latest
   predict  --input FILE --output CSV: labels for an unlabeled pickled array file
 
 Config values are overridden as --config.a.b=value (ml_collections config_flags).
@@ -62,15 +63,16 @@ def main(argv: Sequence[str]) -> None:
       train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     elif FLAGS.mode == "eval":
       metrics = evaluate.evaluate(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint_step)
+      print(f"checkpoint {metrics['checkpoint']} ({metrics['chosen']})")
       print(f"{metrics['split']}: accuracy {metrics['accuracy']:.4f} on "
-            f"{metrics['num_examples']} examples (checkpoint {metrics['checkpoint']}); "
-            f"wrote {FLAGS.workdir}/eval/metrics.json")
+            f"{metrics['num_examples']} examples; wrote {FLAGS.workdir}/eval/metrics.json")
     else:
       if not FLAGS.input or not FLAGS.output:
         raise app.UsageError("--mode predict needs --input FILE and --output CSV")
-      n = evaluate.predict(FLAGS.config, FLAGS.workdir, FLAGS.input, FLAGS.output,
-                           FLAGS.checkpoint_step)
-      print(f"wrote {n} predictions to {FLAGS.output}")
+      result = evaluate.predict(FLAGS.config, FLAGS.workdir, FLAGS.input, FLAGS.output,
+                                FLAGS.checkpoint_step)
+      print(f"checkpoint {result['checkpoint']} ({result['chosen']})")
+      print(f"wrote {result['count']} predictions to {FLAGS.output}")
   except (config_validation.ConfigError, data_sources.DataError, checkpoints.CheckpointError,
           evaluate.InputFileError, train.NonFiniteError) as e:
     raise SystemExit(f"error: {e}") from e

@@ -470,11 +470,15 @@ def _resume(run: _Run, state: TrainState):
 
 
 def _check_same_model(run: _Run, meta: dict) -> None:
-  diff = checkpoints.model_differences(meta["model"], run.config.model.name, run.model)
-  if meta.get("source") != "train" or diff:
+  if meta.get("source") != "train":
     raise checkpoints.CheckpointError(
-        f"{run.manager.directory} holds {meta.get('source')} checkpoints of another model "
-        f"(differs in {diff}); use a new --workdir")
+        f"{run.manager.directory} holds {meta.get('source')!r} checkpoints, not a training "
+        "run's, so there is nothing to resume; train in a new --workdir")
+  diff = checkpoints.model_differences(meta["model"], run.config.model.name, run.model)
+  if diff:
+    raise checkpoints.CheckpointError(
+        f"{run.manager.directory} holds checkpoints of another model (differs in {diff}); "
+        "use a new --workdir")
 
 
 def _set_aside(run: _Run, step: int, error: Exception) -> None:

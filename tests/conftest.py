@@ -64,6 +64,28 @@ def smoke_config(**changes):
   return config
 
 
+def signal_after_step(monkeypatch, step: int, signum: int) -> None:
+  """Sends `signum` to this process once the run's `step`-th train step (1-based) is done.
+
+  Wraps train._epoch_runner, which serves the tf.data and the device pipeline alike.
+  """
+  from resnet_jax import train  # pylint: disable=g-import-not-at-top
+  runner = train._epoch_runner  # pylint: disable=protected-access
+
+  def signalling_runner(*args):
+    run = runner(*args)
+
+    def signalling_run(state, epoch, start):
+      for state, metrics in run(state, epoch, start):
+        if int(state.step) == step:
+          os.kill(os.getpid(), signum)
+        yield state, metrics
+
+    return signalling_run
+
+  monkeypatch.setattr(train, "_epoch_runner", signalling_runner)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
   """A 3-epoch smoke run, uninterrupted: (workdir, state, history)."""

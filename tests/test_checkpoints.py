@@ -4,6 +4,8 @@ import csv
 import json
 import os
 import pickle
+import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -15,9 +17,8 @@ import torch
 
 from resnet_jax import checkpoints, convert_torch, data_sources, evaluate, train
 from tests import torch_reference
-from tests.conftest import REPO
+from tests.conftest import REPO, signal_after_step
 from tests.conftest import smoke_config as _smoke
-
 
 
 def _snapshot(directory):
@@ -79,7 +80,7 @@ def test_predict_writes_id_labels_csv(tmp_path, trained):
     with open(path, "wb") as f:
       pickle.dump(payload, f)
     out = tmp_path / f"{name}.csv"
-    assert evaluate.predict(_smoke(eval_batch_size=16), workdir, str(path), str(out)) == 40
+    assert evaluate.predict(_smoke(eval_batch_size=16), workdir, str(path), str(out))["count"] == 40
     with open(out) as f:
       table = list(csv.reader(f))
     assert table[0] == ["ID", "Labels"] and len(table) == 41
@@ -139,6 +140,15 @@ def test_cli_eval_and_plots(trained, tmp_path):
                            "--checkpoint_step", "32"], capture_output=True, text=True, cwd=REPO)
   assert result.returncode == 0, result.stderr[-2000:]
   assert "test: accuracy" in result.stdout
+  assert f"checkpoint {workdir}/checkpoints/32 (as requested)" in result.stdout
+  predicted = subprocess.run([sys.executable, "-m", "resnet_jax.main", "--config",
+                              "configs/smoke.py", "--workdir", workdir, "--mode", "predict",
+                              "--input", _unlabeled(tmp_path), "--output",
+                              str(tmp_path / "p.csv")], capture_output=True, text=True, cwd=REPO)
+  assert predicted.returncode == 0, predicted.stderr[-2000:]
+  assert f"checkpoint {workdir}/checkpoints/" in predicted.stdout
+  assert "(best validation accuracy, " in predicted.stdout
+  assert "wrote 40 predictions" in predicted.stdout
   missing = subprocess.run([sys.executable, "-m", "resnet_jax.main", "--config",
                             "configs/smoke.py", "--workdir", str(tmp_path / "none"), "--mode",
                             "predict", "--input", "x.pkl", "--output", "y.csv"],
@@ -173,3 +183,72 @@ def test_checkpoint_written_on_four_devices_restores_on_one(tmp_path):
   assert evaluate.evaluate(_smoke(), workdir)["accuracy"] == pytest.approx(logged, abs=1e-6)
   state, history = train.train_and_evaluate(_smoke(num_epochs=2), workdir)  # resume on 1
   assert int(state.step) == 32 and len(history) == 2
+
+
+def _unlabeled(tmp_path) -> str:
+  images, _ = data_sources.load_synthetic("test[:40]", {"train": 512, "test": 256})
+  path = str(tmp_path / "unlabeled.pkl")
+  with open(path, "wb") as f:
+    pickle.dump({b"data": images}, f)
+  return path
+
+
+def _preempt(config, workdir: str, step: int) -> None:
+  with pytest.MonkeyPatch.context() as patch:
+    signal_after_step(patch, step, signal.SIGTERM)
+    with pytest.raises(train.Preempted):
+      train.train_and_evaluate(config, workdir)
+
+
+@pytest.mark.parametrize("pipeline", ["tfdata", "device"])
+def test_eval_and_predict_after_a_preempted_and_resumed_run(tmp_path, pipeline):
+  workdir = str(tmp_path / "run")
+  config = _smoke(**{"data.pipeline": pipeline})
+  _preempt(config, workdir, 21)  # step 5 of epoch 2
+  _, history = train.train_and_evaluate(config, workdir)
+  # The mid-epoch checkpoint (no accuracy) is among the last 3 kept: it broke eval.
+  assert "21" in os.listdir(os.path.join(workdir, "checkpoints"))
+  best = max(history, key=lambda h: (h["eval_accuracy"], h["epoch"]))
+  metrics = evaluate.evaluate(config, workdir)
+  assert metrics["step"] == 16 * best["epoch"]
+  assert metrics["chosen"] == f"best validation accuracy, {best['eval_accuracy']:.4f}"
+  assert metrics["accuracy"] == pytest.approx(best["eval_accuracy"], abs=1e-6)
+  result = evaluate.predict(config, workdir, _unlabeled(tmp_path), str(tmp_path / "p.csv"))
+  assert result["count"] == 40 and result["checkpoint"] == metrics["checkpoint"]
+
+
+def _snapshot_checkpoints(workdir: str) -> dict:
+  return _snapshot(os.path.join(workdir, "checkpoints"))
+
+
+def test_every_kind_of_checkpoint_through_every_command(tmp_path, trained):
+  """End-of-epoch, mid-epoch and converted checkpoints through resume, eval, predict, convert."""
+  torch.manual_seed(0)
+  pth = str(tmp_path / "seed.pth")
+  torch.save(torch_reference.ShallowResNet().state_dict(), pth)
+  kinds = {"end_of_epoch": str(tmp_path / "end_of_epoch"), "mid_epoch": str(tmp_path / "mid"),
+           "converted": str(tmp_path / "converted")}
+  shutil.copytree(trained[0], kinds["end_of_epoch"])
+  _preempt(_smoke(), kinds["mid_epoch"], 5)  # its only checkpoint: step 5 of epoch 1
+  convert_torch.convert_checkpoint("shallow", pth, kinds["converted"])
+  unlabeled = _unlabeled(tmp_path)
+  for kind, workdir in kinds.items():
+    config = _smoke(**{"model": {"name": "shallow"}}) if kind == "converted" else _smoke()
+    expected_step = {"end_of_epoch": None, "mid_epoch": 5, "converted": 0}[kind]
+    metrics = evaluate.evaluate(config, workdir)
+    if expected_step is not None:  # no accuracy to rank by: the latest, and said so
+      assert metrics["step"] == expected_step, kind
+      assert metrics["chosen"] == "the latest: no checkpoint here has a validation accuracy"
+    result = evaluate.predict(config, workdir, unlabeled, str(tmp_path / f"{kind}.csv"))
+    assert result["count"] == 40 and result["checkpoint"] == metrics["checkpoint"], kind
+    before = _snapshot_checkpoints(workdir)
+    with pytest.raises(FileExistsError, match="already exists"):
+      convert_torch.convert_checkpoint("shallow", pth, workdir)
+    if kind == "converted":
+      with pytest.raises(checkpoints.CheckpointError,
+                         match=r"holds 'convert_torch' checkpoints, not a training run's"):
+        train.train_and_evaluate(config, workdir)
+      assert _snapshot_checkpoints(workdir) == before
+    else:
+      state, history = train.train_and_evaluate(_smoke(num_epochs=4), workdir)
+      assert int(state.step) == 64 and [h["epoch"] for h in history] == [1, 2, 3, 4]
