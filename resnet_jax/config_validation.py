@@ -3,7 +3,7 @@
 import jax
 import jax.numpy as jnp
 
-from resnet_jax import data_sources, device_pipeline, models, optim, preprocessing
+from resnet_jax import data_sources, default_config, device_pipeline, models, optim, preprocessing
 
 PIPELINES = ("tfdata", "device")
 
@@ -77,9 +77,9 @@ def validate(config) -> None:
   for key in models.RUNTIME_FIELDS:
     if key in config.model:
       raise ConfigError(f"config.model.{key} is not a model field; set config.cpu.{key}")
-  fields = dict(config.model)
+  name, fields = default_config.model_fields(config)
   try:
-    models.get_model(fields.pop("name"), dtype=config.dtype, **fields)
+    models.get_model(name, dtype=config.dtype, **fields)
   except ValueError as e:  # field and budget errors say "model.<field>" or the count
     raise ConfigError(f"config.{e}" if str(e).startswith("model") else f"config.model: {e}") \
         from e

@@ -1,8 +1,9 @@
 """Every config key, with defaults; configs/*.py start from `get_config()` and change a few.
 
-Keys (see README "Configuration"):
-  model.name           preset ("shallow", "deep"); any other model.<field> overrides a
-                       models.ResNet field (e.g. model.stage_widths=(32, 64, 128))
+Keys (README "Training" has the configs and how to override them):
+  model.name           preset ("shallow", "deep"); every other model.<field> is a
+                       models.ResNet field, None for the preset's value, set in a config
+                       file or on the command line (--config.model.stage_widths='(32,64,128)')
   dtype                compute dtype: "float32", "bfloat16" (parameters stay float32)
   seed                 initialisation, dropout, data order and augmentation
   num_epochs, batch_size (global), eval_batch_size, label_smoothing
@@ -14,14 +15,31 @@ Keys (see README "Configuration"):
   cpu.xla_options, cpu.fusion_barriers, compilation_cache_dir: speed settings, below
 """
 
+import dataclasses
+import typing
+
 import ml_collections
 
-from resnet_jax import preprocessing
+from resnet_jax import models, preprocessing
+
+# Every ResNet field but the compute dtype (config.dtype), as an unset placeholder of its
+# type, so that the command line can set any of them (a key must exist to be overridden).
+MODEL_FIELDS = {f.name: tuple if typing.get_origin(f.type) else f.type
+                for f in dataclasses.fields(models.ResNet) if f.name in models.FIELDS
+                and f.name != "dtype"}
+
+
+def model_fields(config: ml_collections.ConfigDict) -> tuple[str, dict]:
+  """(preset name, the ResNet fields the config sets): unset (None) fields are the preset's."""
+  fields = {k: v for k, v in config.model.items() if v is not None}
+  return fields.pop("name"), fields
 
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
-  config.model = ml_collections.ConfigDict({"name": "shallow"})
+  config.model = ml_collections.ConfigDict(
+      {"name": "shallow", **{name: ml_collections.config_dict.placeholder(kind)
+                             for name, kind in MODEL_FIELDS.items()}})
   config.dtype = "float32"
   config.seed = 0
   config.num_epochs = 30

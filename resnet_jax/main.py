@@ -9,13 +9,15 @@ Modes:
 Config values are overridden as --config.a.b=value (ml_collections config_flags).
 """
 
+import re
 from typing import Sequence
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from resnet_jax import checkpoints, config_validation, data_sources, evaluate, train
+from resnet_jax import (checkpoints, config_validation, data_sources, default_config, evaluate,
+                        train)
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training configuration file.",
@@ -36,6 +38,32 @@ flags.DEFINE_bool("distributed", False,
                   "Call jax.distributed.initialize() with no arguments (TPU pod slices and "
                   "clusters it detects by itself).")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with every error one line naming the flag, as bad values are."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:  # absl's own, e.g. "flag --config.batch_size=abc: invalid literal..."
+    raise SystemExit(f"error: {e}") from None
+  except (KeyError, AttributeError) as e:  # ml_collections: a --config key that does not exist
+    raise SystemExit(f"error: {_unknown_key_message(argv, str(e))}") from None
+
+
+def _unknown_key_message(argv: list[str], error: str) -> str:
+  """ml_collections' multi-line KeyError text as one line naming the flag and its suggestion."""
+  key = re.search(r"\w+", error).group()
+  suggestion = re.search(r'Did you mean "(\w+)"', error)
+  flag = next((a for a in argv if a.startswith("--config.")
+               and key in a.split("=")[0].split(".")), f"--config.<...>.{key}")
+  path = flag.split("=")[0][2:].split(".")
+  parent = ".".join(path[:path.index(key)])
+  message = f"{flag}: {parent} has no key {key!r}"
+  if suggestion:
+    message += f"; did you mean {suggestion.group(1)!r}?"
+  if parent == "config.model":
+    message += f"; the model's fields are {['name', *default_config.MODEL_FIELDS]}"
+  return message
 
 
 def _initialize_distributed() -> None:
@@ -79,4 +107,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

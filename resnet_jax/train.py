@@ -30,8 +30,8 @@ from clu import metrics
 from flax.training import train_state
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from resnet_jax import (checkpoints, config_validation, data_sources, device_pipeline, models,
-                        optim, plots)
+from resnet_jax import (checkpoints, config_validation, data_sources, default_config,
+                        device_pipeline, models, optim, plots)
 
 
 class TrainState(train_state.TrainState):
@@ -65,8 +65,7 @@ def on_cpu() -> bool:
 
 
 def build_model(config: ml_collections.ConfigDict) -> models.ResNet:
-  fields = dict(config.model)
-  name = fields.pop("name")
+  name, fields = default_config.model_fields(config)
   return models.get_model(name, dtype=config.dtype, **fields,
                           fusion_barriers=config.cpu.fusion_barriers and on_cpu())
 
@@ -319,10 +318,16 @@ def _save_failed(manager, error: Exception) -> checkpoints.CheckpointError:
 
 
 def _check_writable(workdir: str) -> None:
-  """Fails before any compute when checkpoints could not be written."""
+  """Fails before any compute when checkpoints could not be written, creating nothing.
+
+  The workdir itself is made by the checkpoint manager, after the data and the
+  model are known to be usable, so that a failed start leaves no empty workdir.
+  """
+  existing = os.path.abspath(workdir)
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
   try:
-    os.makedirs(workdir, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=workdir):
+    with tempfile.NamedTemporaryFile(dir=existing):
       pass
   except OSError as e:
     raise checkpoints.CheckpointError(f"--workdir {workdir} is not writable: {e}") from e

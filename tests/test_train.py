@@ -119,15 +119,31 @@ def test_unknown_augmentation_key_is_named():
     config_validation.validate(config)
 
 
-def test_cli_rejects_a_bad_config_before_writing_anything(tmp_path):
-  workdir = tmp_path / "run"
+@pytest.mark.parametrize("args,message", [
+    (["--config.optimizer.learning_rate=-0.1"],
+     "error: config.optimizer.learning_rate=-0.1 must be positive"),
+    (["--config.optimizer.learnig_rate=0.1"],
+     "error: --config.optimizer.learnig_rate=0.1: config.optimizer has no key 'learnig_rate'; "
+     "did you mean 'learning_rate'?"),
+    (["--config.model.widths=(8,16)"],
+     "error: --config.model.widths=(8,16): config.model has no key 'widths'; the model's "
+     "fields are ['name', 'stem_width', 'stage_widths', "),
+    # Any ResNet field is a key on the command line: this one reaches the budget check.
+    (["--config.model.stage_widths=(64,128,1024)"], "over its budget max_params=5,000,000"),
+    (["--config.data.source=cifar10_dir", "--config.data.dir=no/such/dir"],
+     "error: config.data.dir='no/such/dir' does not exist"),
+])
+def test_cli_rejects_bad_input_in_one_line_and_leaves_no_workdir(tmp_path, args, message):
+  workdir = tmp_path / "runs" / "run"
   result = subprocess.run(
-      [sys.executable, "-m", "resnet_jax.main", "--config", "configs/smoke.py", "--workdir",
-       str(workdir), "--config.optimizer.learning_rate=-0.1"],
+      [sys.executable, "-m", "resnet_jax.main", "--config", "configs/shallow.py", "--workdir",
+       str(workdir), *args],
       capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
   assert result.returncode != 0
-  assert "error: config.optimizer.learning_rate=-0.1 must be positive" in result.stderr
-  assert not workdir.exists()
+  errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1 and message in errors[0], result.stderr[-3000:]
+  assert "Traceback" not in result.stderr
+  assert os.listdir(tmp_path) == []  # not even an empty workdir
 
 
 def test_device_pipeline_trains_the_smoke_config(tmp_path):
