@@ -78,11 +78,17 @@ def convert_state_dict(state_dict: Mapping[str, Any], model_name: str,
                            model_name)
 
 
+@functools.lru_cache(maxsize=8)
+def _variable_shapes(model: models.ResNet) -> dict:
+  """{path: ShapeDtypeStruct} of the model's variables (tracing the model once per model)."""
+  return traverse_util.flatten_dict(
+      jax.eval_shape(functools.partial(models.init_variables, model), jax.random.key(0)))
+
+
 def convert_for_model(state_dict: Mapping[str, Any], model: models.ResNet,
                       model_name: str) -> dict:
   """As `convert_state_dict`, for an already built model."""
-  target = traverse_util.flatten_dict(
-      jax.eval_shape(functools.partial(models.init_variables, model), jax.random.key(0)))
+  target = _variable_shapes(model)
   expected = {torch_key(path): path for path in target}
   arrays = {key: _as_numpy(value) for key, value in state_dict.items()
             if not (key.endswith(_IGNORED_SUFFIX)
