@@ -17,15 +17,18 @@ Restoring builds an abstract target with the *current* mesh's shardings, so a
 checkpoint written on N devices restores on M. No TensorFlow here.
 """
 
+import dataclasses
 import functools
 import json
 import os
+import tempfile
 from typing import Any
 
 import flax
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 from orbax.checkpoint import checkpoint_managers
 
 from resnet_jax import models
@@ -104,20 +107,27 @@ def save_model(workdir: str, step: int, variables: dict, model_config: dict,
   return os.path.join(checkpoint_dir(workdir), str(step))
 
 
-def save_training(manager: ocp.CheckpointManager, step: int, state, train_metrics,
-                  meta: dict) -> None:
-  """Starts an asynchronous save of a TrainState (returns once arrays are on the host).
+def _state_items(state, train_metrics) -> dict:
+  """The train state as checkpoint items: "model" (what evaluation needs), "train" (the rest).
 
+  Every pytree field of the state is saved, so a new TrainState field needs no edit here.
   `train_metrics` (a clu Collection) holds a part-finished epoch's running
   averages, so that a run stopped mid-epoch resumes with identical epoch metrics.
   """
+  fields = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)
+            if f.metadata.get("pytree_node", True)}
+  model = {name: fields.pop(name) for name in ("params", "batch_stats")}
+  return {"model": model,
+          "train": {**fields, "metrics": flax.serialization.to_state_dict(train_metrics)}}
+
+
+def save_training(manager: ocp.CheckpointManager, step: int, state, train_metrics,
+                  meta: dict) -> None:
+  """Starts an asynchronous save of a TrainState (returns once arrays are on the host)."""
+  items = _state_items(state, train_metrics)
+  items["train"]["metrics"] = _host_values(items["train"]["metrics"])
   manager.save(step, args=ocp.args.Composite(
-      model=ocp.args.StandardSave({"params": state.params, "batch_stats": state.batch_stats}),
-      train=ocp.args.StandardSave({
-          "opt_state": state.opt_state, "plateau": state.plateau, "step": state.step,
-          "rng": state.rng, "skipped_steps": state.skipped_steps,
-          "first_nonfinite_step": state.first_nonfinite_step,
-          "metrics": _host_values(flax.serialization.to_state_dict(train_metrics))}),
+      model=ocp.args.StandardSave(items["model"]), train=ocp.args.StandardSave(items["train"]),
       meta=ocp.args.JsonSave(meta)),
       metrics=None if meta["eval_accuracy"] is None else {"eval_accuracy": meta["eval_accuracy"]})
 
@@ -146,19 +156,14 @@ def _abstract(tree, sharding):
 
 def restore_training(manager: ocp.CheckpointManager, step: int, state, train_metrics,
                      sharding):
-  """(state, metrics state dict) restored from `step` into the structure of the arguments."""
-  target = _abstract({"model": {"params": state.params, "batch_stats": state.batch_stats},
-                      "train": {"opt_state": state.opt_state, "plateau": state.plateau,
-                                "step": state.step, "rng": state.rng,
-                                "skipped_steps": state.skipped_steps,
-                                "first_nonfinite_step": state.first_nonfinite_step,
-                                "metrics": flax.serialization.to_state_dict(train_metrics)}},
-                     sharding)
+  """(state, train metrics) restored from `step` into the structure of the arguments."""
+  target = _abstract(_state_items(state, train_metrics), sharding)
   restored = manager.restore(step, args=ocp.args.Composite(
       model=ocp.args.StandardRestore(target["model"]),
       train=ocp.args.StandardRestore(target["train"])))
   metrics_state = restored["train"].pop("metrics")
-  return state.replace(**restored["model"], **restored["train"]), metrics_state
+  return (state.replace(**restored["model"], **restored["train"]),
+          flax.serialization.from_state_dict(train_metrics, metrics_state))
 
 
 def restore_variables(manager: ocp.CheckpointManager, step: int, model: models.ResNet,
@@ -179,3 +184,114 @@ def restore_model(workdir: str, step: int | None = None) -> tuple[models.ResNet,
     meta = read_meta(manager, step)
     model = models.from_config(meta["model"])
     return model, restore_variables(manager, step, model), meta
+
+
+class TrainingCheckpoints:
+  """A training run's checkpoints and the policy for recovering from them.
+
+  `restore` resumes the newest checkpoint that reads: an unreadable one (cut
+  files, missing metadata) is moved aside as <step>.corrupt with a warning and
+  the next older one tried, nothing deleted; a checkpoint of another model, or
+  not from training, stops the run. `save` and `close` turn Orbax's failures
+  (a full disk, permissions) into a CheckpointError naming the intact
+  checkpoints. A context manager: leaving it waits for the asynchronous saves.
+  """
+
+  def __init__(self, workdir: str, keep_last: int):
+    self.manager = training_manager(workdir, keep_last)
+
+  def __enter__(self) -> "TrainingCheckpoints":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except  # as in save
+      raise self.write_failed(e) from e
+    finally:
+      self.manager.close()
+
+  def restore(self, state, train_metrics, sharding, model_name: str, model: models.ResNet):
+    """(state, history, epoch_step, train metrics or None): the newest usable checkpoint's,
+    or the arguments' with an empty history when there is none."""
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        meta = read_meta(self.manager, step)
+      except Exception as e:  # pylint: disable=broad-except  # orbax raises many types
+        self._set_aside(step, e)
+        continue
+      self._check_resumable(meta, model_name, model)
+      try:
+        state, metrics = restore_training(self.manager, step, state, train_metrics, sharding)
+      except Exception as e:  # pylint: disable=broad-except
+        self._set_aside(step, e)
+        continue
+      logging.info("resuming from %s/%d: epoch %d, step %d of it", self.manager.directory, step,
+                   meta["epoch"] + 1, meta["epoch_step"])
+      return state, meta["history"], meta["epoch_step"], metrics if meta["epoch_step"] else None
+    return state, [], 0, None
+
+  def save(self, state, train_metrics, meta: dict) -> None:
+    """Checkpoints at the state's step (asynchronously), unless that step is saved already."""
+    if int(state.step) in self.manager.all_steps():
+      return
+    try:
+      save_training(self.manager, int(state.step), state, train_metrics, meta)
+    except Exception as e:  # pylint: disable=broad-except
+      # Disk full, permissions... Orbax raises OSError, or ValueError from its
+      # asynchronous writers (a previous save's failure surfaces here), and only
+      # ever renames a finished save into place: earlier checkpoints are intact.
+      raise self.write_failed(e) from e
+
+  def latest_path(self) -> str:
+    """The newest complete checkpoint's directory, once pending saves are written."""
+    self.manager.wait_until_finished()
+    latest = self.manager.latest_step()
+    return "none" if latest is None else os.path.join(self.manager.directory, str(latest))
+
+  def write_failed(self, error: Exception) -> CheckpointError:
+    """A failed write to the workdir as an error naming the complete checkpoints."""
+    self.manager.reload()
+    reason = str(error)
+    if len(reason) > 400:  # Orbax's messages put paths first and the OS's reason last
+      reason = f"{reason[:150]} ... {reason[-250:]}"
+    return CheckpointError(
+        f"writing to {os.path.dirname(self.manager.directory)} failed ({type(error).__name__}: "
+        f"{reason}); the complete checkpoints are intact: {sorted(self.manager.all_steps())}")
+
+  def _check_resumable(self, meta: dict, model_name: str, model: models.ResNet) -> None:
+    if meta.get("source") != "train":
+      raise CheckpointError(
+          f"{self.manager.directory} holds {meta.get('source')!r} checkpoints, not a training "
+          "run's, so there is nothing to resume; train in a new --workdir")
+    diff = model_differences(meta["model"], model_name, model)
+    if diff:
+      raise CheckpointError(f"{self.manager.directory} holds checkpoints of another model "
+                            f"(differs in {diff}); use a new --workdir")
+
+  def _set_aside(self, step: int, error: Exception) -> None:
+    path = os.path.join(self.manager.directory, str(step))
+    aside = f"{path}.corrupt"
+    while os.path.exists(aside):
+      aside += "_"
+    if jax.process_index() == 0:
+      os.rename(path, aside)
+    logging.warning("skipping unreadable checkpoint %s (%s: %s); moved it to %s", path,
+                    type(error).__name__, str(error)[:300], aside)
+    self.manager.reload()
+
+
+def check_writable(workdir: str) -> None:
+  """Fails before any compute when checkpoints could not be written, creating nothing.
+
+  The workdir itself is made by the checkpoint manager, after the data and the
+  model are known to be usable, so that a failed start leaves no empty workdir.
+  """
+  existing = os.path.abspath(workdir)
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  try:
+    with tempfile.NamedTemporaryFile(dir=existing):
+      pass
+  except OSError as e:
+    raise CheckpointError(f"--workdir {workdir} is not writable: {e}") from e

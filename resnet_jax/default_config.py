@@ -60,7 +60,7 @@ def get_config() -> ml_collections.ConfigDict:
   # instead of ~18 s at the same speed (convolutions are precompiled kernels).
   config.cpu.xla_options = ml_collections.ConfigDict(
       {"xla_cpu_experimental_ynn_fusion_type": "", "xla_backend_optimization_level": 1})
-  config.cpu.fusion_barriers = True  # see models.fusion_barrier
+  config.cpu.fusion_barriers = True  # see layers.fusion_barrier
   # Jax's persistent compilation cache: a rerun or resume skips compiling the
   # steps ("" turns it off).
   config.compilation_cache_dir = "~/.cache/resnet_jax/jax"

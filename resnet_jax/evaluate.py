@@ -92,7 +92,7 @@ def _plot_confusion(matrix: np.ndarray, path: str, title: str) -> None:
   plt.close(figure)
 
 
-def evaluate(config, workdir: str, step: int | None = None) -> dict:
+def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
   """Evaluates a checkpoint and writes DIR/eval/; returns the metrics dict."""
   from resnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   model, variables, step, why, meta = restore_for_config(config, workdir, step)
@@ -154,11 +154,11 @@ def predict(config, workdir: str, input_path: str, output_path: str,
   """
   images, ids = load_unlabeled(input_path)
   model, variables, step, why, _ = restore_for_config(config, workdir, step)
-  mean, std = preprocessing.normalization(config.data.normalization)
   probabilities = _predict_fn(model, config.eval.tta, train.compiler_options(config))
   labels = []
   for start in range(0, len(images), config.eval_batch_size):
-    x = (images[start:start + config.eval_batch_size].astype(np.float32) / 255 - mean) / std
+    x = preprocessing.normalize(images[start:start + config.eval_batch_size] / np.float32(255),
+                                config.data.normalization)
     labels.append(np.asarray(probabilities(variables, jnp.asarray(x, jnp.float32))).argmax(-1))
   labels = np.concatenate(labels) if labels else np.zeros(0, np.int64)
   os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)

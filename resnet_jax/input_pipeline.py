@@ -149,7 +149,7 @@ class InputSplit:
     self.images, self.labels = images, labels
     self.batch_size, self.train, self.seed = batch_size, train, seed
     self.augment_settings = augment_settings
-    self.mean, self.std = preprocessing.normalization(normalization)
+    self.normalization = normalization
     self.process_index, self.process_count = process_index, process_count
     self.num_examples = len(labels)
 
@@ -180,13 +180,13 @@ class InputSplit:
     batch_seeds = np.random.default_rng([self.seed, epoch, 1]).integers(
         0, 2**31 - 1, size=(len(order), 2), dtype=np.int32)
     images, labels = tf.constant(self.images), tf.constant(self.labels)
-    mean, std = tf.constant(self.mean), tf.constant(self.std)
 
     def load(indices, valid, seed):
       x = tf.cast(tf.gather(images, indices), tf.float32) / 255.0
       if self.train and self.augment_settings:
         x = augment(x, seed, self.augment_settings, rows)
-      batch = {"image": (x - mean) / std, "label": tf.gather(labels, indices)}
+      batch = {"image": preprocessing.normalize(x, self.normalization),
+               "label": tf.gather(labels, indices)}
       if not self.train:
         batch["mask"] = valid
       return batch

@@ -90,7 +90,7 @@ def main(argv: Sequence[str]) -> None:
     if FLAGS.mode == "train":
       train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     elif FLAGS.mode == "eval":
-      metrics = evaluate.evaluate(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint_step)
+      metrics = evaluate.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint_step)
       print(f"checkpoint {metrics['checkpoint']} ({metrics['chosen']})")
       print(f"{metrics['split']}: accuracy {metrics['accuracy']:.4f} on "
             f"{metrics['num_examples']} examples; wrote {FLAGS.workdir}/eval/metrics.json")

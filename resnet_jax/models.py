@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from resnet_jax import layers
+
 ACTIVATIONS = {
     "relu": nn.relu,
     # flax's gelu defaults to the tanh approximation; PyTorch's nn.GELU is exact.
@@ -102,58 +104,6 @@ class AdaptivePool(nn.Module):
     return x
 
 
-def channel_sum(x: jax.Array) -> jax.Array:
-  """Sum over all axes but the last (channels).
-
-  Two stages, rows of 16 pixels first: XLA:CPU reduces a [M, C] array over M
-  with a split reduce-window at about a third of memory bandwidth, while the
-  sum of [M/16, 16*C] over its leading axis vectorises over 16*C contiguous
-  floats (measured 2-3x faster on the project's CPU, docs/performance.md).
-  """
-  c = x.shape[-1]
-  pixels = x.size // c
-  rows = 16 if pixels % 16 == 0 else 1
-  return x.reshape(pixels // rows, rows * c).sum(0).reshape(rows, c).sum(0)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float):
-  """Training-mode batch norm over all axes but the last: (y, batch mean, biased var).
-
-  The backward pass is written out (the textbook BN gradient: two channel
-  sums instead of the seven reductions autodiff derives from the forward) so
-  that each reduction runs once, in `channel_sum`'s fast form.
-  """
-  return _batch_norm_train_fwd(x, scale, bias, epsilon)[0]
-
-
-def _batch_norm_train_fwd(x, scale, bias, epsilon):
-  n = x.size // x.shape[-1]
-  mean = channel_sum(x) / n
-  centered = x - mean
-  var = channel_sum(jnp.square(centered)) / n
-  inv = jax.lax.rsqrt(var + epsilon)
-  return (centered * (inv * scale) + bias, mean, var), (x, mean, inv, scale)
-
-
-def _batch_norm_train_bwd(epsilon, residuals, cotangents):
-  del epsilon
-  x, mean, inv, scale = residuals
-  g, g_mean, g_var = cotangents
-  n = x.size // x.shape[-1]
-  centered = x - mean
-  x_hat = centered * inv
-  g_bias = channel_sum(g)
-  g_scale = channel_sum(g * x_hat)
-  g_x = (scale * inv / n) * (n * g - g_bias - x_hat * g_scale)
-  # The batch statistics are outputs too (they feed the running averages).
-  g_x = g_x + g_mean / n + g_var * (2 / n) * centered
-  return g_x, g_scale, g_bias
-
-
-batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
-
-
 class BatchNorm(nn.Module):
   """BatchNorm2d with PyTorch's semantics.
 
@@ -180,32 +130,13 @@ class BatchNorm(nn.Module):
       y = (x - running_mean.value) * (
           jax.lax.rsqrt(running_var.value + self.epsilon) * scale) + bias
       return y.astype(self.dtype)
-    y, mean, var = batch_norm_train(x, scale, bias, self.epsilon)
+    y, mean, var = layers.batch_norm_train(x, scale, bias, self.epsilon)
     if not self.is_initializing():
       n = x.size // features
       m = self.momentum
       running_mean.value = (1 - m) * running_mean.value + m * mean
       running_var.value = (1 - m) * running_var.value + m * var * n / max(n - 1, 1)
     return y.astype(self.dtype)
-
-
-def fusion_barrier(x: jax.Array) -> jax.Array:
-  """The identity, as an op XLA does not fuse through.
-
-  XLA:CPU computes each weight gradient as a convolution over a transposed copy
-  of the layer's input, and fuses into that transpose the whole elementwise
-  chain that produced the input: along a stage's residual stream, every earlier
-  block's BatchNorm, ReLU and addition, re-read in transposed (cache-hostile)
-  order: 412 ms of the shallow model's 1.47 s train step at batch 64. A
-  conditional is a fusion boundary, so the block output is computed once and
-  the transpose reads it (docs/performance.md). Both branches return their
-  operand exactly (x * 1 == x for every float), so any predicate works; it must
-  not be a compile-time constant, or XLA inlines the branch and the boundary
-  goes with it, and the branches must differ as written, or jax drops the
-  conditional.
-  """
-  first = x.reshape(-1)[0]
-  return jax.lax.cond(first == first, lambda v: v, lambda v: v * 1, x)
 
 
 class ResidualBlock(nn.Module):
@@ -229,7 +160,7 @@ class ResidualBlock(nn.Module):
       x = self.conv(self.features, (1, 1), self.strides, padding=0, name="downsample_conv")(x)
       x = self.norm(name="downsample_bn")(x, train)
     y = self.outer_activation(y + x)
-    return fusion_barrier(y) if self.fusion_barrier and train else y
+    return layers.fusion_barrier(y) if self.fusion_barrier and train else y
 
 
 class ResNet(nn.Module):
@@ -250,7 +181,7 @@ class ResNet(nn.Module):
     dtype: compute dtype name; parameters and BN statistics stay float32.
     kernel_init: "torch" (PyTorch's defaults) or "he_normal".
     max_params: the trainable-parameter budget, checked by `get_model`.
-    fusion_barriers: in training, end each block with `fusion_barrier` (an
+    fusion_barriers: in training, end each block with `layers.fusion_barrier` (an
       XLA:CPU speed setting that leaves the function unchanged, so it is not
       part of the saved model description, `FIELDS`).
   """

@@ -1,7 +1,7 @@
 """Augmentation presets and normalisations shared by the tf.data and device pipelines.
 
-No TensorFlow and no JAX here: configs, the tf.data pipeline and the on-device
-pipeline all read these.
+No TensorFlow and no JAX here: configs, the tf.data pipeline, the on-device
+pipeline and prediction all read these.
 
 Augmentation fields (0 disables one), applied in this order, as the seed's
 torchvision Compose lists them:
@@ -18,6 +18,8 @@ torchvision Compose lists them:
                     hue shift ~ U(-h, h), the four applied in a random order per
                     image, clipped to [0, 1]
 """
+
+import numpy as np
 
 AUGMENT_FIELDS = ("hflip", "vflip", "rotation", "zoom", "crop_padding", "translate",
                   "brightness", "contrast", "saturation", "hue")
@@ -69,8 +71,13 @@ def check_augment(settings) -> None:
     raise ValueError(f"config.data.augment.hue={settings['hue']} must be <= 0.5")
 
 
-def normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-  """(mean, std) per channel for images scaled to [0, 1]."""
+def normalize(images, name: str):
+  """Float32 images in [0, 1] -> the network's input, (images - mean) / std per channel.
+
+  Works on numpy, jax and TensorFlow arrays alike: tf.data, the device pipeline
+  and prediction all normalise through it.
+  """
   if name not in NORMALIZATIONS:
     raise ValueError(f"config.data.normalization={name!r} is not one of {sorted(NORMALIZATIONS)}")
-  return NORMALIZATIONS[name]
+  mean, std = (np.asarray(v, np.float32) for v in NORMALIZATIONS[name])
+  return (images - mean) / std

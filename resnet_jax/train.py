@@ -8,14 +8,17 @@ global batch because the model's means are plain jnp reductions under GSPMD.
 
 The model, optimizer and steps import no TensorFlow; only `train_and_evaluate`
 (through input_pipeline) does, so GPU machines can drive the steps from numpy.
+
+`train_and_evaluate` is the one loop: build, restore, then for each epoch its
+steps, evaluation, logging and checkpoint, reading top to bottom.
 """
 
-import dataclasses
+import contextlib
 import functools
+import itertools
 import os
 import signal
 import sys
-import tempfile
 import threading
 import time
 from typing import Any
@@ -30,8 +33,8 @@ from clu import metrics
 from flax.training import train_state
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from resnet_jax import (checkpoints, config_validation, data_sources, default_config,
-                        device_pipeline, models, optim, plots)
+from resnet_jax import (checkpoints, config_validation, data_sources, default_config, models,
+                        optim, pipelines, plots)
 
 
 class TrainState(train_state.TrainState):
@@ -83,12 +86,11 @@ def compiler_options(config: ml_collections.ConfigDict) -> dict | None:
   return dict(config.cpu.xla_options) or None
 
 
-def create_train_state(config, model: models.ResNet, updates_per_epoch: int) -> TrainState:
-  """Initial parameters, optimizer and plateau state from `config.seed`."""
+def create_train_state(config, model: models.ResNet, tx: optax.GradientTransformation,
+                       plateau: optim.Plateau | None = None) -> TrainState:
+  """Initial parameters (from `config.seed`), optimizer and plateau state."""
   init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   variables = models.init_variables(model, init_rng)
-  tx, _ = optim.create_optimizer(config.optimizer, updates_per_epoch, config.num_epochs)
-  plateau = optim.plateau_from_config(config.optimizer)
   return TrainState.create(
       apply_fn=model.apply, params=variables["params"], tx=tx,
       batch_stats=variables["batch_stats"],
@@ -156,53 +158,33 @@ def data_mesh(devices=None) -> jax.sharding.Mesh:
 
 
 class Steps:
-  """The jitted steps over a data-parallel mesh, and host-to-device batch placement."""
+  """The jitted train and eval steps over a data-parallel mesh."""
 
   def __init__(self, config, mesh: jax.sharding.Mesh | None = None):
     self.mesh = mesh or data_mesh()
     self.replicated = NamedSharding(self.mesh, P())
     self.data = NamedSharding(self.mesh, P("data"))
-    self.label_smoothing = config.label_smoothing
-    self.skip_nonfinite = config.skip_nonfinite_steps
-    self.compiler_options = compiler_options(config)
+    options = compiler_options(config)
     self.train = jax.jit(
         functools.partial(train_step, label_smoothing=config.label_smoothing,
                           skip_nonfinite=config.skip_nonfinite_steps),
         in_shardings=(self.replicated, self.data), out_shardings=self.replicated,
-        donate_argnums=0, compiler_options=self.compiler_options)
+        donate_argnums=0, compiler_options=options)
     self.eval = jax.jit(eval_step, in_shardings=(self.replicated, self.data),
-                        out_shardings=self.replicated, compiler_options=self.compiler_options)
-
-  def device_train(self, split):
-    """A jitted train step that takes its batch from a device_pipeline.DeviceSplit.
-
-    Called as step(state, split.arrays, order, index): the batch is gathered,
-    augmented and sharded on the devices, with no host work per step.
-    """
-
-    def step(state, arrays, order, index):
-      key = jax.random.fold_in(jax.random.fold_in(state.rng, 1), state.step)  # not dropout's
-      batch = split.get_batch(arrays, order, index, key)
-      batch = jax.lax.with_sharding_constraint(batch, self.data)
-      return train_step(state, batch, self.label_smoothing, self.skip_nonfinite)
-
-    return jax.jit(step, in_shardings=(self.replicated, self.replicated, self.replicated, None),
-                   out_shardings=self.replicated, donate_argnums=0,
-                   compiler_options=self.compiler_options)
+                        out_shardings=self.replicated, compiler_options=options)
 
   def place_state(self, state: TrainState) -> TrainState:
     return jax.device_put(state, self.replicated)
 
   def place_batch(self, batch: dict) -> dict:
-    """Assembles the global batch from this process's rows."""
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self.data, x), batch)
+    return pipelines.place(batch, self.data)
 
 
-def evaluate(steps: Steps, state: TrainState, split) -> dict[str, float]:
-  total = None
-  for batch in split:
-    m = steps.eval(state, steps.place_batch(batch))
-    total = m if total is None else total.merge(m)
+def eval_metrics(steps: Steps, state: TrainState, batches: pipelines.Batches) -> dict[str, float]:
+  """Loss and accuracy of `state` over one pass of `batches` (training's validation)."""
+  total = Metrics.empty()
+  for batch in batches.epoch(0):
+    total = total.merge(steps.eval(state, batch))
   return {k: float(v) for k, v in total.compute().items()}
 
 
@@ -232,107 +214,6 @@ class _StopSignals:
       signal.signal(sig, handler)
 
 
-@dataclasses.dataclass
-class _Run:
-  """What a run needs besides the train state, built once by train_and_evaluate."""
-
-  config: ml_collections.ConfigDict
-  workdir: str
-  model: models.ResNet
-  steps: Steps
-  train_split: Any
-  eval_split: Any
-  steps_per_epoch: int
-  schedule: Any
-  plateau: optim.Plateau | None
-  manager: Any
-  writer: Any  # clu metric writer, created once the workdir is known to be ours
-
-  def save(self, state: TrainState, history: list[dict], epoch_step: int,
-           train_metrics: Metrics | None, eval_accuracy: float | None) -> None:
-    """Checkpoints at the state's step, unless that step is already saved."""
-    _check_finite(self, state)
-    if int(state.step) in self.manager.all_steps():
-      return
-    meta = {"model": models.model_config(self.config.model.name, self.model),
-            "source": "train", "epoch": len(history), "epoch_step": epoch_step,
-            "eval_accuracy": eval_accuracy, "config": self.config.to_json_best_effort(),
-            "history": history}
-    try:
-      checkpoints.save_training(self.manager, int(state.step), state,
-                                train_metrics or Metrics.empty(), meta)
-    except Exception as e:  # pylint: disable=broad-except
-      # Disk full, permissions... Orbax raises OSError, or ValueError from its
-      # asynchronous writers (a previous save's failure surfaces here), and only
-      # ever renames a finished save into place: earlier checkpoints are intact.
-      raise _save_failed(self.manager, e) from e
-
-
-def _build_run(config, workdir: str) -> tuple[_Run, TrainState]:
-  """Validates the config, loads the data and builds model, steps and optimizer."""
-  from resnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-
-  config_validation.validate(config)
-  _check_writable(workdir)
-  model = build_model(config)
-  steps = Steps(config)
-  if config.data.pipeline == "device":
-    images, labels = data_sources.load_split(config.data, config.data.train_split)
-    train_split = device_pipeline.DeviceSplit(
-        images, labels, batch_size=config.batch_size, augment_settings=config.data.augment,
-        normalization=config.data.normalization, seed=config.seed, sharding=steps.replicated)
-  else:
-    train_split = input_pipeline.create_split(config.data, config.data.train_split,
-                                              batch_size=config.batch_size, train=True,
-                                              seed=config.seed)
-  eval_split = input_pipeline.create_split(config.data, config.data.eval_split,
-                                           batch_size=config.eval_batch_size, train=False)
-  accumulation = config.optimizer.accumulation_steps
-  # Whole accumulation groups only, so no gradient is carried across epochs.
-  steps_per_epoch = train_split.steps_per_epoch // accumulation * accumulation
-  if steps_per_epoch == 0:
-    raise data_sources.DataError(
-        f"config.data.train_split={config.data.train_split!r} has {train_split.num_examples} "
-        f"examples: fewer than one update of batch_size={config.batch_size} x "
-        f"accumulation_steps={accumulation}")
-  updates_per_epoch = steps_per_epoch // accumulation
-  state = steps.place_state(create_train_state(config, model, updates_per_epoch))
-  _, schedule = optim.create_optimizer(config.optimizer, updates_per_epoch, config.num_epochs)
-  manager = checkpoints.training_manager(workdir, config.keep_checkpoints)
-  run = _Run(config, workdir, model, steps, train_split, eval_split, steps_per_epoch, schedule,
-             optim.plateau_from_config(config.optimizer), manager, writer=None)
-  logging.info("model %s: %s parameters; %d train / %d eval examples; %d steps per epoch",
-               config.model.name, f"{models.count_params(model):,}", train_split.num_examples,
-               eval_split.num_examples, steps_per_epoch)
-  return run, state
-
-
-def _save_failed(manager, error: Exception) -> checkpoints.CheckpointError:
-  manager.reload()
-  reason = str(error)
-  if len(reason) > 400:  # Orbax's messages put paths first and the OS's reason last
-    reason = f"{reason[:150]} ... {reason[-250:]}"
-  return checkpoints.CheckpointError(
-      f"writing to {os.path.dirname(manager.directory)} failed ({type(error).__name__}: "
-      f"{reason}); the complete checkpoints are intact: {sorted(manager.all_steps())}")
-
-
-def _check_writable(workdir: str) -> None:
-  """Fails before any compute when checkpoints could not be written, creating nothing.
-
-  The workdir itself is made by the checkpoint manager, after the data and the
-  model are known to be usable, so that a failed start leaves no empty workdir.
-  """
-  existing = os.path.abspath(workdir)
-  while not os.path.exists(existing):
-    existing = os.path.dirname(existing)
-  try:
-    with tempfile.NamedTemporaryFile(dir=existing):
-      pass
-  except OSError as e:
-    raise checkpoints.CheckpointError(f"--workdir {workdir} is not writable: {e}") from e
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> tuple[TrainState, list[dict]]:
   """Trains `config` for config.num_epochs, evaluating on config.data.eval_split each epoch.
@@ -342,180 +223,144 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   whose message says how to resume). Returns the final state and the history:
   one dict of scalars per epoch, as written to TensorBoard.
   """
-  from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top
+  from clu import periodic_actions  # pylint: disable=g-import-not-at-top
 
-  run, state = _build_run(config, workdir)
-  state, history, epoch_step, train_metrics = _resume(run, state)
-  # Only now, with the workdir known to be ours, is anything written to it.
-  run.writer = metric_writers.create_default_writer(workdir,
-                                                    just_logging=jax.process_index() > 0)
-  if not history and not epoch_step:
-    run.writer.write_hparams(_flatten(config.to_dict()))
-  progress = periodic_actions.ReportProgress(
-      num_train_steps=run.steps_per_epoch * config.num_epochs, writer=run.writer, every_secs=60)
-  run_epoch = _epoch_runner(run.steps, run.train_split, run.steps_per_epoch)
-  with _StopSignals() as stop:
-    for epoch in range(len(history), config.num_epochs):
-      start, first_step = time.perf_counter(), epoch_step  # first_step > 0 when resumed
-      for state, m in run_epoch(state, epoch, epoch_step):
-        train_metrics = m if train_metrics is None else train_metrics.merge(m)
-        epoch_step += 1
-        progress(int(state.step))
-        if epoch_step % 100 == 0:
-          _check_finite(run, state)
-        if stop.received and epoch_step < run.steps_per_epoch:
-          _stop(run, state, history, epoch_step, train_metrics, stop.received)
-      images = (run.steps_per_epoch - first_step) * config.batch_size
-      state = _end_epoch(run, state, history, train_metrics,
-                         images / (time.perf_counter() - start))
-      epoch_step, train_metrics = 0, None
-      if stop.received and epoch + 1 < config.num_epochs:
-        _stop(run, state, history, 0, None, stop.received)
-  _close(run)
+  config_validation.validate(config)
+  checkpoints.check_writable(workdir)
+  model, steps = build_model(config), Steps(config)
+  train_data = pipelines.train_batches(config, steps.data)
+  eval_data = pipelines.eval_batches(config, steps.data)
+  steps_per_epoch = _whole_updates(config, train_data)
+  updates_per_epoch = steps_per_epoch // config.optimizer.accumulation_steps
+  tx, schedule = optim.create_optimizer(config.optimizer, updates_per_epoch, config.num_epochs)
+  plateau = optim.plateau_from_config(config.optimizer)
+  state = steps.place_state(create_train_state(config, model, tx, plateau))
+  logging.info("model %s: %s parameters; %d train / %d eval examples; %d steps per epoch",
+               config.model.name, f"{models.count_params(model):,}", train_data.num_examples,
+               eval_data.num_examples, steps_per_epoch)
+
+  with checkpoints.TrainingCheckpoints(workdir, config.keep_checkpoints) as saved:
+    state, history, epoch_step, train_metrics = saved.restore(
+        state, Metrics.empty(), steps.replicated, config.model.name, model)
+    meta = functools.partial(_checkpoint_meta, config, model)
+    with contextlib.closing(_metric_writer(workdir, config, fresh=not history and not epoch_step)
+                           ) as writer, _StopSignals() as stop:
+      progress = periodic_actions.ReportProgress(
+          num_train_steps=steps_per_epoch * config.num_epochs, writer=writer, every_secs=60)
+      for epoch in range(len(history), config.num_epochs):
+        start_time, first_step = time.perf_counter(), epoch_step  # first_step > 0 when resumed
+        for batch in itertools.islice(train_data.epoch(epoch, epoch_step),
+                                      steps_per_epoch - epoch_step):
+          state, metrics = steps.train(state, batch)
+          train_metrics = metrics if train_metrics is None else train_metrics.merge(metrics)
+          epoch_step += 1
+          progress(int(state.step))
+          if stop.received or epoch_step % 100 == 0 and _nonfinite(config, state):
+            break
+        _stop_if_nonfinite(config, state, saved, steps_per_epoch)
+        if epoch_step < steps_per_epoch:  # a signal: checkpoint mid-epoch and stop
+          saved.save(state, train_metrics, meta(history, epoch_step, None))
+          raise _preempted(stop.received, state, history, epoch_step, steps_per_epoch, workdir)
+
+        train_summary = {k: float(v) for k, v in train_metrics.compute().items()}
+        eval_summary = eval_metrics(steps, state, eval_data)
+        lr = float(schedule(updates_per_epoch * (epoch + 1) - 1)) * float(state.plateau.scale)
+        if plateau:  # once per epoch, on the configured metric
+          state = state.replace(plateau=plateau.update(state.plateau, _plateau_value(
+              config, train_summary, eval_summary)))
+        history.append(_epoch_scalars(epoch, lr, state, train_summary, eval_summary,
+                                      (steps_per_epoch - first_step) * config.batch_size
+                                      / (time.perf_counter() - start_time)))
+        writer.write_scalars(int(state.step), history[-1])
+        _log_epoch(config, history[-1])
+        if jax.process_index() == 0:
+          try:
+            plots.write_history(workdir, history)  # atomic: the old file survives a failure
+          except OSError as e:
+            raise saved.write_failed(e) from e
+        if (epoch + 1) % config.checkpoint_every_epochs == 0 or epoch + 1 == config.num_epochs:
+          saved.save(state, Metrics.empty(), meta(history, 0, eval_summary["accuracy"]))
+        epoch_step, train_metrics = 0, None
+        if stop.received and epoch + 1 < config.num_epochs:
+          saved.save(state, Metrics.empty(), meta(history, 0, None))  # unless saved above
+          raise _preempted(stop.received, state, history, 0, steps_per_epoch, workdir)
   if history and jax.process_index() == 0:
     plots.plot_curves(history, os.path.join(workdir, plots.CURVES_FILE))
   return state, history
 
 
-def _end_epoch(run: _Run, state: TrainState, history: list[dict], train_metrics: Metrics,
-               images_per_s: float) -> TrainState:
-  """Evaluates, drives the plateau, logs, appends to `history` and checkpoints."""
-  config = run.config
-  train_summary = {k: float(v) for k, v in train_metrics.compute().items()}
-  eval_summary = evaluate(run.steps, state, run.eval_split)
+def _whole_updates(config, train_data: pipelines.Batches) -> int:
+  """Steps per epoch in whole accumulation groups, so no gradient is carried across epochs."""
   accumulation = config.optimizer.accumulation_steps
-  lr = float(run.schedule(int(state.step) // accumulation - 1)) * float(state.plateau.scale)
-  if run.plateau:  # once per epoch, on the configured metric
-    value = train_summary["loss"] if config.optimizer.plateau.metric == "train_loss" \
-        else eval_summary["loss"]
-    state = state.replace(plateau=run.plateau.update(state.plateau, value))
-  epoch = len(history) + 1
-  scalars = {"epoch": epoch, "learning_rate": lr, "skipped_steps": int(state.skipped_steps),
-             "images_per_s": images_per_s,
-             **{f"train_{k}": v for k, v in train_summary.items()},
-             **{f"eval_{k}": v for k, v in eval_summary.items()}}
-  run.writer.write_scalars(int(state.step), scalars)
-  history.append(scalars)
-  if jax.process_index() == 0:
-    try:
-      plots.write_history(run.workdir, history)  # atomic: the old file survives a failure
-    except OSError as e:
-      raise _save_failed(run.manager, e) from e
-  if epoch % config.checkpoint_every_epochs == 0 or epoch == config.num_epochs:
-    run.save(state, history, 0, None, eval_summary["accuracy"])
-  logging.info("epoch %d/%d: train loss %.4f acc %.4f | eval loss %.4f acc %.4f | lr %.3g | "
-               "%.0f images/s", epoch, config.num_epochs, train_summary["loss"],
-               train_summary["accuracy"], eval_summary["loss"], eval_summary["accuracy"], lr,
-               scalars["images_per_s"])
-  return state
+  steps = train_data.steps_per_epoch // accumulation * accumulation
+  if steps == 0:
+    raise data_sources.DataError(
+        f"config.data.train_split={config.data.train_split!r} has {train_data.num_examples} "
+        f"examples: fewer than one update of batch_size={config.batch_size} x "
+        f"accumulation_steps={accumulation}")
+  return steps
 
 
-def _check_finite(run: _Run, state: TrainState) -> None:
-  """Stops the run at the first non-finite step, unless config.skip_nonfinite_steps."""
-  first = int(state.first_nonfinite_step)
-  if first < 0 or run.config.skip_nonfinite_steps:
-    return
-  _close(run)
-  latest = run.manager.latest_step()
-  raise NonFiniteError(
-      f"non-finite loss or gradient at step {first} (epoch {first // run.steps_per_epoch + 1}); "
-      f"training stopped before applying it. Last good checkpoint: "
-      f"{'none' if latest is None else os.path.join(run.manager.directory, str(latest))}. "
-      "Lower the learning rate, or set config.skip_nonfinite_steps=True to skip such steps.")
+def _metric_writer(workdir: str, config, fresh: bool):
+  """TensorBoard (and log) writer; the hyper-parameters once, at a run's very start."""
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  if fresh:
+    writer.write_hparams(_flatten(config.to_dict()))
+  return writer
 
 
-def _stop(run: _Run, state, history, epoch_step, train_metrics, signal_name: str):
-  run.save(state, history, epoch_step, train_metrics, None)
-  _close(run)
+def _checkpoint_meta(config, model, history: list[dict], epoch_step: int,
+                     eval_accuracy: float | None) -> dict:
+  return {"model": models.model_config(config.model.name, model), "source": "train",
+          "epoch": len(history), "epoch_step": epoch_step, "eval_accuracy": eval_accuracy,
+          "config": config.to_json_best_effort(), "history": history}
+
+
+def _nonfinite(config, state: TrainState) -> bool:
+  """Whether the run must stop: a step was not finite and config says not to skip such."""
+  return not config.skip_nonfinite_steps and int(state.first_nonfinite_step) >= 0
+
+
+def _stop_if_nonfinite(config, state: TrainState, saved, steps_per_epoch: int) -> None:
+  if _nonfinite(config, state):
+    first = int(state.first_nonfinite_step)
+    raise NonFiniteError(
+        f"non-finite loss or gradient at step {first} (epoch {first // steps_per_epoch + 1}); "
+        f"training stopped before applying it. Last good checkpoint: {saved.latest_path()}. "
+        "Lower the learning rate, or set config.skip_nonfinite_steps=True to skip such steps.")
+
+
+def _preempted(signal_name: str, state, history, epoch_step: int, steps_per_epoch: int,
+               workdir: str) -> Preempted:
   code = 130 if signal_name == "SIGINT" else 143  # the shell's 128 + signal number
   message = (f"{signal_name}: stopped at step {int(state.step)} (epoch {len(history) + 1}, "
-             f"step {epoch_step} of {run.steps_per_epoch}) and saved a checkpoint to "
-             f"{checkpoints.checkpoint_dir(run.workdir)}; rerun the same command to resume")
+             f"step {epoch_step} of {steps_per_epoch}) and saved a checkpoint to "
+             f"{checkpoints.checkpoint_dir(workdir)}; rerun the same command to resume")
   logging.warning(message)
   print(message, file=sys.stderr)
-  raise Preempted(code)
+  return Preempted(code)
 
 
-def _close(run: _Run) -> None:
-  try:
-    run.manager.wait_until_finished()  # asynchronous saves complete before we exit
-  except Exception as e:  # pylint: disable=broad-except  # as in _Run.save
-    raise _save_failed(run.manager, e) from e
-  run.manager.close()
-  run.writer.flush()
+def _plateau_value(config, train_summary: dict, eval_summary: dict) -> float:
+  if config.optimizer.plateau.metric == "train_loss":
+    return train_summary["loss"]
+  return eval_summary["loss"]
 
 
-def _resume(run: _Run, state: TrainState):
-  """(state, history, epoch_step, partial train metrics) from the newest valid checkpoint.
-
-  A checkpoint that cannot be read (truncated files, missing metadata) is moved
-  aside as <step>.corrupt, with a warning naming it, and the next older one is
-  tried; nothing is deleted.
-  """
-  for step in sorted(run.manager.all_steps(), reverse=True):
-    try:
-      meta = checkpoints.read_meta(run.manager, step)
-    except Exception as e:  # pylint: disable=broad-except  # orbax raises many types
-      _set_aside(run, step, e)
-      continue
-    _check_same_model(run, meta)
-    try:
-      state, metrics_state = checkpoints.restore_training(run.manager, step, state,
-                                                          Metrics.empty(), run.steps.replicated)
-    except Exception as e:  # pylint: disable=broad-except
-      _set_aside(run, step, e)
-      continue
-    epoch_step = meta["epoch_step"]
-    train_metrics = flax.serialization.from_state_dict(Metrics.empty(), metrics_state) \
-        if epoch_step else None
-    logging.info("resuming from %s/%d: epoch %d, step %d of it", run.manager.directory, step,
-                 meta["epoch"] + 1, epoch_step)
-    return state, meta["history"], epoch_step, train_metrics
-  return state, [], 0, None
+def _epoch_scalars(epoch: int, lr: float, state: TrainState, train_summary: dict,
+                   eval_summary: dict, images_per_s: float) -> dict:
+  return {"epoch": epoch + 1, "learning_rate": lr, "skipped_steps": int(state.skipped_steps),
+          "images_per_s": images_per_s,
+          **{f"train_{k}": v for k, v in train_summary.items()},
+          **{f"eval_{k}": v for k, v in eval_summary.items()}}
 
 
-def _check_same_model(run: _Run, meta: dict) -> None:
-  if meta.get("source") != "train":
-    raise checkpoints.CheckpointError(
-        f"{run.manager.directory} holds {meta.get('source')!r} checkpoints, not a training "
-        "run's, so there is nothing to resume; train in a new --workdir")
-  diff = checkpoints.model_differences(meta["model"], run.config.model.name, run.model)
-  if diff:
-    raise checkpoints.CheckpointError(
-        f"{run.manager.directory} holds checkpoints of another model (differs in {diff}); "
-        "use a new --workdir")
-
-
-def _set_aside(run: _Run, step: int, error: Exception) -> None:
-  path = os.path.join(run.manager.directory, str(step))
-  aside = f"{path}.corrupt"
-  while os.path.exists(aside):
-    aside += "_"
-  if jax.process_index() == 0:
-    os.rename(path, aside)
-  logging.warning("skipping unreadable checkpoint %s (%s: %s); moved it to %s", path,
-                  type(error).__name__, str(error)[:300], aside)
-  run.manager.reload()
-
-
-def _epoch_runner(steps: Steps, split, num_steps: int):
-  """run(state, epoch, start) yields (state, metrics) after each step from `start` on."""
-  if isinstance(split, device_pipeline.DeviceSplit):
-    device_step = steps.device_train(split)
-
-    def run(state, epoch, start):
-      order = split.epoch_order(epoch)
-      for index in range(start, num_steps):
-        state, metrics_ = device_step(state, split.arrays, order, index)
-        yield state, metrics_
-  else:
-
-    def run(state, epoch, start):
-      for _, batch in zip(range(start, num_steps), split.epoch(epoch, start)):
-        state, metrics_ = steps.train(state, steps.place_batch(batch))
-        yield state, metrics_
-
-  return run
+def _log_epoch(config, scalars: dict) -> None:
+  logging.info("epoch %d/%d: train loss %.4f acc %.4f | eval loss %.4f acc %.4f | lr %.3g | "
+               "%.0f images/s", scalars["epoch"], config.num_epochs, scalars["train_loss"],
+               scalars["train_accuracy"], scalars["eval_loss"], scalars["eval_accuracy"],
+               scalars["learning_rate"], scalars["images_per_s"])
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:

@@ -29,7 +29,7 @@ import time
 import jax
 import numpy as np
 
-from resnet_jax import default_config, train
+from resnet_jax import default_config, optim, train
 
 # bf16 dense peak FLOP/s of accelerators whose utilisation we report.
 PEAK_BF16_FLOPS = {"NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H200": 989e12,
@@ -43,7 +43,8 @@ def _jax_setup(model_name: str, batch_size: int, dtype: str, cpu_tuning: bool):
     config.cpu.xla_options, config.cpu.fusion_barriers = {}, False
   model = train.build_model(config)
   steps = train.Steps(config)
-  state = steps.place_state(train.create_train_state(config, model, 100))
+  state = steps.place_state(train.create_train_state(
+      config, model, optim.create_optimizer(config.optimizer, 100, config.num_epochs)[0]))
   rng = np.random.default_rng(0)
   batch = steps.place_batch({
       "image": rng.normal(size=(batch_size, 32, 32, 3)).astype(np.float32),

@@ -64,26 +64,43 @@ def smoke_config(**changes):
   return config
 
 
-def signal_after_step(monkeypatch, step: int, signum: int) -> None:
-  """Sends `signum` to this process once the run's `step`-th train step (1-based) is done.
+def on_train_batches(monkeypatch, action) -> None:
+  """Passes the n-th training batch of this process (n from 1) through action(n, batch).
 
-  Wraps train._epoch_runner, which serves the tf.data and the device pipeline alike.
+  The fault-injection hook: it wraps pipelines.train_batches, which serves the
+  tf.data and the device pipeline alike.
   """
-  from resnet_jax import train  # pylint: disable=g-import-not-at-top
-  runner = train._epoch_runner  # pylint: disable=protected-access
+  from resnet_jax import pipelines  # pylint: disable=g-import-not-at-top
+  make, drawn = pipelines.train_batches, [0]
 
-  def signalling_runner(*args):
-    run = runner(*args)
+  class Wrapped:
+    def __init__(self, batches):
+      self.batches = batches
+      self.num_examples, self.steps_per_epoch = batches.num_examples, batches.steps_per_epoch
 
-    def signalling_run(state, epoch, start):
-      for state, metrics in run(state, epoch, start):
-        if int(state.step) == step:
-          os.kill(os.getpid(), signum)
-        yield state, metrics
+    def epoch(self, epoch, start=0):
+      for batch in self.batches.epoch(epoch, start):
+        drawn[0] += 1
+        yield action(drawn[0], batch)
 
-    return signalling_run
+  monkeypatch.setattr(pipelines, "train_batches", lambda *args: Wrapped(make(*args)))
 
-  monkeypatch.setattr(train, "_epoch_runner", signalling_runner)
+
+def signal_at_batch(monkeypatch, n: int, signum: int) -> None:
+  """Sends `signum` as the n-th training batch is drawn: its step runs, then the run stops."""
+
+  def action(drawn, batch):
+    if drawn == n:
+      os.kill(os.getpid(), signum)
+    return batch
+
+  on_train_batches(monkeypatch, action)
+
+
+def poison_batch(monkeypatch, n: int) -> None:
+  """Makes the n-th training batch all NaN."""
+  on_train_batches(monkeypatch, lambda drawn, batch: {**batch, "image": batch["image"] * np.nan}
+                   if drawn == n else batch)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import torch
 
 from resnet_jax import checkpoints, convert_torch, data_sources, evaluate, train
 from tests import torch_reference
-from tests.conftest import REPO, signal_after_step
+from tests.conftest import REPO, signal_at_batch
 from tests.conftest import smoke_config as _smoke
 
 
@@ -54,7 +54,7 @@ def test_retention_keeps_the_last_k_and_the_best(tmp_path):
 
 def test_eval_mode_writes_the_schema_and_matches_the_training_log(trained):
   workdir, _, history = trained
-  metrics = evaluate.evaluate(_smoke(), workdir)
+  metrics = evaluate.evaluate_checkpoint(_smoke(), workdir)
   assert set(metrics) >= {"accuracy", "per_class_accuracy", "confusion_matrix", "num_examples",
                           "step", "split"}
   best = max(history, key=lambda h: (h["eval_accuracy"], h["epoch"]))
@@ -66,7 +66,7 @@ def test_eval_mode_writes_the_schema_and_matches_the_training_log(trained):
   with open(os.path.join(workdir, "eval", "metrics.json")) as f:
     assert json.load(f) == metrics
   assert os.path.getsize(os.path.join(workdir, "eval", "confusion_matrix.png")) > 1000
-  first = evaluate.evaluate(_smoke(**{"eval.tta": True}), workdir, step=16)
+  first = evaluate.evaluate_checkpoint(_smoke(**{"eval.tta": True}), workdir, step=16)
   assert first["step"] == 16 and first["tta"] is True
 
 
@@ -98,7 +98,7 @@ def test_converted_pytorch_checkpoint_evaluates_like_pytorch(tmp_path):
   workdir = str(tmp_path / "converted")
   convert_torch.convert_checkpoint("shallow", str(pth), workdir)
   config = _smoke(**{"model": {"name": "shallow"}})
-  metrics = evaluate.evaluate(config, workdir)
+  metrics = evaluate.evaluate_checkpoint(config, workdir)
   images, labels = data_sources.load_synthetic("test", {"train": 512, "test": 256})
   with torch.no_grad():
     x = torch.from_numpy((images.astype(np.float32) / 255 - 0.5) / 0.5).permute(0, 3, 1, 2)
@@ -112,15 +112,15 @@ def test_errors_are_clear_and_leave_the_workdir_untouched(tmp_path, trained):
   before = _snapshot(workdir)
   empty = tmp_path / "empty"
   with pytest.raises(checkpoints.CheckpointError, match=r"no checkpoint in .*empty/checkpoints"):
-    evaluate.evaluate(_smoke(), str(empty))
+    evaluate.evaluate_checkpoint(_smoke(), str(empty))
   assert not empty.exists()
   with pytest.raises(checkpoints.CheckpointError, match=r"holds model 'shallow', which differs "
                                                         r"from the config's model 'deep'"):
-    evaluate.evaluate(_smoke(**{"model": {"name": "deep"}}), workdir)
+    evaluate.evaluate_checkpoint(_smoke(**{"model": {"name": "deep"}}), workdir)
   with pytest.raises(checkpoints.CheckpointError, match=r"differs .* in \['stage_widths'\]"):
-    evaluate.evaluate(_smoke(**{"model.stage_widths": (8, 16, 64)}), workdir)
+    evaluate.evaluate_checkpoint(_smoke(**{"model.stage_widths": (8, 16, 64)}), workdir)
   with pytest.raises(checkpoints.CheckpointError, match=r"no checkpoint step 7 .* has \[16, 32, 48\]"):
-    evaluate.evaluate(_smoke(), workdir, step=7)
+    evaluate.evaluate_checkpoint(_smoke(), workdir, step=7)
   bad = tmp_path / "bad.pkl"
   with open(bad, "wb") as f:
     pickle.dump({b"data": np.zeros((5, 32, 32), np.uint8)}, f)
@@ -180,7 +180,7 @@ def test_checkpoint_written_on_four_devices_restores_on_one(tmp_path):
   assert jax.device_count() == 1
   with open(os.path.join(workdir, "history.json")) as f:
     logged = json.load(f)[0]["eval_accuracy"]
-  assert evaluate.evaluate(_smoke(), workdir)["accuracy"] == pytest.approx(logged, abs=1e-6)
+  assert evaluate.evaluate_checkpoint(_smoke(), workdir)["accuracy"] == pytest.approx(logged, abs=1e-6)
   state, history = train.train_and_evaluate(_smoke(num_epochs=2), workdir)  # resume on 1
   assert int(state.step) == 32 and len(history) == 2
 
@@ -194,8 +194,9 @@ def _unlabeled(tmp_path) -> str:
 
 
 def _preempt(config, workdir: str, step: int) -> None:
+  """Trains until a SIGTERM that arrives during `step` (counted from 1) stops the run."""
   with pytest.MonkeyPatch.context() as patch:
-    signal_after_step(patch, step, signal.SIGTERM)
+    signal_at_batch(patch, step, signal.SIGTERM)
     with pytest.raises(train.Preempted):
       train.train_and_evaluate(config, workdir)
 
@@ -209,7 +210,7 @@ def test_eval_and_predict_after_a_preempted_and_resumed_run(tmp_path, pipeline):
   # The mid-epoch checkpoint (no accuracy) is among the last 3 kept: it broke eval.
   assert "21" in os.listdir(os.path.join(workdir, "checkpoints"))
   best = max(history, key=lambda h: (h["eval_accuracy"], h["epoch"]))
-  metrics = evaluate.evaluate(config, workdir)
+  metrics = evaluate.evaluate_checkpoint(config, workdir)
   assert metrics["step"] == 16 * best["epoch"]
   assert metrics["chosen"] == f"best validation accuracy, {best['eval_accuracy']:.4f}"
   assert metrics["accuracy"] == pytest.approx(best["eval_accuracy"], abs=1e-6)
@@ -235,7 +236,7 @@ def test_every_kind_of_checkpoint_through_every_command(tmp_path, trained):
   for kind, workdir in kinds.items():
     config = _smoke(**{"model": {"name": "shallow"}}) if kind == "converted" else _smoke()
     expected_step = {"end_of_epoch": None, "mid_epoch": 5, "converted": 0}[kind]
-    metrics = evaluate.evaluate(config, workdir)
+    metrics = evaluate.evaluate_checkpoint(config, workdir)
     if expected_step is not None:  # no accuracy to rank by: the latest, and said so
       assert metrics["step"] == expected_step, kind
       assert metrics["chosen"] == "the latest: no checkpoint here has a validation accuracy"

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_jax import models
+from resnet_jax import layers, models
 
 
 @pytest.mark.parametrize("name,count", [("shallow", 2_777_674), ("deep", 4_999_689)])
@@ -124,12 +124,12 @@ def test_batch_norm_custom_gradient_matches_autodiff():
   def loss(fn, *args):  # every output gets a cotangent, the statistics included
     return sum((out * w).sum() for out, w in zip(fn(*args), weights))
 
-  ours = jax.grad(functools.partial(loss, lambda *a: models.batch_norm_train(*a, 1e-5)),
+  ours = jax.grad(functools.partial(loss, lambda *a: layers.batch_norm_train(*a, 1e-5)),
                   (0, 1, 2))(x, scale, bias)
   reference = jax.grad(functools.partial(loss, _reference_batch_norm), (0, 1, 2))(x, scale, bias)
   for a, b in zip(ours, reference):
     np.testing.assert_allclose(a, b, atol=2e-5 * np.abs(b).max(), rtol=0)
-  outputs = models.batch_norm_train(x, scale, bias, 1e-5)
+  outputs = layers.batch_norm_train(x, scale, bias, 1e-5)
   for a, b in zip(outputs, _reference_batch_norm(x, scale, bias)):
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
 

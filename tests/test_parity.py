@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from resnet_jax import convert_torch, models
+from resnet_jax import convert_torch, layers, models
 from tests import torch_reference
 
 ATOL = 1e-4
@@ -86,7 +86,7 @@ def test_gelu_is_exact_erf():
 
 
 def test_batch_norm_training_gradients_match_pytorch():
-  """models.batch_norm_train's hand-written backward is PyTorch's BatchNorm2d backward.
+  """layers.batch_norm_train's hand-written backward is PyTorch's BatchNorm2d backward.
 
   Checked on the layer: through a whole network, a ReLU input within rounding of
   zero takes either side in two float32 programs, and its gradient with it.
@@ -105,7 +105,7 @@ def test_batch_norm_training_gradients_match_pytorch():
   ty.backward(torch.from_numpy(cotangent.transpose(0, 3, 1, 2).copy()))
 
   def f(x, scale, bias):
-    return models.batch_norm_train(x, scale, bias, 1e-5)[0]
+    return layers.batch_norm_train(x, scale, bias, 1e-5)[0]
 
   y, vjp = jax.vjp(f, x, scale, bias)
   gx, gscale, gbias = vjp(cotangent)

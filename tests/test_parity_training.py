@@ -193,7 +193,9 @@ def test_seed_recipe_trains_as_pytorch_update_by_update(name, monkeypatch):
     variables = convert_torch.convert_for_model(torch_model.state_dict(), model, name)
     return steps.place_state(state.replace(**variables))
 
-  state = from_pytorch(train.create_train_state(config, model, UPDATES))
+  tx, _ = optim.create_optimizer(config.optimizer, UPDATES, config.num_epochs)
+  state = from_pytorch(train.create_train_state(config, model, tx,
+                                                optim.plateau_from_config(config.optimizer)))
   initial = jax.device_get(state.params)
   accumulation = config.optimizer.accumulation_steps
   micro_batch = 8 if name == "shallow" else 4

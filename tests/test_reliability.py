@@ -13,32 +13,31 @@ import numpy as np
 import pytest
 
 from resnet_jax import checkpoints, train
+from tests.conftest import REPO, poison_batch, signal_at_batch
 from tests.conftest import smoke_config as _smoke
-from tests.conftest import REPO
 
 
-@pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.parametrize("pipeline,signum,code", [("tfdata", signal.SIGTERM, 143),
+                                                   ("tfdata", signal.SIGINT, 130),
+                                                   ("device", signal.SIGTERM, 143)])
 def test_signal_mid_epoch_checkpoints_and_the_rerun_matches_uninterrupted(
-    tmp_path, monkeypatch, trained, signum, code):
-  _, uninterrupted, full_history = trained
-  calls = {"n": 0}
-  place = train.Steps.place_batch
-
-  def place_and_signal(self, batch):
-    calls["n"] += "mask" not in batch  # train batches only
-    if calls["n"] == 21 and "mask" not in batch:  # step 5 of epoch 2
-      os.kill(os.getpid(), signum)
-    return place(self, batch)
-
-  monkeypatch.setattr(train.Steps, "place_batch", place_and_signal)
-  with pytest.raises(train.Preempted) as info:
-    train.train_and_evaluate(_smoke(), str(tmp_path))
+    tmp_path, trained, pipeline, signum, code):
+  config = _smoke(**{"data.pipeline": pipeline})
+  if pipeline == "tfdata":
+    _, uninterrupted, full_history = trained
+  else:
+    uninterrupted, full_history = train.train_and_evaluate(config, str(tmp_path / "whole"))
+  workdir = tmp_path / "run"
+  with pytest.MonkeyPatch.context() as patch:
+    signal_at_batch(patch, 21, signum)  # step 5 of epoch 2
+    with pytest.raises(train.Preempted) as info:
+      train.train_and_evaluate(config, str(workdir))
   assert info.value.code == code
-  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["16", "21"]
-  monkeypatch.setattr(train.Steps, "place_batch", place)
-  state, history = train.train_and_evaluate(_smoke(), str(tmp_path))
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["16", "21"]
+  state, history = train.train_and_evaluate(config, str(workdir))
   for ours, theirs in zip(jax.tree.leaves(jax.device_get((state.params, state.opt_state))),
-                          jax.tree.leaves((uninterrupted.params, uninterrupted.opt_state))):
+                          jax.tree.leaves(jax.device_get((uninterrupted.params,
+                                                          uninterrupted.opt_state)))):
     np.testing.assert_array_equal(ours, theirs)
   untimed = lambda hs: [{k: v for k, v in h.items() if k != "images_per_s"} for h in hs]
   assert untimed(history) == untimed(full_history)  # epoch 2's metrics span the restart
@@ -66,35 +65,23 @@ def test_same_config_and_seed_give_identical_metrics(tmp_path, trained):
   assert untimed(again) == untimed(history)
 
 
-def _poison(monkeypatch, train_batch: int):
-  """Makes the n-th training batch all NaN."""
-  place = train.Steps.place_batch
-  calls = {"n": 0}
-
-  def poisoned(self, batch):
-    if "mask" not in batch:
-      calls["n"] += 1
-      if calls["n"] == train_batch:
-        batch = {**batch, "image": np.full_like(batch["image"], np.nan)}
-    return place(self, batch)
-
-  monkeypatch.setattr(train.Steps, "place_batch", poisoned)
-
-
+@pytest.mark.parametrize("pipeline", ["tfdata", "device"])
 def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
-    tmp_path, monkeypatch):
-  _poison(monkeypatch, 20)  # step 19, in epoch 2
+    tmp_path, monkeypatch, pipeline):
+  poison_batch(monkeypatch, 20)  # step 19, in epoch 2
   with pytest.raises(train.NonFiniteError,
                      match=r"at step 19 \(epoch 2\).*Last good checkpoint: .*checkpoints/16"):
-    train.train_and_evaluate(_smoke(), str(tmp_path))
+    train.train_and_evaluate(_smoke(**{"data.pipeline": pipeline}), str(tmp_path))
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["16"]
   _, variables, _ = checkpoints.restore_model(str(tmp_path))
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(variables))
 
 
-def test_skip_nonfinite_steps_skips_and_trains_on(tmp_path, monkeypatch):
-  _poison(monkeypatch, 20)
-  state, history = train.train_and_evaluate(_smoke(skip_nonfinite_steps=True), str(tmp_path))
+@pytest.mark.parametrize("pipeline", ["tfdata", "device"])
+def test_skip_nonfinite_steps_skips_and_trains_on(tmp_path, monkeypatch, pipeline):
+  poison_batch(monkeypatch, 20)
+  state, history = train.train_and_evaluate(
+      _smoke(skip_nonfinite_steps=True, **{"data.pipeline": pipeline}), str(tmp_path))
   assert [h["skipped_steps"] for h in history] == [0, 1, 1]
   assert int(state.first_nonfinite_step) == 19
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.params))

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_jax import config_validation, train
+from resnet_jax import config_validation, optim, train
 from tests.conftest import smoke_config as _smoke
 
 
@@ -49,7 +49,7 @@ def test_accumulation_never_carries_over_an_epoch_and_plateau_scale_is_logged(tm
 
 _MULTI_DEVICE = textwrap.dedent("""
     import jax, numpy as np
-    from resnet_jax import train
+    from resnet_jax import optim, train
     from configs import smoke
     config = smoke.get_config()
     config.batch_size = 8
@@ -61,7 +61,8 @@ _MULTI_DEVICE = textwrap.dedent("""
     results = []
     for devices in (jax.devices()[:1], jax.devices()):
       steps = train.Steps(config, train.data_mesh(devices))
-      state = steps.place_state(train.create_train_state(config, model, 10))
+      tx, _ = optim.create_optimizer(config.optimizer, 10, config.num_epochs)
+      state = steps.place_state(train.create_train_state(config, model, tx))
       for _ in range(2):
         state, metrics = steps.train(state, steps.place_batch(batch))
       results.append(jax.device_get((state.params, state.batch_stats)))
@@ -160,7 +161,8 @@ def test_cpu_xla_options_reach_the_compiled_train_step(options, ynn):
   config = _smoke(**{"cpu.xla_options": options})
   model = train.build_model(config)
   steps = train.Steps(config)
-  state = steps.place_state(train.create_train_state(config, model, 10))
+  tx, _ = optim.create_optimizer(config.optimizer, 10, config.num_epochs)
+  state = steps.place_state(train.create_train_state(config, model, tx))
   n = config.batch_size
   batch = steps.place_batch({"image": np.zeros((n, 32, 32, 3), np.float32),
                              "label": np.zeros(n, np.int32), "mask": np.ones(n, bool)})
