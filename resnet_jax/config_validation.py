@@ -13,18 +13,14 @@ class ConfigError(ValueError):
 
 
 def _choice(config, key: str, allowed) -> None:
-  value = config
-  for part in key.split("."):
-    value = value[part]
+  value = default_config.lookup(config, key)
   if value not in allowed:
     raise ConfigError(f"config.{key}={value!r} is not one of {list(allowed)}")
 
 
 def _positive(config, *keys: str) -> None:
   for key in keys:
-    value = config
-    for part in key.split("."):
-      value = value[part]
+    value = default_config.lookup(config, key)
     if not value > 0:
       raise ConfigError(f"config.{key}={value!r} must be positive")
 

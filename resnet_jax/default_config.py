@@ -29,6 +29,13 @@ MODEL_FIELDS = {f.name: tuple if typing.get_origin(f.type) else f.type
                 and f.name != "dtype"}
 
 
+def lookup(config: ml_collections.ConfigDict, key: str):
+  """The value at a dotted key, e.g. "optimizer.plateau.factor" ("" is the config itself)."""
+  for part in filter(None, key.split(".")):
+    config = config[part]
+  return config
+
+
 def model_fields(config: ml_collections.ConfigDict) -> tuple[str, dict]:
   """(preset name, the ResNet fields the config sets): unset (None) fields are the preset's."""
   fields = {k: v for k, v in config.model.items() if v is not None}

@@ -14,7 +14,9 @@ Train batches drop the remainder; eval batches cover every example exactly once,
 padding the last batch with masked-out copies of example 0.
 
 Augmentations run after batching, on whole batches (one op call per batch, not
-per image): this is what makes the tf.data path fast on a 2-core host.
+per image): this is what makes the tf.data path fast on a 2-core host. Each is a
+small named op (flip, rotate, zoom, crop, translate, color_jitter) taking its own
+stateless seed, applied in sequence by `augment`.
 """
 
 import math
@@ -62,6 +64,10 @@ def _about_centre(a, b, c, d, size):
                    c, d, centre - c * centre - d * centre, zero, zero], axis=1)
 
 
+def _size(images):
+  return tf.cast(tf.shape(images)[1], tf.float32)
+
+
 def _grayscale(images):
   return tf.reduce_sum(images * tf.constant([0.2989, 0.587, 0.114]), -1, keepdims=True)
 
@@ -82,8 +88,75 @@ def _jitter_op(name, images, factor):
   return tf.clip_by_value(out, 0.0, 1.0)
 
 
+def flip(axis: int):
+  """An op mirroring axis `axis` (2: W, horizontal; 1: H, vertical) with probability p."""
+
+  def op(images, seed, p, rows):
+    flipped = _uniform(seed, rows, (), 0.0, 1.0) < p
+    return tf.where(flipped[:, None, None, None], tf.reverse(images, [axis]), images)
+
+  return op
+
+
+def rotate(images, seed, degrees, rows):
+  """RandomRotation(degrees): angle ~ U(-degrees, degrees) about the centre."""
+  angle = _uniform(seed, rows, (), -degrees, degrees) * (math.pi / 180)
+  cos, sin = tf.cos(angle), tf.sin(angle)
+  return _transform(images, _about_centre(cos, -sin, sin, cos, _size(images)))
+
+
+def zoom(images, seed, amount, rows):
+  """Scale ~ U(1 - amount, 1 + amount) about the centre."""
+  inverse = 1 / _uniform(seed, rows, (), 1 - amount, 1 + amount)
+  return _transform(images, _about_centre(inverse, 0 * inverse, 0 * inverse, inverse,
+                                          _size(images)))
+
+
+def crop(images, seed, padding, rows):
+  """RandomCrop(32, padding): a uniform integer shift in [-padding, padding] per axis."""
+  pad = int(padding)
+  shift = tf.cast(_uniform(seed, rows, (2,), -pad, pad + 1, tf.int32), tf.float32)
+  return _transform(images, _shift_transforms(shift[:, 0], shift[:, 1]))
+
+
+def translate(images, seed, fraction, rows):
+  """RandomAffine(translate=(f, f)): round(U(-32 f, 32 f)) pixels per axis."""
+  limit = fraction * 32
+  shift = tf.round(_uniform(seed, rows, (2,), -limit, limit))
+  return _transform(images, _shift_transforms(shift[:, 0], shift[:, 1]))
+
+
+def color_jitter(images, seed, settings, rows):
+  """ColorJitter: the enabled ones of brightness, contrast, saturation, hue, in a fresh
+  random order per image, as torchvision draws it."""
+  jitter = [name for name in preprocessing.JITTER_OPS if settings[name]]
+  seeds = tf.unstack(tf.random.experimental.stateless_split(seed, num=len(jitter) + 1))
+  factors = {}
+  for name, factor_seed in zip(jitter, seeds):
+    x = settings[name]
+    low, high = (-x, x) if name == "hue" else (max(0.0, 1 - x), 1 + x)
+    factors[name] = _uniform(factor_seed, rows, (), low, high)
+  # Slot by slot, each image goes to the op its order names: partition, apply,
+  # stitch back, so every image pays for each op once (hue's HSV round trip is
+  # the costly one).
+  order = tf.argsort(_uniform(seeds[-1], rows, (len(jitter),), 0.0, 1.0), axis=1)
+  positions = tf.range(tf.shape(images)[0])
+  for slot in range(len(jitter)):
+    parts = tf.dynamic_partition(images, order[:, slot], len(jitter))
+    where = tf.dynamic_partition(positions, order[:, slot], len(jitter))
+    images = tf.dynamic_stitch(where, [
+        _jitter_op(name, part, tf.gather(factors[name], rows_k))
+        for name, part, rows_k in zip(jitter, parts, where)])
+  return images
+
+
+# The geometric ops, in the seed's torchvision Compose order; colour jitter comes last.
+OPS = (("hflip", flip(2)), ("vflip", flip(1)), ("rotation", rotate), ("zoom", zoom),
+       ("crop_padding", crop), ("translate", translate))
+
+
 def augment(images, seed, settings, rows):
-  """Applies the seed's augmentations to a float batch in [0, 1].
+  """Applies each augmentation whose setting is non-zero, in order, each with its own seed.
 
   Args:
     images: float32 [b, H, W, 3] in [0, 1].
@@ -91,47 +164,12 @@ def augment(images, seed, settings, rows):
     settings: every field of preprocessing.AUGMENT_FIELDS.
     rows: (start, stop, global_batch): this process's rows of the global batch.
   """
-  seeds = tf.unstack(tf.random.experimental.stateless_split(seed, num=12))
-  size = tf.cast(tf.shape(images)[1], tf.float32)
-  for i, axis in enumerate((2, 1)):  # hflip mirrors W, vflip mirrors H
-    p = settings[("hflip", "vflip")[i]]
-    if p:
-      flip = _uniform(seeds[i], rows, (), 0.0, 1.0) < p
-      images = tf.where(flip[:, None, None, None], tf.reverse(images, [axis]), images)
-  if settings["rotation"]:
-    angle = _uniform(seeds[2], rows, (), -settings["rotation"], settings["rotation"])
-    angle = angle * (math.pi / 180)
-    cos, sin = tf.cos(angle), tf.sin(angle)
-    images = _transform(images, _about_centre(cos, -sin, sin, cos, size))
-  if settings["zoom"]:
-    inverse = 1 / _uniform(seeds[3], rows, (), 1 - settings["zoom"], 1 + settings["zoom"])
-    images = _transform(images, _about_centre(inverse, 0 * inverse, 0 * inverse, inverse, size))
-  if settings["crop_padding"]:
-    pad = int(settings["crop_padding"])
-    shift = tf.cast(_uniform(seeds[4], rows, (2,), -pad, pad + 1, tf.int32), tf.float32)
-    images = _transform(images, _shift_transforms(shift[:, 0], shift[:, 1]))
-  if settings["translate"]:
-    limit = settings["translate"] * 32
-    shift = tf.round(_uniform(seeds[5], rows, (2,), -limit, limit))
-    images = _transform(images, _shift_transforms(shift[:, 0], shift[:, 1]))
-  jitter = [name for name in preprocessing.JITTER_OPS if settings[name]]
-  if jitter:
-    factors = {}
-    for i, name in enumerate(jitter):
-      x = settings[name]
-      low, high = (-x, x) if name == "hue" else (max(0.0, 1 - x), 1 + x)
-      factors[name] = _uniform(seeds[6 + i], rows, (), low, high)
-    # torchvision draws a fresh order of the four per image. Slot by slot, each
-    # image goes to the op its order names: partition, apply, stitch back, so
-    # every image pays for each op once (hue's HSV round trip is the costly one).
-    order = tf.argsort(_uniform(seeds[10], rows, (len(jitter),), 0.0, 1.0), axis=1)
-    positions = tf.range(tf.shape(images)[0])
-    for slot in range(len(jitter)):
-      parts = tf.dynamic_partition(images, order[:, slot], len(jitter))
-      where = tf.dynamic_partition(positions, order[:, slot], len(jitter))
-      images = tf.dynamic_stitch(where, [
-          _jitter_op(name, part, tf.gather(factors[name], rows_k))
-          for name, part, rows_k in zip(jitter, parts, where)])
+  seeds = tf.unstack(tf.random.experimental.stateless_split(seed, num=len(OPS) + 1))
+  for (name, op), op_seed in zip(OPS, seeds):
+    if settings[name]:
+      images = op(images, op_seed, settings[name], rows)
+  if any(settings[name] for name in preprocessing.JITTER_OPS):
+    images = color_jitter(images, seeds[-1], settings, rows)
   return images
 
 

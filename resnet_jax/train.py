@@ -268,16 +268,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         if plateau:  # once per epoch, on the configured metric
           state = state.replace(plateau=plateau.update(state.plateau, _plateau_value(
               config, train_summary, eval_summary)))
+        images_per_s = ((steps_per_epoch - first_step) * config.batch_size
+                        / (time.perf_counter() - start_time))
         history.append(_epoch_scalars(epoch, lr, state, train_summary, eval_summary,
-                                      (steps_per_epoch - first_step) * config.batch_size
-                                      / (time.perf_counter() - start_time)))
-        writer.write_scalars(int(state.step), history[-1])
-        _log_epoch(config, history[-1])
-        if jax.process_index() == 0:
-          try:
-            plots.write_history(workdir, history)  # atomic: the old file survives a failure
-          except OSError as e:
-            raise saved.write_failed(e) from e
+                                      images_per_s))
+        _record_epoch(config, workdir, int(state.step), history, writer, saved)
         if (epoch + 1) % config.checkpoint_every_epochs == 0 or epoch + 1 == config.num_epochs:
           saved.save(state, Metrics.empty(), meta(history, 0, eval_summary["accuracy"]))
         epoch_step, train_metrics = 0, None
@@ -356,11 +351,19 @@ def _epoch_scalars(epoch: int, lr: float, state: TrainState, train_summary: dict
           **{f"eval_{k}": v for k, v in eval_summary.items()}}
 
 
-def _log_epoch(config, scalars: dict) -> None:
+def _record_epoch(config, workdir: str, step: int, history: list[dict], writer, saved) -> None:
+  """Writes the newest epoch's scalars to TensorBoard, the log and DIR/history.json."""
+  scalars = history[-1]
+  writer.write_scalars(step, scalars)
   logging.info("epoch %d/%d: train loss %.4f acc %.4f | eval loss %.4f acc %.4f | lr %.3g | "
                "%.0f images/s", scalars["epoch"], config.num_epochs, scalars["train_loss"],
                scalars["train_accuracy"], scalars["eval_loss"], scalars["eval_accuracy"],
                scalars["learning_rate"], scalars["images_per_s"])
+  if jax.process_index() == 0:
+    try:
+      plots.write_history(workdir, history)  # atomic: the old file survives a failure
+    except OSError as e:
+      raise saved.write_failed(e) from e
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:

@@ -54,13 +54,11 @@ def data_config(location: str, **overrides) -> ml_collections.ConfigDict:
 def smoke_config(**changes):
   """configs/smoke.py with dotted-key changes, e.g. smoke_config(**{"optimizer.name": "sgd"})."""
   from configs import smoke  # pylint: disable=g-import-not-at-top
+  from resnet_jax import default_config  # pylint: disable=g-import-not-at-top
   config = smoke.get_config()
   for key, value in changes.items():
-    target = config
-    *parents, leaf = key.split(".")
-    for parent in parents:
-      target = target[parent]
-    target[leaf] = value
+    parent, _, leaf = key.rpartition(".")
+    default_config.lookup(config, parent)[leaf] = value
   return config
 
 
