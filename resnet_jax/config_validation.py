@@ -3,7 +3,8 @@
 import jax
 import jax.numpy as jnp
 
-from resnet_jax import data_sources, default_config, device_pipeline, models, optim, preprocessing
+from resnet_jax import (data_sources, default_config, device_pipeline, models, optim,
+                        preprocessing, tta)
 
 PIPELINES = ("tfdata", "device")
 
@@ -47,6 +48,7 @@ def validate(config) -> None:
   _choice(config, "data.pipeline", PIPELINES)
   _choice(config, "data.normalization", sorted(preprocessing.NORMALIZATIONS))
   _choice(config, "dtype", sorted(models.DTYPES))
+  _choice(config, "eval.tta", tta.LEVELS)
   _positive(config, "optimizer.learning_rate", "num_epochs", "batch_size", "eval_batch_size",
             "optimizer.accumulation_steps")
   if config.optimizer.weight_decay < 0:

@@ -73,7 +73,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.compilation_cache_dir = "~/.cache/resnet_jax/jax"
 
   config.eval = ml_collections.ConfigDict()
-  config.eval.tta = False  # average the predictions of each image and its mirror
+  # Test-time augmentation level (resnet_jax/tta.py): 0 none, 1 mirror, 2 mirror and
+  # one-pixel shifts; used by --mode eval and predict and by the final epoch's log.
+  config.eval.tta = 0
 
   config.data = ml_collections.ConfigDict()
   config.data.source = "tfds"

@@ -4,7 +4,8 @@ eval:    the checkpoints.choose_step checkpoint (--checkpoint_step N, else the
          best by validation accuracy, else the latest) on config.data.eval_split;
          writes DIR/eval/metrics.json ("accuracy", "per_class_accuracy",
          "confusion_matrix", "num_examples", "step", "split", "checkpoint",
-         "chosen" (why that one), "tta") and DIR/eval/confusion_matrix.png.
+         "chosen" (why that one), "tta": config.eval.tta's level, resnet_jax/tta.py)
+         and DIR/eval/confusion_matrix.png.
 predict: labels for an unlabeled pickled array file (a dict with b"data" as
          N x 32 x 32 x 3 or N x 3072 uint8, optional b"ids"), written as the
          seed's Kaggle-style CSV with columns ID,Labels.
@@ -24,7 +25,7 @@ import jax.numpy as jnp
 import matplotlib
 import numpy as np
 
-from resnet_jax import checkpoints, config_validation, models, preprocessing, train
+from resnet_jax import checkpoints, config_validation, models, preprocessing, train, tta
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -58,13 +59,10 @@ def restore_for_config(config, workdir: str, step: int | None):
     return model, checkpoints.restore_variables(manager, step, model), step, why, meta
 
 
-def _predict_fn(model: models.ResNet, tta: bool, compiler_options: dict | None):
+def _predict_fn(model: models.ResNet, tta_level: int, compiler_options: dict | None):
   @functools.partial(jax.jit, compiler_options=compiler_options)
   def probabilities(variables, images):
-    p = jax.nn.softmax(model.apply(variables, images, train=False))
-    if tta:  # mirror images are as likely as the originals: average both views
-      p = (p + jax.nn.softmax(model.apply(variables, images[:, :, ::-1], train=False))) / 2
-    return p
+    return tta.probabilities(lambda x: model.apply(variables, x, train=False), images, tta_level)
   return probabilities
 
 
@@ -110,7 +108,7 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
   metrics = {"accuracy": float((labels == predictions).mean()),
              "per_class_accuracy": per_class.tolist(), "confusion_matrix": matrix.tolist(),
              "num_examples": int(len(labels)), "step": int(step),
-             "split": config.data.eval_split, "tta": bool(config.eval.tta),
+             "split": config.data.eval_split, "tta": config.eval.tta,
              "checkpoint": os.path.join(checkpoints.checkpoint_dir(workdir), str(step)),
              "chosen": why, "source": meta.get("source")}
   out = os.path.join(workdir, "eval")

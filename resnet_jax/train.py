@@ -34,7 +34,7 @@ from flax.training import train_state
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from resnet_jax import (checkpoints, config_validation, data_sources, default_config, models,
-                        optim, pipelines, plots)
+                        optim, pipelines, plots, tta)
 
 
 class TrainState(train_state.TrainState):
@@ -137,10 +137,19 @@ def train_step(state: TrainState, batch: dict, label_smoothing: float = 0.0,
                                                  labels=batch["label"], mask=mask)
 
 
-def eval_step(state: TrainState, batch: dict) -> Metrics:
-  """Deterministic evaluation (running BN statistics, no dropout), honouring the mask."""
-  logits = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
-                          batch["image"], train=False)
+def eval_step(state: TrainState, batch: dict, tta_level: int = 0) -> Metrics:
+  """Deterministic evaluation (running BN statistics, no dropout), honouring the mask.
+
+  At a test-time augmentation level > 0 the logits are the log of the views' mean
+  probability (resnet_jax/tta.py): their argmax is the prediction and their
+  cross-entropy -log p(label).
+  """
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  logits_fn = functools.partial(state.apply_fn, variables, train=False)
+  if tta_level:
+    logits = jnp.log(tta.probabilities(logits_fn, batch["image"], tta_level))
+  else:
+    logits = logits_fn(batch["image"])
   loss = cross_entropy(logits, batch["label"])
   return Metrics.single_from_model_output(loss=loss, logits=logits, labels=batch["label"],
                                           mask=batch["mask"])
@@ -170,8 +179,10 @@ class Steps:
                           skip_nonfinite=config.skip_nonfinite_steps),
         in_shardings=(self.replicated, self.data), out_shardings=self.replicated,
         donate_argnums=0, compiler_options=options)
-    self.eval = jax.jit(eval_step, in_shardings=(self.replicated, self.data),
-                        out_shardings=self.replicated, compiler_options=options)
+    self.eval, self.eval_tta = (
+        jax.jit(functools.partial(eval_step, tta_level=level),
+                in_shardings=(self.replicated, self.data), out_shardings=self.replicated,
+                compiler_options=options) for level in (0, config.eval.tta))
 
   def place_state(self, state: TrainState) -> TrainState:
     return jax.device_put(state, self.replicated)
@@ -180,11 +191,14 @@ class Steps:
     return pipelines.place(batch, self.data)
 
 
-def eval_metrics(steps: Steps, state: TrainState, batches: pipelines.Batches) -> dict[str, float]:
-  """Loss and accuracy of `state` over one pass of `batches` (training's validation)."""
+def eval_metrics(steps: Steps, state: TrainState, batches: pipelines.Batches,
+                 tta: bool = False) -> dict[str, float]:
+  """Loss and accuracy of `state` over one pass of `batches` (training's validation),
+  with config.eval.tta's test-time augmentation when `tta`."""
+  step = steps.eval_tta if tta else steps.eval
   total = Metrics.empty()
   for batch in batches.epoch(0):
-    total = total.merge(steps.eval(state, batch))
+    total = total.merge(step(state, batch))
   return {k: float(v) for k, v in total.compute().items()}
 
 
@@ -264,6 +278,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
         train_summary = {k: float(v) for k, v in train_metrics.compute().items()}
         eval_summary = eval_metrics(steps, state, eval_data)
+        if config.eval.tta and epoch + 1 == config.num_epochs:  # the final result, with TTA
+          eval_summary["tta_accuracy"] = eval_metrics(steps, state, eval_data, tta=True)["accuracy"]
         lr = float(schedule(updates_per_epoch * (epoch + 1) - 1)) * float(state.plateau.scale)
         if plateau:  # once per epoch, on the configured metric
           state = state.replace(plateau=plateau.update(state.plateau, _plateau_value(
@@ -359,6 +375,9 @@ def _record_epoch(config, workdir: str, step: int, history: list[dict], writer, 
                "%.0f images/s", scalars["epoch"], config.num_epochs, scalars["train_loss"],
                scalars["train_accuracy"], scalars["eval_loss"], scalars["eval_accuracy"],
                scalars["learning_rate"], scalars["images_per_s"])
+  if "eval_tta_accuracy" in scalars:
+    logging.info("final evaluation with test-time augmentation (level %d): accuracy %.4f",
+                 config.eval.tta, scalars["eval_tta_accuracy"])
   if jax.process_index() == 0:
     try:
       plots.write_history(workdir, history)  # atomic: the old file survives a failure

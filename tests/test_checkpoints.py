@@ -66,8 +66,8 @@ def test_eval_mode_writes_the_schema_and_matches_the_training_log(trained):
   with open(os.path.join(workdir, "eval", "metrics.json")) as f:
     assert json.load(f) == metrics
   assert os.path.getsize(os.path.join(workdir, "eval", "confusion_matrix.png")) > 1000
-  first = evaluate.evaluate_checkpoint(_smoke(**{"eval.tta": True}), workdir, step=16)
-  assert first["step"] == 16 and first["tta"] is True
+  first = evaluate.evaluate_checkpoint(_smoke(**{"eval.tta": 1}), workdir, step=16)
+  assert first["step"] == 16 and first["tta"] == 1
 
 
 def test_predict_writes_id_labels_csv(tmp_path, trained):

@@ -96,6 +96,7 @@ def test_four_cpu_devices_take_the_same_step_as_one():
     ({"batch_size": 0}, r"config.batch_size=0 must be positive"),
     ({"data.augment.hflip": 2.0}, r"config.data.augment.hflip=2.0 is a probability"),
     ({"data.eval_split": "valid"}, r"config.data.eval_split: split 'valid': unknown split"),
+    ({"eval.tta": 3}, r"config.eval.tta=3 is not one of \[0, 1, 2\]"),
     ({"model.stage_widths": (64, 128, 1024)}, r"over its budget max_params=5,000,000"),
     ({"model.inner_activation": "tanh"}, r"config.model.inner_activation='tanh'"),
     ({"data.pipeline": "device", "data.augment.rotation": 5.0},
