@@ -51,6 +51,10 @@ def validate(config) -> None:
   _choice(config, "eval.tta", tta.LEVELS)
   _positive(config, "optimizer.learning_rate", "num_epochs", "batch_size", "eval_batch_size",
             "optimizer.accumulation_steps")
+  if config.optimizer.per_examples and config.optimizer.name != "sgd":
+    raise ConfigError(f"config.optimizer.per_examples={config.optimizer.per_examples} is for "
+                      f"optimizer.name='sgd' (airbench's), not {config.optimizer.name!r}")
+  _positive(config, "optimizer.bn_bias_lr_multiplier")
   if config.optimizer.weight_decay < 0:
     raise ConfigError(f"config.optimizer.weight_decay={config.optimizer.weight_decay} "
                       "must be >= 0")

@@ -103,6 +103,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.step_epochs = 10
   config.optimizer.gamma = 0.1
   config.optimizer.warmup_epochs = 0.0
+  config.optimizer.start_factor = 0.2  # "triangle": the lr starts at this fraction of the peak
+  config.optimizer.end_factor = 0.07  # "triangle": and ends at this fraction
+  config.optimizer.per_examples = 0  # 0, or lr and weight decay stated per this many examples
+  config.optimizer.bn_bias_lr_multiplier = 1.0
   config.optimizer.accumulation_steps = 1
   config.optimizer.plateau = ml_collections.ConfigDict()
   config.optimizer.plateau.enabled = False

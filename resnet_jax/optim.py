@@ -4,9 +4,17 @@ config.optimizer fields:
   name: "adam" (PyTorch Adam: L2 decay added to the gradient, the seed's choice),
         "adamw" (decoupled decay), "sgd" (momentum, optionally Nesterov).
   learning_rate, weight_decay, b1, b2, eps, momentum, nesterov
+  per_examples: 0, or N: learning_rate and weight_decay are stated per N
+        examples, as airbench states them per 1024 (see `_per_examples`), so
+        that they hold whatever the batch size and momentum (sgd only).
+  bn_bias_lr_multiplier: BatchNorm biases train at this multiple of the
+        learning rate (airbench: 64), with the same decay per step
+        (optax.multi_transform over two parameter groups).
   decay: "all" (every parameter, as the seed's torch optimizers) or "kernels".
   schedule: "constant", "step" (StepLR: x gamma every step_epochs),
-        "warmup_cosine" (linear warmup_epochs, cosine to 0), "one_cycle".
+        "warmup_cosine" (linear warmup_epochs, cosine to 0), "one_cycle",
+        "triangle" (linear from start_factor x lr to lr over warmup_epochs,
+        then linearly down to end_factor x lr at the end; airbench's).
   accumulation_steps: micro-batches per update (optax.MultiSteps, mean gradient).
   plateau: ReduceLROnPlateau driven once per epoch (see `Plateau`):
         enabled, metric ("train_loss" as in the seed, or "eval_loss"), factor,
@@ -23,7 +31,7 @@ import jax.numpy as jnp
 import optax
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("constant", "step", "warmup_cosine", "one_cycle")
+SCHEDULES = ("constant", "step", "warmup_cosine", "one_cycle", "triangle")
 DECAY_TARGETS = ("all", "kernels")
 PLATEAU_METRICS = ("train_loss", "eval_loss")
 
@@ -42,6 +50,11 @@ def learning_rate_schedule(opt_config, updates_per_epoch: int,
     return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, total)
   if name == "one_cycle":
     return optax.cosine_onecycle_schedule(total, lr)
+  if name == "triangle":
+    warmup = min(int(opt_config.warmup_epochs * updates_per_epoch), total - 1)
+    return optax.join_schedules(
+        [optax.linear_schedule(lr * opt_config.start_factor, lr, warmup),
+         optax.linear_schedule(lr, lr * opt_config.end_factor, total - warmup)], [warmup])
   raise ValueError(f"config.optimizer.schedule={name!r} is not one of {list(SCHEDULES)}")
 
 
@@ -52,24 +65,64 @@ def _decay_mask(decay: str):
       lambda path, _: getattr(path[-1], "key", None) == "kernel", params)
 
 
-def create_optimizer(opt_config, updates_per_epoch: int,
-                     num_epochs: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """(optimizer, schedule); the optimizer includes gradient accumulation."""
-  schedule = learning_rate_schedule(opt_config, updates_per_epoch, num_epochs)
-  name, wd = opt_config.name, opt_config.weight_decay
-  mask = _decay_mask(opt_config.decay)
+def _per_examples(opt_config, batch_size: int) -> float:
+  """The factor turning a rate stated per `per_examples` examples into one per step.
+
+  airbench states lr and weight decay per 1024 examples and divides by the
+  momentum's amplification, 1 + 1 / (1 - momentum), so that neither the batch
+  size nor the momentum changes how far an epoch moves the weights; its loss is
+  summed over the batch, ours is the mean, hence the batch_size here.
+  """
+  if not opt_config.per_examples:
+    return 1.0
+  return batch_size / (opt_config.per_examples * (1 + 1 / (1 - opt_config.momentum)))
+
+
+def _is_bn_bias(path) -> bool:
+  """BatchNorm modules are named bn* throughout models.py."""
+  return (len(path) > 1 and getattr(path[-1], "key", None) == "bias"
+          and "bn" in getattr(path[-2], "key", ""))
+
+
+def _base_optimizer(opt_config, schedule: optax.Schedule, wd: float, mask):
+  name = opt_config.name
   if name == "adam":  # torch.optim.Adam(weight_decay=wd): g += wd * p before the moments
-    tx = optax.chain(optax.add_decayed_weights(wd, mask),
-                     optax.scale_by_adam(opt_config.b1, opt_config.b2, opt_config.eps),
-                     optax.scale_by_learning_rate(schedule))
-  elif name == "adamw":
-    tx = optax.adamw(schedule, opt_config.b1, opt_config.b2, opt_config.eps, weight_decay=wd,
-                     mask=mask)
-  elif name == "sgd":  # torch.optim.SGD: coupled decay, then momentum
-    tx = optax.chain(optax.add_decayed_weights(wd, mask),
-                     optax.sgd(schedule, opt_config.momentum or None, opt_config.nesterov))
-  else:
-    raise ValueError(f"config.optimizer.name={name!r} is not one of {list(OPTIMIZERS)}")
+    return optax.chain(optax.add_decayed_weights(wd, mask),
+                       optax.scale_by_adam(opt_config.b1, opt_config.b2, opt_config.eps),
+                       optax.scale_by_learning_rate(schedule))
+  if name == "adamw":
+    return optax.adamw(schedule, opt_config.b1, opt_config.b2, opt_config.eps, weight_decay=wd,
+                       mask=mask)
+  if name == "sgd":  # torch.optim.SGD: coupled decay, then momentum
+    return optax.chain(optax.add_decayed_weights(wd, mask),
+                       optax.sgd(schedule, opt_config.momentum or None, opt_config.nesterov))
+  raise ValueError(f"config.optimizer.name={name!r} is not one of {list(OPTIMIZERS)}")
+
+
+def create_optimizer(opt_config, updates_per_epoch: int, num_epochs: int,
+                     batch_size: int = 1) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """(optimizer, schedule); the optimizer includes gradient accumulation.
+
+  `batch_size` is the examples per update (batch x accumulation), which only
+  opt_config.per_examples uses. The schedule is the learning rate applied to
+  all but BatchNorm biases.
+  """
+  scale = _per_examples(opt_config, batch_size)
+  base = learning_rate_schedule(opt_config, updates_per_epoch, num_epochs)
+  schedule = (lambda count: base(count) * scale) if scale != 1.0 else base
+  # Stated per examples, weight decay is a decay per step: coupled to the lr, as torch's.
+  wd = opt_config.weight_decay / opt_config.learning_rate if opt_config.per_examples \
+      else opt_config.weight_decay
+  mask = _decay_mask(opt_config.decay)
+  tx = _base_optimizer(opt_config, schedule, wd, mask)
+  multiplier = opt_config.bn_bias_lr_multiplier
+  if multiplier != 1.0:  # the same decay per step: the coupled rate divides by the multiplier
+    bias_schedule = lambda count: schedule(count) * multiplier
+    tx = optax.multi_transform(
+        {"other": tx, "bn_bias": _base_optimizer(opt_config, bias_schedule, wd / multiplier,
+                                                 mask)},
+        lambda params: jax.tree_util.tree_map_with_path(
+            lambda path, _: "bn_bias" if _is_bn_bias(path) else "other", params))
   if opt_config.accumulation_steps > 1:
     tx = optax.MultiSteps(tx, every_k_schedule=opt_config.accumulation_steps)
   return tx, schedule

@@ -246,7 +246,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   eval_data = pipelines.eval_batches(config, steps.data)
   steps_per_epoch = _whole_updates(config, train_data)
   updates_per_epoch = steps_per_epoch // config.optimizer.accumulation_steps
-  tx, schedule = optim.create_optimizer(config.optimizer, updates_per_epoch, config.num_epochs)
+  tx, schedule = optim.create_optimizer(
+      config.optimizer, updates_per_epoch, config.num_epochs,
+      batch_size=config.batch_size * config.optimizer.accumulation_steps)
   plateau = optim.plateau_from_config(config.optimizer)
   state = steps.place_state(create_train_state(config, model, tx, plateau))
   logging.info("model %s: %s parameters; %d train / %d eval examples; %d steps per epoch",

@@ -136,3 +136,44 @@ def test_kernels_only_decay_leaves_biases_and_bn_alone():
   np.testing.assert_allclose(updates["conv"]["kernel"], -1.0)
   np.testing.assert_allclose(updates["bn"]["scale"], 0.0)
   np.testing.assert_allclose(updates["bn"]["bias"], 0.0)
+
+
+def test_per_example_sgd_with_bn_bias_multiplier_and_triangle_matches_airbench_in_torch():
+  """airbench's optimizer as it writes it in PyTorch: summed loss, lr and decay per 1024
+  examples divided by 1 + 1 / (1 - momentum), BatchNorm biases at 64 x the lr with the
+  same decay per step, Nesterov, and its np.interp triangle as a LambdaLR."""
+  lr, wd, momentum, batch, steps = 11.5, 0.0153, 0.85, 64, 6
+  rng = np.random.default_rng(0)
+  x = 0.1 * rng.normal(size=(batch, 5)).astype(np.float32)
+  y = rng.normal(size=(batch, 3)).astype(np.float32)
+  w0, b0 = rng.normal(size=(5, 3)).astype(np.float32), rng.normal(size=3).astype(np.float32)
+
+  kilostep = 1024 * (1 + 1 / (1 - momentum))
+  w, b = torch.tensor(w0, requires_grad=True), torch.tensor(b0, requires_grad=True)
+  lr_t, wd_t = lr / kilostep, wd * batch / kilostep
+  opt = torch.optim.SGD([{"params": [b], "lr": 64 * lr_t, "weight_decay": wd_t / (64 * lr_t)},
+                         {"params": [w], "lr": lr_t, "weight_decay": wd_t / lr_t}],
+                        momentum=momentum, nesterov=True)
+  sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: np.interp(k, [0, 2, 10], [0.2, 1, 0.07]))
+  for _ in range(steps):
+    opt.zero_grad()
+    ((torch.from_numpy(x) @ w + b - torch.from_numpy(y)) ** 2).sum().backward()
+    opt.step()
+    sched.step()
+
+  config = _opt_config(name="sgd", learning_rate=lr, weight_decay=wd, momentum=momentum,
+                       nesterov=True, per_examples=1024, bn_bias_lr_multiplier=64.0,
+                       schedule="triangle", warmup_epochs=0.2)
+  tx, schedule = optim.create_optimizer(config, 10, 1, batch_size=batch)
+  params = {"bn1": {"bias": jnp.asarray(b0)}, "fc": {"kernel": jnp.asarray(w0)}}
+  state = tx.init(params)
+  loss = lambda p: jnp.mean(((x @ p["fc"]["kernel"] + p["bn1"]["bias"] - y) ** 2).sum(-1))
+  for _ in range(steps):
+    updates, state = tx.update(jax.grad(loss)(params), state, params)
+    params = optax.apply_updates(params, updates)
+  np.testing.assert_allclose(params["fc"]["kernel"], w.detach().numpy(), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(params["bn1"]["bias"], b.detach().numpy(), rtol=1e-5, atol=1e-6)
+  assert np.abs(np.asarray(params["bn1"]["bias"]) - b0).max() > 0.1  # it moved
+  # The logged schedule is the per-step lr of the other parameters.
+  np.testing.assert_allclose([float(schedule(k)) for k in (0, 2, 10)],
+                             np.array([0.2, 1, 0.07]) * lr * batch / kilostep, rtol=1e-6)
