@@ -39,7 +39,7 @@ def _check_xla_options(config) -> None:
 
 def validate(config) -> None:
   """Raises ConfigError for the first bad value found."""
-  _choice(config, "model.name", sorted(models.PRESETS))
+  _choice(config, "model.name", models.PRESET_NAMES)
   _choice(config, "optimizer.name", optim.OPTIMIZERS)
   _choice(config, "optimizer.schedule", optim.SCHEDULES)
   _choice(config, "optimizer.decay", optim.DECAY_TARGETS)

@@ -1,9 +1,11 @@
 """Every config key, with defaults; configs/*.py start from `get_config()` and change a few.
 
 Keys (README "Training" has the configs and how to override them):
-  model.name           preset ("shallow", "deep"); every other model.<field> is a
-                       models.ResNet field, None for the preset's value, set in a config
-                       file or on the command line (--config.model.stage_widths='(32,64,128)')
+  model.name           preset (models.PRESET_NAMES: "shallow", "deep", "fast", "fast_large");
+                       every other model.<field> is a field of the preset's family
+                       (models.ResNet or models.FastResNet), None for the preset's value,
+                       set in a config file or on the command line
+                       (--config.model.stage_widths='(32,64,128)')
   dtype                compute dtype: "float32", "bfloat16" (parameters stay float32)
   seed                 initialisation, dropout, data order and augmentation
   num_epochs, batch_size (global), eval_batch_size, label_smoothing
@@ -25,8 +27,9 @@ from resnet_jax import models, preprocessing
 # Every ResNet field but the compute dtype (config.dtype), as an unset placeholder of its
 # type, so that the command line can set any of them (a key must exist to be overridden).
 MODEL_FIELDS = {f.name: tuple if typing.get_origin(f.type) else f.type
-                for f in dataclasses.fields(models.ResNet) if f.name in models.FIELDS
-                and f.name != "dtype"}
+                for family in (models.ResNet, models.FastResNet)
+                for f in dataclasses.fields(family)
+                if f.name in models.family_fields(family) and f.name != "dtype"}
 
 
 def lookup(config: ml_collections.ConfigDict, key: str):
@@ -107,6 +110,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.end_factor = 0.07  # "triangle": and ends at this fraction
   config.optimizer.per_examples = 0  # 0, or lr and weight decay stated per this many examples
   config.optimizer.bn_bias_lr_multiplier = 1.0
+  config.optimizer.whiten_bias_epochs = 0.0
   config.optimizer.accumulation_steps = 1
   config.optimizer.plateau = ml_collections.ConfigDict()
   config.optimizer.plateau.enabled = False

@@ -102,6 +102,10 @@ class DeviceSplit:
     for step in range(start, self.steps_per_epoch):
       yield self._batch(self.arrays, order, step, key)
 
+  def first_images(self, n: int) -> np.ndarray:
+    """The split's first `n` images, uint8 NHWC on the host (data-dependent init)."""
+    return np.asarray(self.images[:n])
+
   @property
   def arrays(self) -> tuple[jax.Array, jax.Array]:
     """(images, labels) on device: pass them into jitted code, not as closures,

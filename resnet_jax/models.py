@@ -117,11 +117,13 @@ class BatchNorm(nn.Module):
   momentum: float = 0.1  # PyTorch convention: new = (1 - m) * old + m * batch
   epsilon: float = 1e-5
   dtype: Any = jnp.float32
+  use_scale: bool = True  # False: no trained scale (a fixed 1), only the bias
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     features = x.shape[-1]
-    scale = self.param("scale", nn.initializers.ones, (features,))
+    scale = (self.param("scale", nn.initializers.ones, (features,)) if self.use_scale
+             else jnp.ones((features,), jnp.float32))
     bias = self.param("bias", nn.initializers.zeros, (features,))
     running_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,))
     running_var = self.variable("batch_stats", "var", jnp.ones, (features,))
@@ -287,25 +289,159 @@ def count_params(model: ResNet) -> int:
   return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes["params"]))
 
 
+def dirac_init(key, shape, dtype=jnp.float32):
+  """A convolution kernel [h, w, c, c] that passes its input through unchanged."""
+  del key
+  h, w, c_in, c_out = shape
+  return jnp.zeros(shape, dtype).at[h // 2, w // 2].set(jnp.eye(c_in, c_out, dtype=dtype))
+
+
+class FastGroup(nn.Module):
+  """conv -> max-pool -> BN -> GELU, then an identity path around conv -> BN -> GELU.
+
+  airbench's block (where its second convolution has no shortcut). The second
+  convolution starts as the identity (dirac), so at initialisation the group is
+  its first half plus twice that.
+  """
+
+  features: int
+  norm: Callable
+  conv: Callable
+  fusion_barrier: bool = False
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    gelu = ACTIVATIONS["gelu"]
+    x = self.conv(self.features, name="conv1")(x)
+    x = nn.max_pool(x, (2, 2), (2, 2))
+    x = gelu(self.norm(name="bn1")(x, train))
+    y = self.conv(self.features, kernel_init=dirac_init, name="conv2")(x)
+    y = x + gelu(self.norm(name="bn2")(y, train))
+    return layers.fusion_barrier(y) if self.fusion_barrier and train else y
+
+
+class Whitening(nn.Module):
+  """A k x k convolution with frozen filters (`whitening_kernel`, set from data) and a bias.
+
+  The filters live in "batch_stats", the state that is saved but not trained;
+  zeros until train.fit_to_data sets them. 3 x k x k patches give as many filters
+  as patch dimensions, and their negations (after GELU both signs survive).
+  """
+
+  kernel_size: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    k = self.kernel_size
+    shape = (k, k, 3, 2 * 3 * k * k)
+    kernel = self.variable("batch_stats", "kernel", jnp.zeros, shape)
+    bias = self.param("bias", nn.initializers.zeros, (shape[-1],))
+    x = jax.lax.conv_general_dilated(x.astype(self.dtype), kernel.value.astype(self.dtype),
+                                     (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return x + bias.astype(self.dtype)
+
+
+class FastResNet(nn.Module):
+  """A compact residual net after airbench94 (Keller Jordan's fast CIFAR-10 recipe).
+
+  A 2x2 patch-whitening convolution (`Whitening`: frozen filters fitted to the
+  training data, a trained bias), GELU, then groups of `FastGroup` at each
+  width in `widths`, each halving the resolution, a max-pool to 1x1, and a
+  bias-free linear head whose logits are scaled by `logit_scale` (airbench's
+  1/9: a smaller softmax temperature at init). BatchNorm keeps only its bias
+  (`bn_scale=False`), with airbench's momentum 0.6 (PyTorch convention) and eps.
+
+  Attributes mirror those of ResNet where they mean the same: num_classes,
+  dtype, max_params, fusion_barriers (a runtime setting, not saved).
+  """
+
+  widths: Sequence[int] = (64, 256, 256)
+  whiten_kernel_size: int = 2
+  bn_momentum: float = 0.6
+  bn_epsilon: float = 1e-12
+  bn_scale: bool = False
+  logit_scale: float = 1 / 9
+  num_classes: int = 10
+  dtype: str = "float32"
+  max_params: int = 5_000_000
+  fusion_barriers: bool = False
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    dtype = DTYPES[self.dtype]
+    x = ACTIVATIONS["gelu"](Whitening(self.whiten_kernel_size, dtype, name="whiten")(x))
+    conv = functools.partial(nn.Conv, kernel_size=(3, 3), padding=1, use_bias=False,
+                             dtype=dtype, kernel_init=kernel_initializer("torch"))
+    norm = functools.partial(BatchNorm, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+                             dtype=dtype, use_scale=self.bn_scale)
+    for i, width in enumerate(self.widths, start=1):
+      x = FastGroup(width, norm=norm, conv=conv, fusion_barrier=self.fusion_barriers,
+                    name=f"group{i}")(x, train)
+    x = x.max(axis=(1, 2))  # airbench's final MaxPool2d(3) over the 3x3 map
+    x = nn.Dense(self.num_classes, use_bias=False, dtype=dtype,
+                 kernel_init=kernel_initializer("torch"), name="fc")(x)
+    return x.astype(jnp.float32) * self.logit_scale
+
+
+def whitening_kernel(images: np.ndarray, kernel_size: int = 2, eps: float = 5e-4) -> np.ndarray:
+  """FastResNet's whitening filters [k, k, 3, 2 * 3k^2] fitted to normalised `images`.
+
+  The eigenvectors of the covariance of all k x k patches, each scaled by
+  1 / sqrt(eigenvalue + eps), and their negations: the convolution outputs each
+  patch's coordinates in the decorrelated, unit-variance basis (eps keeps the
+  near-zero components from being blown up).
+  """
+  images = np.asarray(images, np.float64)
+  n, h, w, c = images.shape
+  k = kernel_size
+  patches = np.stack([images[:, i:h - k + 1 + i, j:w - k + 1 + j]
+                      for i in range(k) for j in range(k)], axis=3)  # [n, h', w', k*k, c]
+  patches = patches.reshape(-1, k * k * c)  # (kh, kw, c) order: the HWIO kernel's
+  eigenvalues, eigenvectors = np.linalg.eigh(patches.T @ patches / len(patches))
+  filters = (eigenvectors / np.sqrt(eigenvalues + eps)).T[::-1]  # largest first
+  kernel = np.concatenate([filters, -filters]).reshape(-1, k, k, c).transpose(1, 2, 3, 0)
+  return kernel.astype(np.float32)
+
+
 # Settings that change how, not what, the model computes: not saved with it.
 RUNTIME_FIELDS = ("fusion_barriers",)
-FIELDS = tuple(f.name for f in dataclasses.fields(ResNet)
+
+
+def family_fields(cls) -> tuple[str, ...]:
+  """The fields that describe a model of family `cls` (saved with its checkpoints)."""
+  return tuple(f.name for f in dataclasses.fields(cls)
                if f.name not in ("parent", "name", *RUNTIME_FIELDS))
 
 
-def get_model(name: str, **overrides: Any) -> ResNet:
-  """The preset `name` ("shallow" or "deep") with any ResNet field overridden.
+FIELDS = family_fields(ResNet)
+
+
+FAST_PRESETS = {
+    # airbench94's widths: 1,971,352 trained parameters (and 288 frozen whitening weights).
+    "fast": dict(widths=(64, 256, 256)),
+    # airbench95's widths, under the 5M budget.
+    "fast_large": dict(widths=(128, 384, 384)),
+}
+PRESET_NAMES = (*sorted(PRESETS), *sorted(FAST_PRESETS))
+
+
+def get_model(name: str, **overrides: Any) -> "ResNet | FastResNet":
+  """The preset `name` (PRESET_NAMES) with any field of its family overridden.
 
   Raises ParamBudgetError when the model exceeds its `max_params`.
   """
-  if name not in PRESETS:
-    raise ValueError(f"model name {name!r} is not one of {sorted(PRESETS)}")
-  unknown = sorted(set(overrides) - set(FIELDS) - set(RUNTIME_FIELDS))
+  if name not in PRESET_NAMES:
+    raise ValueError(f"model name {name!r} is not one of {list(PRESET_NAMES)}")
+  family, preset = (ResNet, PRESETS[name]) if name in PRESETS else (FastResNet,
+                                                                     FAST_PRESETS[name])
+  fields = family_fields(family)
+  unknown = sorted(set(overrides) - set(fields) - set(RUNTIME_FIELDS))
   if unknown:
-    raise ValueError(f"unknown model field(s) {unknown}; fields are {sorted(FIELDS)}")
+    raise ValueError(f"unknown model field(s) {unknown}; fields are {sorted(fields)}")
   # Lists (from JSON or config files) become tuples: module fields must be hashable.
   overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
-  model = ResNet(**{**PRESETS[name], **overrides})
+  model = family(**{**preset, **overrides})
   n = count_params(model)
   if n > model.max_params:
     raise ParamBudgetError(f"model {name!r} has {n:,} trainable parameters, over its budget "
@@ -313,11 +449,11 @@ def get_model(name: str, **overrides: Any) -> ResNet:
   return model
 
 
-def model_config(name: str, model: ResNet) -> dict:
+def model_config(name: str, model: "ResNet | FastResNet") -> dict:
   """A JSON-ready description from which `from_config` rebuilds `model`."""
   return {"name": name,
           **{f: list(v) if isinstance(v, tuple) else v
-             for f in FIELDS for v in [getattr(model, f)]}}
+             for f in family_fields(type(model)) for v in [getattr(model, f)]}}
 
 
 def from_config(config: dict) -> ResNet:

@@ -9,7 +9,9 @@ config.optimizer fields:
         that they hold whatever the batch size and momentum (sgd only).
   bn_bias_lr_multiplier: BatchNorm biases train at this multiple of the
         learning rate (airbench: 64), with the same decay per step
-        (optax.multi_transform over two parameter groups).
+        (optax.multi_transform over parameter groups).
+  whiten_bias_epochs: 0, or the epochs after which FastResNet's whitening
+        bias stops training (airbench: 3; its filters never train).
   decay: "all" (every parameter, as the seed's torch optimizers) or "kernels".
   schedule: "constant", "step" (StepLR: x gamma every step_epochs),
         "warmup_cosine" (linear warmup_epochs, cosine to 0), "one_cycle",
@@ -84,6 +86,16 @@ def _is_bn_bias(path) -> bool:
           and "bn" in getattr(path[-2], "key", ""))
 
 
+def _group(path, groups: dict) -> str:
+  """The parameter group of the parameter at `path`: one of `groups`' names."""
+  keys = [getattr(entry, "key", None) for entry in path[-2:]]
+  if "whiten_bias" in groups and keys == ["whiten", "bias"]:
+    return "whiten_bias"
+  if "bn_bias" in groups and _is_bn_bias(path):
+    return "bn_bias"
+  return "other"
+
+
 def _base_optimizer(opt_config, schedule: optax.Schedule, wd: float, mask):
   name = opt_config.name
   if name == "adam":  # torch.optim.Adam(weight_decay=wd): g += wd * p before the moments
@@ -113,16 +125,21 @@ def create_optimizer(opt_config, updates_per_epoch: int, num_epochs: int,
   # Stated per examples, weight decay is a decay per step: coupled to the lr, as torch's.
   wd = opt_config.weight_decay / opt_config.learning_rate if opt_config.per_examples \
       else opt_config.weight_decay
-  mask = _decay_mask(opt_config.decay)
-  tx = _base_optimizer(opt_config, schedule, wd, mask)
+  groups = {"other": (schedule, wd)}
   multiplier = opt_config.bn_bias_lr_multiplier
   if multiplier != 1.0:  # the same decay per step: the coupled rate divides by the multiplier
-    bias_schedule = lambda count: schedule(count) * multiplier
+    groups["bn_bias"] = (lambda count: schedule(count) * multiplier, wd / multiplier)
+  if opt_config.whiten_bias_epochs:  # FastResNet's whitening bias stops training after these
+    cutoff = opt_config.whiten_bias_epochs * updates_per_epoch
+    groups["whiten_bias"] = (lambda count: jnp.where(count < cutoff, schedule(count), 0.0), wd)
+  mask = _decay_mask(opt_config.decay)
+  tx = _base_optimizer(opt_config, schedule, wd, mask)
+  if len(groups) > 1:  # parameter groups only when needed: the seed's state stays as it was
     tx = optax.multi_transform(
-        {"other": tx, "bn_bias": _base_optimizer(opt_config, bias_schedule, wd / multiplier,
-                                                 mask)},
+        {name: _base_optimizer(opt_config, rate, decay, mask)
+         for name, (rate, decay) in groups.items()},
         lambda params: jax.tree_util.tree_map_with_path(
-            lambda path, _: "bn_bias" if _is_bn_bias(path) else "other", params))
+            lambda path, _: _group(path, groups), params))
   if opt_config.accumulation_steps > 1:
     tx = optax.MultiSteps(tx, every_k_schedule=opt_config.accumulation_steps)
   return tx, schedule

@@ -14,6 +14,7 @@ TensorFlow is imported only when the tf.data pipeline is used.
 from typing import Iterator, Protocol
 
 import jax
+import numpy as np
 
 from resnet_jax import data_sources, device_pipeline
 
@@ -24,6 +25,9 @@ class Batches(Protocol):
 
   def epoch(self, epoch: int, start: int = 0) -> Iterator[dict]:
     """Batches `start`, `start + 1`, ... of epoch `epoch`, on the devices."""
+
+  def first_images(self, n: int) -> np.ndarray:
+    """The split's first `n` images, uint8 NHWC on the host (data-dependent init)."""
 
 
 class HostBatches:
@@ -36,6 +40,9 @@ class HostBatches:
   def epoch(self, epoch: int, start: int = 0) -> Iterator[dict]:
     for batch in self.split.epoch(epoch, start):
       yield place(batch, self.sharding)
+
+  def first_images(self, n: int) -> np.ndarray:
+    return self.split.images[:n]
 
 
 def train_batches(config, sharding: jax.sharding.NamedSharding) -> Batches:

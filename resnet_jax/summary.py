@@ -62,7 +62,8 @@ def format_table(model: models.ResNet) -> str:
   lines += ["=" * len(header),
             f"Total params: {total:,}",
             f"Trainable params: {total:,}",
-            f"Non-trainable BatchNorm statistics (not counted): {n_stats:,}",
+            f"Non-trainable state (BatchNorm statistics, frozen filters; not counted): "
+            f"{n_stats:,}",
             f"Budget (max_params): {model.max_params:,}",
             "-" * len(header)]
   return "\n".join(lines)
@@ -81,5 +82,5 @@ def main(argv: Sequence[str]) -> None:
 if __name__ == "__main__":
   # Flags are defined only when run as a program, so importing this module
   # (tests, other tools) never collides with another module's --model.
-  flags.DEFINE_enum("model", "shallow", sorted(models.PRESETS), "Model preset to summarise.")
+  flags.DEFINE_enum("model", "shallow", models.PRESET_NAMES, "Model preset to summarise.")
   app.run(main)

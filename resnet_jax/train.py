@@ -27,6 +27,7 @@ import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from absl import logging
 from clu import metrics
@@ -34,7 +35,7 @@ from flax.training import train_state
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from resnet_jax import (checkpoints, config_validation, data_sources, default_config, models,
-                        optim, pipelines, plots, tta)
+                        optim, pipelines, plots, preprocessing, tta)
 
 
 class TrainState(train_state.TrainState):
@@ -202,6 +203,19 @@ def eval_metrics(steps: Steps, state: TrainState, batches: pipelines.Batches,
   return {k: float(v) for k, v in total.compute().items()}
 
 
+def fit_to_data(config, model, state: TrainState, train_data: pipelines.Batches,
+                sharding) -> TrainState:
+  """Data-dependent initialisation, before the first step: FastResNet's whitening filters,
+  fitted to the first 5,000 training images as the pipelines normalise them."""
+  if not isinstance(model, models.FastResNet):
+    return state
+  images = preprocessing.normalize(train_data.first_images(5000) / np.float32(255),
+                                   config.data.normalization)
+  kernel = models.whitening_kernel(images, model.whiten_kernel_size)
+  return state.replace(batch_stats={**state.batch_stats,
+                                    "whiten": {"kernel": jax.device_put(kernel, sharding)}})
+
+
 class Preempted(SystemExit):
   """Training stopped on SIGTERM/SIGINT after checkpointing; rerunning resumes it."""
 
@@ -258,6 +272,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   with checkpoints.TrainingCheckpoints(workdir, config.keep_checkpoints) as saved:
     state, history, epoch_step, train_metrics = saved.restore(
         state, Metrics.empty(), steps.replicated, config.model.name, model)
+    if not history and not epoch_step:  # a fresh run; a resumed one has it in its checkpoint
+      state = fit_to_data(config, model, state, train_data, steps.replicated)
     meta = functools.partial(_checkpoint_meta, config, model)
     with contextlib.closing(_metric_writer(workdir, config, fresh=not history and not epoch_step)
                            ) as writer, _StopSignals() as stop:

@@ -54,7 +54,7 @@ def test_bad_fields_name_the_field_and_value(overrides, message):
 
 
 def test_unknown_preset_is_named():
-  with pytest.raises(ValueError, match=r"'medium' is not one of \['deep', 'shallow'\]"):
+  with pytest.raises(ValueError, match=r"'medium' is not one of \['deep', 'shallow', 'fast', 'fast_large'\]"):
     models.get_model("medium")
 
 

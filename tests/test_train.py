@@ -131,9 +131,12 @@ def test_unknown_augmentation_key_is_named():
     (["--config.optimizer.learnig_rate=0.1"],
      "error: --config.optimizer.learnig_rate=0.1: config.optimizer has no key 'learnig_rate'; "
      "did you mean 'learning_rate'?"),
-    (["--config.model.widths=(8,16)"],
-     "error: --config.model.widths=(8,16): config.model has no key 'widths'; the model's "
+    (["--config.model.depth=9"],
+     "error: --config.model.depth=9: config.model has no key 'depth'; the model's "
      "fields are ['name', 'stem_width', 'stage_widths', "),
+    # A field of the other family (FastResNet's) names the preset family's real fields.
+    (["--config.model.widths=(8,16)"],
+     "error: config.model: unknown model field(s) ['widths']; fields are ['dtype', "),
     # Any ResNet field is a key on the command line: this one reaches the budget check.
     (["--config.model.stage_widths=(64,128,1024)"], "over its budget max_params=5,000,000"),
     (["--config.data.source=cifar10_dir", "--config.data.dir=no/such/dir"],

@@ -1,0 +1,88 @@
+"""The compact FastResNet family: presets, whitening, dirac init, its optimizer groups."""
+
+import jax
+import numpy as np
+import pytest
+
+from resnet_jax import checkpoints, data_sources, models, preprocessing, summary, train
+from tests.conftest import smoke_config as _smoke
+
+
+@pytest.mark.parametrize("name,count", [("fast", 1_971_352), ("fast_large", 4_604_440)])
+def test_presets_have_their_parameter_counts_within_the_budget(name, count):
+  model = models.get_model(name)
+  assert models.count_params(model) == count <= model.max_params
+  assert f"Total params: {count:,}" in summary.format_table(model)
+  with pytest.raises(models.ParamBudgetError, match="over its budget"):
+    models.get_model(name, widths=(256, 512, 1024))
+
+
+def _smooth_images(n: int) -> np.ndarray:
+  """Images whose neighbouring pixels and channels correlate, as natural images' do."""
+  noise = np.random.default_rng(0).normal(size=(n, 33, 33, 1)).astype(np.float32)
+  base = (noise[:, 1:, 1:] + noise[:, :-1, 1:] + noise[:, 1:, :-1]) / 3
+  colour = np.random.default_rng(1).normal(size=(n, 32, 32, 3)).astype(np.float32)
+  return base + 0.3 * colour
+
+
+def test_whitened_patches_have_identity_covariance_where_eigenvalues_exceed_eps():
+  images = _smooth_images(300)
+  eps = 5e-4
+  kernel = models.whitening_kernel(images, 2, eps)
+  assert kernel.shape == (2, 2, 3, 24)
+  np.testing.assert_array_equal(kernel[..., 12:], -kernel[..., :12])  # and their negations
+  out = jax.lax.conv_general_dilated(images, kernel, (1, 1), "VALID",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  features = np.asarray(out[..., :12], np.float64).reshape(-1, 12)
+  covariance = features.T @ features / len(features)
+  patches = np.stack([images[:, i:31 + i, j:31 + j] for i in (0, 1) for j in (0, 1)], 3)
+  eigenvalues = np.linalg.eigvalsh(np.cov(patches.reshape(-1, 12).T, bias=True))[::-1]
+  well_above = eigenvalues > 100 * eps
+  assert well_above.sum() >= 6  # the test means something
+  np.testing.assert_allclose(np.diag(covariance)[well_above], 1.0, atol=0.02)
+  off_diagonal = covariance - np.diag(np.diag(covariance))
+  assert np.abs(off_diagonal).max() < 1e-3
+
+
+def test_second_convolutions_start_as_the_identity():
+  variables = models.init_variables(models.get_model("fast", widths=(8, 16, 16)),
+                                    jax.random.key(0))
+  kernel = np.asarray(variables["params"]["group2"]["conv2"]["kernel"])
+  expected = np.zeros_like(kernel)
+  expected[1, 1] = np.eye(16)
+  np.testing.assert_array_equal(kernel, expected)
+  assert "scale" not in variables["params"]["group2"]["bn1"]  # BatchNorm keeps only its bias
+
+
+def _fast_smoke(**changes):
+  return _smoke(**{"model": {"name": "fast", "widths": (8, 16, 16)}, **changes})
+
+
+@pytest.mark.parametrize("pipeline", ["tfdata", "device"])
+def test_whitening_is_fitted_once_stored_and_never_refitted_on_resume(tmp_path, monkeypatch,
+                                                                       pipeline):
+  config = _fast_smoke(num_epochs=1, **{"data.pipeline": pipeline,
+                                        "optimizer.whiten_bias_epochs": 1.0})
+  state, _ = train.train_and_evaluate(config, str(tmp_path))
+  images, _ = data_sources.load_split(config.data, config.data.train_split)
+  expected = models.whitening_kernel(preprocessing.normalize(images / np.float32(255), "seed"))
+  np.testing.assert_allclose(np.asarray(state.batch_stats["whiten"]["kernel"]), expected,
+                             rtol=1e-6)
+  first_bias = np.asarray(state.params["whiten"]["bias"])
+  assert np.abs(first_bias).max() > 0  # trained during epoch 1
+
+  def refit(*args, **kwargs):
+    raise AssertionError("the whitening filters were fitted again on resume")
+
+  monkeypatch.setattr(models, "whitening_kernel", refit)
+  config.num_epochs = 2
+  state, history = train.train_and_evaluate(config, str(tmp_path))
+  assert len(history) == 2
+  np.testing.assert_array_equal(np.asarray(state.batch_stats["whiten"]["kernel"]), expected)
+  # Its bias trained for whiten_bias_epochs=1 only; everything else went on.
+  np.testing.assert_array_equal(np.asarray(state.params["whiten"]["bias"]), first_bias)
+  with checkpoints.reading_manager(str(tmp_path)) as manager:
+    before = checkpoints.restore_variables(manager, 16, models.get_model("fast",
+                                                                         widths=(8, 16, 16)))
+  assert np.abs(np.asarray(before["params"]["fc"]["kernel"])
+                - np.asarray(state.params["fc"]["kernel"])).max() > 0
