@@ -23,7 +23,8 @@ import numpy as np
 
 from resnet_jax import preprocessing
 
-DEVICE_AUGMENTATIONS = ("hflip", "vflip", "crop_padding", "translate")
+DEVICE_AUGMENTATIONS = ("hflip", "vflip", "alternating_flip", "crop_padding", "translate",
+                        "reflect_crop")
 
 
 def check_device_augment(settings) -> None:
@@ -34,9 +35,10 @@ def check_device_augment(settings) -> None:
                        "use pipeline='tfdata'")
 
 
-def _shift(images: jax.Array, shifts: jax.Array, limit: int) -> jax.Array:
-  """Moves each image's content by integer (dx, dy) in [-limit, limit], zero fill."""
-  padded = jnp.pad(images, ((0, 0), (limit, limit), (limit, limit), (0, 0)))
+def _shift(images: jax.Array, shifts: jax.Array, limit: int, mode: str = "constant") -> jax.Array:
+  """Moves each image's content by integer (dx, dy) in [-limit, limit]; `mode` is jnp.pad's
+  fill (zeros, or "reflect": the borders mirrored without repeating the edge, as torch's)."""
+  padded = jnp.pad(images, ((0, 0), (limit, limit), (limit, limit), (0, 0)), mode=mode)
   size = images.shape[1:]
 
   def one(image, shift):
@@ -47,7 +49,7 @@ def _shift(images: jax.Array, shifts: jax.Array, limit: int) -> jax.Array:
 
 def augment(key: jax.Array, images: jax.Array, settings: dict) -> jax.Array:
   """Flips and integer shifts of a batch [b, H, W, C]; `settings` is static."""
-  keys = jax.random.split(key, 4)
+  keys = jax.random.split(key, 5)
   batch = images.shape[0]
   for i, (name, axis) in enumerate((("hflip", 2), ("vflip", 1))):
     if settings[name]:
@@ -60,6 +62,10 @@ def augment(key: jax.Array, images: jax.Array, settings: dict) -> jax.Array:
     limit = settings["translate"] * images.shape[1]
     shifts = jnp.round(jax.random.uniform(keys[3], (batch, 2), minval=-limit, maxval=limit))
     images = _shift(images, shifts.astype(jnp.int32), int(np.ceil(limit)))
+  if settings["reflect_crop"]:
+    pad = int(settings["reflect_crop"])
+    images = _shift(images, jax.random.randint(keys[4], (batch, 2), -pad, pad + 1), pad,
+                    "reflect")
   return images
 
 
@@ -85,9 +91,10 @@ class DeviceSplit:
     self.num_examples = len(labels)
     self.steps_per_epoch = self.num_examples // batch_size
     self._order_key, self._augment_key = jax.random.split(jax.random.key(seed))
+    self._flip_bits = preprocessing.alternating_flip_bits(seed, self.num_examples)
     self._batch = jax.jit(
-        lambda arrays, order, step, key: self.get_batch(arrays, order, step,
-                                                        jax.random.fold_in(key, step)),
+        lambda arrays, order, step, key, parity: self.get_batch(
+            arrays, order, step, jax.random.fold_in(key, step), parity),
         out_shardings=batch_sharding)
 
   def epoch_order(self, epoch: int) -> jax.Array:
@@ -100,7 +107,7 @@ class DeviceSplit:
     order = self.epoch_order(epoch)
     key = jax.random.fold_in(self._augment_key, epoch)
     for step in range(start, self.steps_per_epoch):
-      yield self._batch(self.arrays, order, step, key)
+      yield self._batch(self.arrays, order, step, key, epoch % 2)
 
   def first_images(self, n: int) -> np.ndarray:
     """The split's first `n` images, uint8 NHWC on the host (data-dependent init)."""
@@ -113,10 +120,17 @@ class DeviceSplit:
     return self.images, self.labels
 
   def get_batch(self, arrays: tuple[jax.Array, jax.Array], order: jax.Array, step: jax.Array,
-                key: jax.Array) -> dict:
-    """Batch `step` of an epoch order, augmented and normalised; call inside jit."""
+                key: jax.Array, parity: jax.Array | int = 0) -> dict:
+    """Batch `step` of an epoch order, augmented and normalised; call inside jit.
+
+    `parity` is the epoch's (epoch % 2), which alternating_flip follows.
+    """
     images, labels = arrays
     indices = order[step]
-    images = augment(key, images[indices], self.settings)
+    images = images[indices]
+    if self.settings["alternating_flip"]:  # before the other ops, as hflip
+      flipped = jnp.asarray(self._flip_bits)[indices] != (parity == 1)
+      images = jnp.where(flipped[:, None, None, None], jnp.flip(images, 2), images)
+    images = augment(key, images, self.settings)
     images = preprocessing.normalize(images.astype(jnp.float32) / 255.0, self.normalization)
     return {"image": images, "label": labels[indices]}

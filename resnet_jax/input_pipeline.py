@@ -15,8 +15,9 @@ padding the last batch with masked-out copies of example 0.
 
 Augmentations run after batching, on whole batches (one op call per batch, not
 per image): this is what makes the tf.data path fast on a 2-core host. Each is a
-small named op (flip, rotate, zoom, crop, translate, color_jitter) taking its own
-stateless seed, applied in sequence by `augment`.
+small named op (flip, rotate, zoom, crop, translate, reflect_crop, color_jitter)
+taking its own stateless seed, applied in sequence by `augment`; alternating_flip
+(flip_where) depends on the epoch and each example's index, so `dataset` applies it.
 """
 
 import math
@@ -126,6 +127,21 @@ def translate(images, seed, fraction, rows):
   return _transform(images, _shift_transforms(shift[:, 0], shift[:, 1]))
 
 
+def reflect_crop(images, seed, pixels, rows):
+  """A uniform integer shift in [-pixels, pixels] per axis, the borders reflected."""
+  pad = int(pixels)
+  padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
+  shift = tf.cast(_uniform(seed, rows, (2,), -pad, pad + 1, tf.int32), tf.float32)
+  shifted = _transform(padded, _shift_transforms(shift[:, 0], shift[:, 1]))
+  size = tf.shape(images)[1]
+  return shifted[:, pad:pad + size, pad:pad + size]
+
+
+def flip_where(images, flags):
+  """Mirrors (left-right) the images whose flag is set: alternating_flip's op."""
+  return tf.where(flags[:, None, None, None], tf.reverse(images, [2]), images)
+
+
 def color_jitter(images, seed, settings, rows):
   """ColorJitter: the enabled ones of brightness, contrast, saturation, hue, in a fresh
   random order per image, as torchvision draws it."""
@@ -152,7 +168,7 @@ def color_jitter(images, seed, settings, rows):
 
 # The geometric ops, in the seed's torchvision Compose order; colour jitter comes last.
 OPS = (("hflip", flip(2)), ("vflip", flip(1)), ("rotation", rotate), ("zoom", zoom),
-       ("crop_padding", crop), ("translate", translate))
+       ("crop_padding", crop), ("translate", translate), ("reflect_crop", reflect_crop))
 
 
 def augment(images, seed, settings, rows):
@@ -218,11 +234,17 @@ class InputSplit:
     batch_seeds = np.random.default_rng([self.seed, epoch, 1]).integers(
         0, 2**31 - 1, size=(len(order), 2), dtype=np.int32)
     images, labels = tf.constant(self.images), tf.constant(self.labels)
+    settings = self.augment_settings if self.train else None
+    if settings and settings["alternating_flip"]:
+      flipped = tf.constant(preprocessing.alternating_flip_bits(self.seed, self.num_examples)
+                            != bool(epoch % 2))
 
     def load(indices, valid, seed):
       x = tf.cast(tf.gather(images, indices), tf.float32) / 255.0
-      if self.train and self.augment_settings:
-        x = augment(x, seed, self.augment_settings, rows)
+      if settings and settings["alternating_flip"]:  # before the other ops, as hflip
+        x = flip_where(x, tf.gather(flipped, indices))
+      if settings:
+        x = augment(x, seed, settings, rows)
       batch = {"image": preprocessing.normalize(x, self.normalization),
                "label": tf.gather(labels, indices)}
       if not self.train:

@@ -6,6 +6,11 @@ pipeline and prediction all read these.
 Augmentation fields (0 disables one), applied in this order, as the seed's
 torchvision Compose lists them:
   hflip, vflip      probability of a horizontal / vertical flip
+  alternating_flip  1: instead of random horizontal flips, each image is flipped on
+                    alternate epochs (a random half in even epochs, the other half
+                    in odd ones): every image is seen both ways every two epochs,
+                    where random flips leave a quarter seen one way (airbench);
+                    needs hflip 0
   rotation          degrees: angle ~ U(-r, r), nearest neighbour, zero fill
                     (torchvision RandomRotation)
   zoom              scale ~ U(1 - z, 1 + z) about the centre, nearest, zero fill
@@ -13,6 +18,9 @@ torchvision Compose lists them:
                     per axis with zero fill, which is exactly pad-then-crop
   translate         fraction f: shift = round(U(-32 f, 32 f)) pixels per axis
                     (torchvision RandomAffine(translate=(f, f)))
+  reflect_crop      pixels p: a uniform integer shift in [-p, p] per axis with the
+                    borders reflected, not zero-filled (airbench's reflect-padded
+                    random crop: no black bands for the net to learn)
   brightness, contrast, saturation, hue
                     torchvision ColorJitter: factors ~ U(1 - b, 1 + b) etc.,
                     hue shift ~ U(-h, h), the four applied in a random order per
@@ -21,8 +29,8 @@ torchvision Compose lists them:
 
 import numpy as np
 
-AUGMENT_FIELDS = ("hflip", "vflip", "rotation", "zoom", "crop_padding", "translate",
-                  "brightness", "contrast", "saturation", "hue")
+AUGMENT_FIELDS = ("hflip", "vflip", "alternating_flip", "rotation", "zoom", "crop_padding",
+                  "translate", "reflect_crop", "brightness", "contrast", "saturation", "hue")
 AUGMENT_PRESETS = {
     "none": {},
     # Seed shallow notebook: RandomHorizontalFlip, RandomCrop(32, padding=4).
@@ -67,8 +75,19 @@ def check_augment(settings) -> None:
   for name in ("zoom", "brightness", "contrast", "saturation"):
     if settings.get(name, 0) >= 1:
       raise ValueError(f"config.data.augment.{name}={settings[name]} must be < 1")
+  if settings.get("alternating_flip", 0) not in (0, 1):
+    raise ValueError(f"config.data.augment.alternating_flip={settings['alternating_flip']} "
+                     "must be 0 or 1")
+  if settings.get("alternating_flip", 0) and settings.get("hflip", 0):
+    raise ValueError(f"config.data.augment.alternating_flip=1 replaces random horizontal "
+                     f"flips: set config.data.augment.hflip=0, not {settings['hflip']}")
   if settings.get("hue", 0) > 0.5:
     raise ValueError(f"config.data.augment.hue={settings['hue']} must be <= 0.5")
+
+
+def alternating_flip_bits(seed: int, num_examples: int) -> np.ndarray:
+  """Which examples are flipped in even epochs (odd epochs flip the others); from `seed`."""
+  return np.random.default_rng([seed, 2]).random(num_examples) < 0.5
 
 
 def normalize(images, name: str):

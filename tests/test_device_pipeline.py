@@ -84,3 +84,63 @@ def test_input_benchmark_prints_its_json(tmp_path):
   assert kinds == {("tfdata", "shallow"), ("tfdata", "deep"), ("tfdata", "none"),
                    ("device", "shallow")}
   assert all(r["images_per_s"] > 0 for r in report["results"])
+
+
+def _reflect_crops(image: np.ndarray, pad: int) -> list[np.ndarray]:
+  """Every crop of the reflect-padded image (torch's and numpy's reflect, edge not repeated)."""
+  padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
+  return [padded[y:y + 32, x:x + 32] for y in range(2 * pad + 1) for x in range(2 * pad + 1)]
+
+
+def test_reflect_crop_is_an_exact_reflect_padded_crop_with_uniform_shifts_on_both_pipelines():
+  rng = np.random.default_rng(0)
+  images = np.round(rng.random((400, 32, 32, 3)) * 255).astype(np.float32) / 255
+  for out in (_device_augment(images, reflect_crop=2), tf_augment(images, reflect_crop=2)):
+    which = []
+    for image, augmented in zip(images, out):
+      matches = [k for k, crop in enumerate(_reflect_crops(image, 2))
+                 if np.array_equal(crop, augmented)]
+      assert len(matches) == 1  # exactly one of the 25 crops, borders reflected
+      which.append(matches[0])
+    counts = np.bincount(which, minlength=25) / len(which)
+    np.testing.assert_allclose(counts, 1 / 25, atol=0.03)  # uniform over the shifts
+
+
+def _alternation(batches, orders, images):
+  """{example: [flipped in epoch 0, flipped in epoch 1]} from an unaugmented-but-flipped run."""
+  flipped = {}
+  for epoch_batches, order in zip(batches, orders):
+    for batch, indices in zip(epoch_batches, order):
+      for image, index in zip(batch, indices):
+        original, mirror = images[index], images[index][:, ::-1]
+        assert np.array_equal(image, original) != np.array_equal(image, mirror)
+        flipped.setdefault(int(index), []).append(bool(np.array_equal(image, mirror)))
+  return flipped
+
+
+def test_alternating_flip_shows_each_image_both_ways_in_two_epochs_on_both_pipelines():
+  from resnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (96, 32, 32, 3), dtype=np.uint8)
+  labels = rng.integers(0, 10, 96).astype(np.int32)
+  settings = preprocessing.augment_settings("none", alternating_flip=1)
+  undo = lambda x: np.round((np.asarray(x) * 0.5 + 0.5) * 255).astype(np.uint8)
+  device = device_pipeline.DeviceSplit(images, labels, batch_size=32, augment_settings=settings,
+                                       normalization="seed", seed=3)
+  host = input_pipeline.InputSplit(images, labels, batch_size=32, train=True,
+                                   augment_settings=settings, normalization="seed", seed=3)
+  results = []
+  for split, order in ((device, lambda e: np.asarray(device.epoch_order(e))),
+                       (host, lambda e: host._plan(e)[0])):  # pylint: disable=protected-access
+    batches = [[undo(b["image"]) for b in split.epoch(e)] for e in (0, 1)]
+    results.append(_alternation(batches, [order(0), order(1)], images))
+  for flipped in results:
+    assert len(flipped) == 96 and all(a != b for a, b in flipped.values())
+    assert 30 < sum(a for a, _ in flipped.values()) < 66  # a random half in epoch 0
+  assert results[0] == results[1]  # the same images, from the same seed, on both pipelines
+
+
+def test_alternating_flip_excludes_random_horizontal_flips():
+  with pytest.raises(ValueError, match=r"alternating_flip=1 replaces random horizontal flips: "
+                                       r"set config.data.augment.hflip=0, not 0.5"):
+    preprocessing.augment_settings("shallow", alternating_flip=1)
