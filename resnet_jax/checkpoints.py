@@ -110,12 +110,13 @@ def save_model(workdir: str, step: int, variables: dict, model_config: dict,
 def _state_items(state, train_metrics) -> dict:
   """The train state as checkpoint items: "model" (what evaluation needs), "train" (the rest).
 
-  Every pytree field of the state is saved, so a new TrainState field needs no edit here.
+  Every pytree field of the state that is set (not None) is saved, so a new TrainState
+  field needs no edit here, and an unused one (lookahead off) leaves the layout as it was.
   `train_metrics` (a clu Collection) holds a part-finished epoch's running
   averages, so that a run stopped mid-epoch resumes with identical epoch metrics.
   """
   fields = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)
-            if f.metadata.get("pytree_node", True)}
+            if f.metadata.get("pytree_node", True) and getattr(state, f.name) is not None}
   model = {name: fields.pop(name) for name in ("params", "batch_stats")}
   return {"model": model,
           "train": {**fields, "metrics": flax.serialization.to_state_dict(train_metrics)}}

@@ -46,6 +46,7 @@ class TrainState(train_state.TrainState):
   rng: jax.Array = None  # uint32[2]; dropout keys are fold_in(rng, step)
   skipped_steps: jax.Array = None  # int32: steps whose loss or gradient was not finite
   first_nonfinite_step: jax.Array = None  # int32, -1 until a step is not finite
+  lookahead: Any = None  # {"params", "batch_stats"} average when optimizer.lookahead_every
 
 
 class NonFiniteError(RuntimeError):
@@ -92,15 +93,17 @@ def create_train_state(config, model: models.ResNet, tx: optax.GradientTransform
   """Initial parameters (from `config.seed`), optimizer and plateau state."""
   init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   variables = models.init_variables(model, init_rng)
+  lookahead = jax.tree.map(jnp.copy, variables) if config.optimizer.lookahead_every else None
   return TrainState.create(
       apply_fn=model.apply, params=variables["params"], tx=tx,
       batch_stats=variables["batch_stats"],
       plateau=(plateau or optim.Plateau()).init(), rng=dropout_rng,
-      skipped_steps=jnp.zeros((), jnp.int32), first_nonfinite_step=jnp.full((), -1, jnp.int32))
+      skipped_steps=jnp.zeros((), jnp.int32), first_nonfinite_step=jnp.full((), -1, jnp.int32),
+      lookahead=lookahead)
 
 
 def train_step(state: TrainState, batch: dict, label_smoothing: float = 0.0,
-               skip_nonfinite: bool = False):
+               skip_nonfinite: bool = False, lookahead: optim.Lookahead | None = None):
   """One optimizer (or accumulation) step; returns the new state and its metrics.
 
   A step whose loss or gradient is not finite changes nothing but the step
@@ -132,6 +135,11 @@ def train_step(state: TrainState, batch: dict, label_smoothing: float = 0.0,
       skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32),
       first_nonfinite_step=jnp.where((state.first_nonfinite_step < 0) & ~finite, state.step,
                                      state.first_nonfinite_step))
+  if lookahead:
+    average, weights = lookahead.update(
+        state.step, state.lookahead, {"params": state.params, "batch_stats": state.batch_stats},
+        enabled=apply)
+    state = state.replace(lookahead=average, **weights)
   mask = jnp.broadcast_to(finite, loss.shape)  # a skipped step does not count in the metrics
   return state, Metrics.single_from_model_output(loss=jnp.where(finite, loss, 0.0),
                                                  logits=jnp.where(finite, logits, 0.0),
@@ -170,14 +178,16 @@ def data_mesh(devices=None) -> jax.sharding.Mesh:
 class Steps:
   """The jitted train and eval steps over a data-parallel mesh."""
 
-  def __init__(self, config, mesh: jax.sharding.Mesh | None = None):
+  def __init__(self, config, mesh: jax.sharding.Mesh | None = None, total_steps: int = 0):
+    """`total_steps`: the run's length, which only optimizer.lookahead_every uses."""
     self.mesh = mesh or data_mesh()
     self.replicated = NamedSharding(self.mesh, P())
     self.data = NamedSharding(self.mesh, P("data"))
     options = compiler_options(config)
     self.train = jax.jit(
         functools.partial(train_step, label_smoothing=config.label_smoothing,
-                          skip_nonfinite=config.skip_nonfinite_steps),
+                          skip_nonfinite=config.skip_nonfinite_steps,
+                          lookahead=optim.lookahead_from_config(config.optimizer, total_steps)),
         in_shardings=(self.replicated, self.data), out_shardings=self.replicated,
         donate_argnums=0, compiler_options=options)
     self.eval, self.eval_tta = (
@@ -212,8 +222,11 @@ def fit_to_data(config, model, state: TrainState, train_data: pipelines.Batches,
   images = preprocessing.normalize(train_data.first_images(5000) / np.float32(255),
                                    config.data.normalization)
   kernel = models.whitening_kernel(images, model.whiten_kernel_size)
-  return state.replace(batch_stats={**state.batch_stats,
-                                    "whiten": {"kernel": jax.device_put(kernel, sharding)}})
+  # A buffer of its own for each copy: the train step donates the state's buffers.
+  with_kernel = lambda stats: {**stats, "whiten": {"kernel": jax.device_put(kernel, sharding)}}
+  lookahead = state.lookahead and {**state.lookahead,
+                                   "batch_stats": with_kernel(state.lookahead["batch_stats"])}
+  return state.replace(batch_stats=with_kernel(state.batch_stats), lookahead=lookahead)
 
 
 class Preempted(SystemExit):
@@ -255,10 +268,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   config_validation.validate(config)
   checkpoints.check_writable(workdir)
-  model, steps = build_model(config), Steps(config)
-  train_data = pipelines.train_batches(config, steps.data)
-  eval_data = pipelines.eval_batches(config, steps.data)
+  model, mesh = build_model(config), data_mesh()
+  batch_sharding = NamedSharding(mesh, P("data"))
+  train_data = pipelines.train_batches(config, batch_sharding)
+  eval_data = pipelines.eval_batches(config, batch_sharding)
   steps_per_epoch = _whole_updates(config, train_data)
+  steps = Steps(config, mesh, total_steps=steps_per_epoch * config.num_epochs)
   updates_per_epoch = steps_per_epoch // config.optimizer.accumulation_steps
   tx, schedule = optim.create_optimizer(
       config.optimizer, updates_per_epoch, config.num_epochs,

@@ -74,7 +74,9 @@ def on_train_batches(monkeypatch, action) -> None:
   class Wrapped:
     def __init__(self, batches):
       self.batches = batches
-      self.num_examples, self.steps_per_epoch = batches.num_examples, batches.steps_per_epoch
+
+    def __getattr__(self, name):  # num_examples, steps_per_epoch, first_images...
+      return getattr(self.batches, name)
 
     def epoch(self, epoch, start=0):
       for batch in self.batches.epoch(epoch, start):

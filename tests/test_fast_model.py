@@ -1,10 +1,13 @@
 """The compact FastResNet family: presets, whitening, dirac init, its optimizer groups."""
 
+import signal
+
 import jax
 import numpy as np
 import pytest
 
 from resnet_jax import checkpoints, data_sources, models, preprocessing, summary, train
+from tests.conftest import signal_at_batch
 from tests.conftest import smoke_config as _smoke
 
 
@@ -86,3 +89,22 @@ def test_whitening_is_fitted_once_stored_and_never_refitted_on_resume(tmp_path, 
                                                                          widths=(8, 16, 16)))
   assert np.abs(np.asarray(before["params"]["fc"]["kernel"])
                 - np.asarray(state.params["fc"]["kernel"])).max() > 0
+
+
+def test_lookahead_training_ends_on_the_average_and_resumes_exactly(tmp_path):
+  config = _fast_smoke(num_epochs=2, **{"optimizer.lookahead_every": 5,
+                                        "optimizer.name": "sgd", "optimizer.momentum": 0.85})
+  state, history = train.train_and_evaluate(config, str(tmp_path / "whole"))
+  for a, b in zip(jax.tree.leaves({"params": state.params, "batch_stats": state.batch_stats}),
+                  jax.tree.leaves(state.lookahead)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # the last step's average
+  with pytest.MonkeyPatch.context() as patch:
+    signal_at_batch(patch, 21, signal.SIGTERM)  # step 5 of epoch 2
+    with pytest.raises(train.Preempted):
+      train.train_and_evaluate(config, str(tmp_path / "resumed"))
+  resumed, resumed_history = train.train_and_evaluate(config, str(tmp_path / "resumed"))
+  for a, b in zip(jax.tree.leaves(jax.device_get(resumed.lookahead)),
+                  jax.tree.leaves(jax.device_get(state.lookahead))):
+    np.testing.assert_array_equal(a, b)
+  untimed = lambda hs: [{k: v for k, v in h.items() if k != "images_per_s"} for h in hs]
+  assert untimed(resumed_history) == untimed(history)

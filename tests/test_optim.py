@@ -177,3 +177,25 @@ def test_per_example_sgd_with_bn_bias_multiplier_and_triangle_matches_airbench_i
   # The logged schedule is the per-step lr of the other parameters.
   np.testing.assert_allclose([float(schedule(k)) for k in (0, 2, 10)],
                              np.array([0.2, 1, 0.07]) * lr * batch / kilostep, rtol=1e-6)
+
+
+def test_lookahead_follows_airbench():
+  """optim.Lookahead against airbench's loop: every k steps average.lerp_(net, 1 - d) then
+  net.copy_(average), d = decay * (step / total)^3, and a final update with d = 1."""
+  every, decay, total = 3, 0.95 ** 5, 10
+  lookahead = optim.Lookahead(every, decay, total)
+  rng = np.random.default_rng(0)
+  weights = average = {"w": jnp.asarray(rng.normal(size=4), jnp.float32)}
+  net, ema = np.asarray(weights["w"], np.float64), np.asarray(weights["w"], np.float64)
+  for step in range(1, total + 1):
+    delta = rng.normal(size=4)
+    net = net + delta  # an optimizer step
+    weights = {"w": weights["w"] + jnp.asarray(delta, jnp.float32)}
+    average, weights = lookahead.update(jnp.asarray(step), average, weights)
+    if step % every == 0:
+      d = decay * (step / total) ** 3
+      ema = ema + (1 - d) * (net - ema)
+      net = ema.copy()
+  net = ema.copy()  # airbench's last update(decay=1.0): the average, unchanged
+  np.testing.assert_allclose(weights["w"], net, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(average["w"], ema, rtol=1e-5, atol=1e-6)
