@@ -10,7 +10,9 @@ jitter need the tf.data path.
 
 The distributions match input_pipeline.augment's (tests/test_device_pipeline.py):
 flip with probability p; crop shift uniform on [-p, p]; translation
-round(U(-32 f, 32 f)), zero fill everywhere. Random streams differ, of course.
+round(U(-32 f, 32 f)), zero fill; reflect_crop's shift uniform on [-p, p] with
+the borders reflected. Random streams differ, of course, except alternating
+flip's, which both pipelines draw from preprocessing.alternating_flip_bits.
 
 Imports no TensorFlow: GPU machines used for measurement have none.
 """
