@@ -134,5 +134,5 @@ class DeviceSplit:
       flipped = jnp.asarray(self._flip_bits)[indices] != (parity == 1)
       images = jnp.where(flipped[:, None, None, None], jnp.flip(images, 2), images)
     images = augment(key, images, self.settings)
-    images = preprocessing.normalize(images.astype(jnp.float32) / 255.0, self.normalization)
+    images = preprocessing.normalize_pixels(images, self.normalization)
     return {"image": images, "label": labels[indices]}

@@ -155,8 +155,8 @@ def predict(config, workdir: str, input_path: str, output_path: str,
   probabilities = _predict_fn(model, config.eval.tta, train.compiler_options(config))
   labels = []
   for start in range(0, len(images), config.eval_batch_size):
-    x = preprocessing.normalize(images[start:start + config.eval_batch_size] / np.float32(255),
-                                config.data.normalization)
+    x = preprocessing.normalize_pixels(images[start:start + config.eval_batch_size],
+                                       config.data.normalization)
     labels.append(np.asarray(probabilities(variables, jnp.asarray(x, jnp.float32))).argmax(-1))
   labels = np.concatenate(labels) if labels else np.zeros(0, np.int64)
   os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)

@@ -131,8 +131,7 @@ def reflect_crop(images, seed, pixels, rows):
   """A uniform integer shift in [-pixels, pixels] per axis, the borders reflected."""
   pad = int(pixels)
   padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
-  shift = tf.cast(_uniform(seed, rows, (2,), -pad, pad + 1, tf.int32), tf.float32)
-  shifted = _transform(padded, _shift_transforms(shift[:, 0], shift[:, 1]))
+  shifted = crop(padded, seed, pad, rows)  # the shift never reaches past the padding
   size = tf.shape(images)[1]
   return shifted[:, pad:pad + size, pad:pad + size]
 

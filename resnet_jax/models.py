@@ -66,6 +66,13 @@ def pool_windows(n: int, m: int) -> list[tuple[int, int]]:
   return [(i * n // m, -(-(i + 1) * n // m)) for i in range(m)]
 
 
+def pool_window_index(n: int, m: int) -> np.ndarray:
+  """[m, width] input positions of each adaptive window, a short window repeating its last."""
+  windows = pool_windows(n, m)
+  width = max(end - start for start, end in windows)
+  return np.array([[min(start + j, end - 1) for j in range(width)] for start, end in windows])
+
+
 def _adaptive_pool_axis(x: jax.Array, axis: int, size: int, kind: str) -> jax.Array:
   n = x.shape[axis]
   reduce = jnp.max if kind == "max" else jnp.mean
@@ -75,8 +82,8 @@ def _adaptive_pool_axis(x: jax.Array, axis: int, size: int, kind: str) -> jax.Ar
   # gather `width` positions per output, repeating a short window's last one,
   # which max ignores and the average masks out.
   windows = pool_windows(n, size)
-  width = max(end - start for start, end in windows)
-  index = np.array([[min(start + j, end - 1) for j in range(width)] for start, end in windows])
+  index = pool_window_index(n, size)
+  width = index.shape[1]
   g = jnp.take(x, index.reshape(-1), axis=axis)
   g = g.reshape(x.shape[:axis] + (size, width) + x.shape[axis + 1:])
   if kind == "max":

@@ -135,8 +135,9 @@ def create_optimizer(opt_config, updates_per_epoch: int, num_epochs: int,
     cutoff = opt_config.whiten_bias_epochs * updates_per_epoch
     groups["whiten_bias"] = (lambda count: jnp.where(count < cutoff, schedule(count), 0.0), wd)
   mask = _decay_mask(opt_config.decay)
-  tx = _base_optimizer(opt_config, schedule, wd, mask)
-  if len(groups) > 1:  # parameter groups only when needed: the seed's state stays as it was
+  if len(groups) == 1:  # parameter groups only when needed: the seed's state stays as it was
+    tx = _base_optimizer(opt_config, schedule, wd, mask)
+  else:
     tx = optax.multi_transform(
         {name: _base_optimizer(opt_config, rate, decay, mask)
          for name, (rate, decay) in groups.items()},

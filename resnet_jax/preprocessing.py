@@ -90,6 +90,11 @@ def alternating_flip_bits(seed: int, num_examples: int) -> np.ndarray:
   return np.random.default_rng([seed, 2]).random(num_examples) < 0.5
 
 
+def normalize_pixels(images, name: str):
+  """uint8 pixels (numpy or jax) -> the network's input: `normalize` of images / 255."""
+  return normalize(images.astype(np.float32) / np.float32(255), name)
+
+
 def normalize(images, name: str):
   """Float32 images in [0, 1] -> the network's input, (images - mean) / std per channel.
 

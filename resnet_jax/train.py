@@ -27,7 +27,6 @@ import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from absl import logging
 from clu import metrics
@@ -219,8 +218,8 @@ def fit_to_data(config, model, state: TrainState, train_data: pipelines.Batches,
   fitted to the first 5,000 training images as the pipelines normalise them."""
   if not isinstance(model, models.FastResNet):
     return state
-  images = preprocessing.normalize(train_data.first_images(5000) / np.float32(255),
-                                   config.data.normalization)
+  images = preprocessing.normalize_pixels(train_data.first_images(5000),
+                                          config.data.normalization)
   kernel = models.whitening_kernel(images, model.whiten_kernel_size)
   # A buffer of its own for each copy: the train step donates the state's buffers.
   with_kernel = lambda stats: {**stats, "whiten": {"kernel": jax.device_put(kernel, sharding)}}

@@ -68,7 +68,7 @@ def test_whitening_is_fitted_once_stored_and_never_refitted_on_resume(tmp_path, 
                                         "optimizer.whiten_bias_epochs": 1.0})
   state, _ = train.train_and_evaluate(config, str(tmp_path))
   images, _ = data_sources.load_split(config.data, config.data.train_split)
-  expected = models.whitening_kernel(preprocessing.normalize(images / np.float32(255), "seed"))
+  expected = models.whitening_kernel(preprocessing.normalize_pixels(images, "seed"))
   np.testing.assert_allclose(np.asarray(state.batch_stats["whiten"]["kernel"]), expected,
                              rtol=1e-6)
   first_bias = np.asarray(state.params["whiten"]["bias"])

@@ -87,7 +87,7 @@ class Decisions:
 
   def jax_pool_axis(self, pool_axis, x, axis, size, kind):
     if kind == "max":
-      index = _window_index(x.shape[axis], size)
+      index = models.pool_window_index(x.shape[axis], size)
       windows = jnp.take(x, index.reshape(-1), axis=axis)
       windows = windows.reshape(x.shape[:axis] + index.shape + x.shape[axis + 1:])
       jax.debug.callback(functools.partial(self.pool_choices.__setitem__, axis),
@@ -97,7 +97,7 @@ class Decisions:
   def torch_max_pool(self, x):
     """Our separable max pool (H, then W) taking our step's choices."""
     for axis in (2, 3):  # NCHW; ours pools NHWC axes 1, 2
-      index = torch.from_numpy(_window_index(x.shape[axis], 24))
+      index = torch.from_numpy(models.pool_window_index(x.shape[axis], 24))
       windows = x.index_select(axis, index.reshape(-1))
       windows = windows.reshape(x.shape[:axis] + index.shape + x.shape[axis + 1:])
       ours = torch.from_numpy(np.asarray(self.pool_choices[axis - 1]).transpose(0, 3, 1, 2)
@@ -115,13 +115,6 @@ class Decisions:
     far = differ & (distance >= ROUNDING)
     if far.any():
       self.disagreements.append(f"{what} {float(distance[far].max()):.3g}")
-
-
-def _window_index(n: int, m: int) -> np.ndarray:
-  """models.AdaptivePool's window positions: [m, width], a short window repeating its last."""
-  windows = models.pool_windows(n, m)
-  width = max(end - start for start, end in windows)
-  return np.array([[min(start + j, end - 1) for j in range(width)] for start, end in windows])
 
 
 def _recipe(name: str):
