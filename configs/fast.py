@@ -12,7 +12,7 @@ validating on the hold-out train[45000:]. What each idea does:
 - BatchNorm biases at 64x the lr: they set each channel's threshold and are
   what moves fastest early on.
 - The whitening bias trains for the first 3 epochs only.
-- A triangle schedule: 0.2x -> 1x over the first 20% of steps, then down to 0.07x.
+- A triangle schedule: 0.2x -> 1x over the first 23% of steps, then down to 0.07x.
 - Label smoothing 0.2.
 - Alternating flip: each image is mirrored in every other epoch, so two epochs
   show every image both ways (random flips leave a quarter seen one way only).
@@ -51,7 +51,7 @@ def get_config():
   config.optimizer.bn_bias_lr_multiplier = 64.0
   config.optimizer.whiten_bias_epochs = 3.0
   config.optimizer.schedule = "triangle"
-  config.optimizer.warmup_epochs = 2.0
+  config.optimizer.warmup_epochs = 2.3
   config.optimizer.start_factor = 0.2
   config.optimizer.end_factor = 0.07
   config.optimizer.lookahead_every = 5

@@ -297,18 +297,24 @@ def count_params(model: ResNet) -> int:
 
 
 def dirac_init(key, shape, dtype=jnp.float32):
-  """A convolution kernel [h, w, c, c] that passes its input through unchanged."""
-  del key
+  """A convolution kernel [h, w, c_in, c_out] whose first min(c_in, c_out) filters pass
+  their input channel through unchanged; the rest keep PyTorch's default init.
+
+  airbench initialises every convolution so: an implicit residual (the first
+  filters copy the input) that lets a high learning rate work from the first step.
+  """
   h, w, c_in, c_out = shape
-  return jnp.zeros(shape, dtype).at[h // 2, w // 2].set(jnp.eye(c_in, c_out, dtype=dtype))
+  n = min(c_in, c_out)
+  identity = jnp.zeros((h, w, c_in, n), dtype).at[h // 2, w // 2].set(jnp.eye(c_in, n, dtype=dtype))
+  return kernel_initializer("torch")(key, shape, dtype).at[..., :n].set(identity)
 
 
 class FastGroup(nn.Module):
   """conv -> max-pool -> BN -> GELU, then an identity path around conv -> BN -> GELU.
 
-  airbench's block (where its second convolution has no shortcut). The second
-  convolution starts as the identity (dirac), so at initialisation the group is
-  its first half plus twice that.
+  airbench's block (where its second convolution has no shortcut). Both
+  convolutions start dirac (`dirac_init`): the second as the identity, so at
+  initialisation the group is its first half plus twice that.
   """
 
   features: int
@@ -322,7 +328,7 @@ class FastGroup(nn.Module):
     x = self.conv(self.features, name="conv1")(x)
     x = nn.max_pool(x, (2, 2), (2, 2))
     x = gelu(self.norm(name="bn1")(x, train))
-    y = self.conv(self.features, kernel_init=dirac_init, name="conv2")(x)
+    y = self.conv(self.features, name="conv2")(x)
     y = x + gelu(self.norm(name="bn2")(y, train))
     return layers.fusion_barrier(y) if self.fusion_barrier and train else y
 
@@ -357,7 +363,8 @@ class FastResNet(nn.Module):
   width in `widths`, each halving the resolution, a max-pool to 1x1, and a
   bias-free linear head whose logits are scaled by `logit_scale` (airbench's
   1/9: a smaller softmax temperature at init). BatchNorm keeps only its bias
-  (`bn_scale=False`), with airbench's momentum 0.6 (PyTorch convention) and eps.
+  (`bn_scale=False`), with airbench's eps and its momentum: it keeps 0.6 of the
+  running statistics per step, i.e. 0.4 in the PyTorch convention used here.
 
   Attributes mirror those of ResNet where they mean the same: num_classes,
   dtype, max_params, fusion_barriers (a runtime setting, not saved).
@@ -365,7 +372,7 @@ class FastResNet(nn.Module):
 
   widths: Sequence[int] = (64, 256, 256)
   whiten_kernel_size: int = 2
-  bn_momentum: float = 0.6
+  bn_momentum: float = 0.4
   bn_epsilon: float = 1e-12
   bn_scale: bool = False
   logit_scale: float = 1 / 9
@@ -379,7 +386,7 @@ class FastResNet(nn.Module):
     dtype = DTYPES[self.dtype]
     x = ACTIVATIONS["gelu"](Whitening(self.whiten_kernel_size, dtype, name="whiten")(x))
     conv = functools.partial(nn.Conv, kernel_size=(3, 3), padding=1, use_bias=False,
-                             dtype=dtype, kernel_init=kernel_initializer("torch"))
+                             dtype=dtype, kernel_init=dirac_init)
     norm = functools.partial(BatchNorm, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
                              dtype=dtype, use_scale=self.bn_scale)
     for i, width in enumerate(self.widths, start=1):

@@ -47,14 +47,21 @@ def test_whitened_patches_have_identity_covariance_where_eigenvalues_exceed_eps(
   assert np.abs(off_diagonal).max() < 1e-3
 
 
-def test_second_convolutions_start_as_the_identity():
+def test_group_convolutions_start_dirac_as_airbench_initialises_them():
   variables = models.init_variables(models.get_model("fast", widths=(8, 16, 16)),
                                     jax.random.key(0))
-  kernel = np.asarray(variables["params"]["group2"]["conv2"]["kernel"])
-  expected = np.zeros_like(kernel)
+  group = variables["params"]["group2"]
+  second = np.asarray(group["conv2"]["kernel"])  # 16 -> 16: all the identity
+  expected = np.zeros_like(second)
   expected[1, 1] = np.eye(16)
-  np.testing.assert_array_equal(kernel, expected)
-  assert "scale" not in variables["params"]["group2"]["bn1"]  # BatchNorm keeps only its bias
+  np.testing.assert_array_equal(second, expected)
+  first = np.asarray(group["conv1"]["kernel"])  # 8 -> 16: 8 identity filters, 8 random
+  expected = np.zeros((3, 3, 8, 8), np.float32)
+  expected[1, 1] = np.eye(8)
+  np.testing.assert_array_equal(first[..., :8], expected)
+  bound = 1 / np.sqrt(3 * 3 * 8)  # PyTorch's default U(+-1/sqrt(fan_in))
+  assert np.abs(first[..., 8:]).max() <= bound and first[..., 8:].std() > bound / 3
+  assert "scale" not in group["bn1"]  # BatchNorm keeps only its bias
 
 
 def _fast_smoke(**changes):
