@@ -13,10 +13,13 @@ Departures from the notebook, and why:
   summed unscaled losses) and never carries over an epoch boundary (the
   notebook carried two mini-batches into the next epoch): a trailing partial
   group of mini-batches is skipped.
-- float32 by default: the seed's fp16 autocast was a GPU speed trick. On
-  accelerators, --config.dtype=bfloat16 computes in bf16 with float32
-  parameters and loss, which needs no loss scaling.
+- dtype "auto": bfloat16 compute on GPU and TPU (the seed's fp16 autocast was
+  a GPU speed trick; bf16 keeps float32's range and needs no loss scaling),
+  float32 on CPU; parameters, BatchNorm statistics and the loss stay float32.
 - Evaluation is deterministic and actually runs (the notebook's cell did not).
+- Augmentation runs on the accelerator (config.data.pipeline = "device", as in
+  configs/fast.py), with the same torchvision semantics as tf.data's, so that a
+  step needs no host work; --config.data.pipeline=tfdata augments on the host.
 - Data: as configs/shallow.py (TFDS test split by default; offline overrides there).
 """
 
@@ -29,6 +32,7 @@ def get_config():
   config.num_epochs = 200
   config.batch_size = 64
   config.data.augment = preprocessing.augment_settings("deep")
+  config.data.pipeline = "device"
   config.optimizer.learning_rate = 1e-4
   config.optimizer.weight_decay = 1e-3
   config.optimizer.accumulation_steps = 3

@@ -3,8 +3,7 @@
 import jax
 import jax.numpy as jnp
 
-from resnet_jax import (data_sources, default_config, device_pipeline, models, optim,
-                        preprocessing, tta)
+from resnet_jax import data_sources, default_config, models, optim, preprocessing, tta
 
 PIPELINES = ("tfdata", "device")
 
@@ -47,7 +46,7 @@ def validate(config) -> None:
   _choice(config, "data.source", data_sources.SOURCES)
   _choice(config, "data.pipeline", PIPELINES)
   _choice(config, "data.normalization", sorted(preprocessing.NORMALIZATIONS))
-  _choice(config, "dtype", sorted(models.DTYPES))
+  _choice(config, "dtype", ["auto", *sorted(models.DTYPES)])
   _choice(config, "eval.tta", tta.LEVELS)
   _positive(config, "optimizer.learning_rate", "num_epochs", "batch_size", "eval_batch_size",
             "optimizer.accumulation_steps")
@@ -66,9 +65,7 @@ def validate(config) -> None:
                         f"{jax.device_count()} devices")
   try:
     preprocessing.check_augment(config.data.augment)
-    if config.data.pipeline == "device":
-      device_pipeline.check_device_augment(config.data.augment)
-  except ValueError as e:  # their messages already name config.data.augment.<key>
+  except ValueError as e:  # its messages already name config.data.augment.<key>
     raise ConfigError(str(e)) from e
   for key in ("train_split", "eval_split"):
     try:
@@ -81,7 +78,7 @@ def validate(config) -> None:
       raise ConfigError(f"config.model.{key} is not a model field; set config.cpu.{key}")
   name, fields = default_config.model_fields(config)
   try:
-    models.get_model(name, dtype=config.dtype, **fields)
+    models.get_model(name, **fields)  # any compute dtype has the same fields
   except ValueError as e:  # field and budget errors say "model.<field>" or the count
     raise ConfigError(f"config.{e}" if str(e).startswith("model") else f"config.model: {e}") \
         from e

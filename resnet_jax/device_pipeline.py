@@ -2,39 +2,34 @@
 
 The split lives in accelerator memory as uint8 (CIFAR-10's 50,000 images are
 150 MB). Each epoch's order is a `jax.random.permutation`; `get_batch` gathers a
-batch, applies flips and integer shifts (random crop with padding, translation)
-and normalises it in one jitted call per step, the batch never leaving the
-devices. Only the augmentations
-that are exact integer pixel moves are supported here; rotation, zoom and colour
-jitter need the tf.data path.
+batch, augments it and normalises it in one jitted call per step, the batch
+never leaving the devices. Every augmentation of preprocessing.AUGMENT_FIELDS
+is supported, in input_pipeline.augment's order, each op drawing from its own
+key: the geometric ops run on the uint8 pixels, colour jitter on floats in [0, 1].
 
 The distributions match input_pipeline.augment's (tests/test_device_pipeline.py):
-flip with probability p; crop shift uniform on [-p, p]; translation
+flip with probability p; rotation by U(-d, d) degrees and zoom by U(1 - z, 1 + z)
+about the centre, nearest neighbour, zero fill (for a given angle or scale the
+pixels tf.data's transform picks); crop shift uniform on [-p, p]; translation
 round(U(-32 f, 32 f)), zero fill; reflect_crop's shift uniform on [-p, p] with
-the borders reflected. Random streams differ, of course, except alternating
+the borders reflected; torchvision's ColorJitter, the enabled components in a
+random order per image. Random streams differ, of course, except alternating
 flip's, which both pipelines draw from preprocessing.alternating_flip_bits.
 
 Imports no TensorFlow: GPU machines used for measurement have none.
 """
 
+import functools
 from typing import Iterator
 
+import dm_pix as pix
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from resnet_jax import preprocessing
 
-DEVICE_AUGMENTATIONS = ("hflip", "vflip", "alternating_flip", "crop_padding", "translate",
-                        "reflect_crop")
-
-
-def check_device_augment(settings) -> None:
-  for name in preprocessing.AUGMENT_FIELDS:
-    if name not in DEVICE_AUGMENTATIONS and settings.get(name, 0):
-      raise ValueError(f"config.data.augment.{name}={settings[name]} is not supported by "
-                       f"config.data.pipeline='device' (only {list(DEVICE_AUGMENTATIONS)}); "
-                       "use pipeline='tfdata'")
+_GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
 
 
 def _shift(images: jax.Array, shifts: jax.Array, limit: int, mode: str = "constant") -> jax.Array:
@@ -49,25 +44,151 @@ def _shift(images: jax.Array, shifts: jax.Array, limit: int, mode: str = "consta
   return jax.vmap(one)(padded, shifts)
 
 
-def augment(key: jax.Array, images: jax.Array, settings: dict) -> jax.Array:
-  """Flips and integer shifts of a batch [b, H, W, C]; `settings` is static."""
-  keys = jax.random.split(key, 5)
+def _resample(transform, images: jax.Array, params: jax.Array) -> jax.Array:
+  """A dm-pix per-image resampling `transform(image, param)` over the batch: nearest
+  neighbour, zero fill (torchvision's defaults); uint8 stays uint8, exactly."""
+  one = functools.partial(transform, order=0, mode="constant", cval=0.0)
+  # pix maps pixels to sampling points with a float32 matmul: on GPUs its default
+  # precision (TF32) would move points by ~0.01 pixel and change nearest picks.
+  with jax.default_matmul_precision("highest"):
+    return jax.vmap(one)(images, params)
+
+
+def rotate_by(images: jax.Array, angles: jax.Array) -> jax.Array:
+  """Image i rotated by angles[i] radians (counter-clockwise as displayed) about the centre.
+
+  pix.rotate's output p samples input centre + R (p - centre) with the same R, in
+  (row, column), as input_pipeline.rotate's (x, y) transform: the same pixels.
+  """
+  return _resample(pix.rotate, images, angles)
+
+
+def _zoom_one(image, scale, **interpolation):
+  """Output p samples input centre + (p - centre) / scale (input_pipeline.zoom's map)."""
+  centre = (jnp.asarray(image.shape, jnp.float32) - 1) / 2
+  inverse = jnp.stack([1 / scale, 1 / scale, jnp.ones_like(scale)])  # the channel stays put
+  return pix.affine_transform(image, inverse, offset=centre * (1 - inverse), **interpolation)
+
+
+def zoom_by(images: jax.Array, scales: jax.Array) -> jax.Array:
+  """Image i scaled by scales[i] about the centre (pix has no zoom: an affine map)."""
+  return _resample(_zoom_one, images, scales)
+
+
+def _flip(axis: int):
+  """An op mirroring axis `axis` (2: W, horizontal; 1: H, vertical) with probability p."""
+
+  def op(key, images, p):
+    flip = jax.random.uniform(key, (images.shape[0],)) < p
+    return jnp.where(flip[:, None, None, None], jnp.flip(images, axis), images)
+
+  return op
+
+
+def _rotate(key, images, degrees):
+  """RandomRotation(degrees): angle ~ U(-degrees, degrees)."""
+  angles = jax.random.uniform(key, (images.shape[0],), minval=-degrees, maxval=degrees)
+  return rotate_by(images, jnp.radians(angles))
+
+
+def _zoom(key, images, amount):
+  """Scale ~ U(1 - amount, 1 + amount)."""
+  return zoom_by(images, jax.random.uniform(key, (images.shape[0],), minval=1 - amount,
+                                            maxval=1 + amount))
+
+
+def _crop(key, images, padding):
+  """RandomCrop(32, padding): a uniform integer shift in [-padding, padding] per axis."""
+  pad = int(padding)
+  return _shift(images, jax.random.randint(key, (images.shape[0], 2), -pad, pad + 1), pad)
+
+
+def _translate(key, images, fraction):
+  """RandomAffine(translate=(f, f)): round(U(-32 f, 32 f)) pixels per axis."""
+  limit = fraction * images.shape[1]
+  shifts = jnp.round(jax.random.uniform(key, (images.shape[0], 2), minval=-limit,
+                                        maxval=limit))
+  return _shift(images, shifts.astype(jnp.int32), int(np.ceil(limit)))
+
+
+def _reflect_crop(key, images, pixels):
+  """A uniform integer shift in [-pixels, pixels] per axis, the borders reflected."""
+  pad = int(pixels)
+  return _shift(images, jax.random.randint(key, (images.shape[0], 2), -pad, pad + 1), pad,
+                "reflect")
+
+
+def _grayscale(images: jax.Array) -> jax.Array:
+  # A weighted sum, not a matmul: TF32 on GPUs would round the weights.
+  return jnp.sum(images * jnp.asarray(_GRAY_WEIGHTS, images.dtype), -1, keepdims=True)
+
+
+def jitter_op(name: str, images: jax.Array, factor: jax.Array) -> jax.Array:
+  """One ColorJitter component with per-image `factor` [b], clipped to [0, 1]."""
+  f = factor[:, None, None, None]
+  if name == "brightness":  # torchvision scales; pix.adjust_brightness adds
+    out = images * f
+  elif name == "contrast":  # towards the gray mean; pix.adjust_contrast uses channel means
+    mean = jnp.mean(_grayscale(images), axis=(1, 2, 3), keepdims=True)
+    out = f * images + (1 - f) * mean
+  elif name == "saturation":  # towards gray; pix.adjust_saturation scales HSV saturation
+    out = f * images + (1 - f) * _grayscale(images)
+  else:  # hue: pix's HSV round trip with the hue shifted by `factor` turns (mod 1), as ours
+    out = pix.adjust_hue(images, f[..., 0])
+  return jnp.clip(out, 0.0, 1.0)
+
+
+def color_jitter(key: jax.Array, images: jax.Array, settings: dict) -> jax.Array:
+  """ColorJitter on float32 [b, H, W, 3] in [0, 1]: the enabled ones of brightness,
+  contrast, saturation, hue, in a fresh random order per image, as torchvision draws it."""
+  jitter = [name for name in preprocessing.JITTER_OPS if settings[name]]
+  keys = jax.random.split(key, len(jitter) + 1)
   batch = images.shape[0]
-  for i, (name, axis) in enumerate((("hflip", 2), ("vflip", 1))):
+  factors = {}
+  for name, factor_key in zip(jitter, keys):
+    amount = settings[name]
+    low, high = (-amount, amount) if name == "hue" else (max(0.0, 1 - amount), 1 + amount)
+    factors[name] = jax.random.uniform(factor_key, (batch,), minval=low, maxval=high)
+  # Slot by slot, every op runs on the whole batch and each image keeps the output
+  # of the op its order names (a switch under vmap would run every branch too).
+  order = jnp.argsort(jax.random.uniform(keys[-1], (batch, len(jitter))), axis=1)
+  for slot in range(len(jitter)):
+    chosen = order[:, slot, None, None, None]
+    images = jnp.select([chosen == k for k in range(len(jitter))],
+                        [jitter_op(name, images, factors[name]) for name in jitter])
+  return images
+
+
+# The geometric ops, in input_pipeline.OPS's order (the seed's torchvision Compose);
+# colour jitter comes last.
+OPS = (("hflip", _flip(2)), ("vflip", _flip(1)), ("rotation", _rotate), ("zoom", _zoom),
+       ("crop_padding", _crop), ("translate", _translate), ("reflect_crop", _reflect_crop))
+# Which of the batch key's splits each op draws from: flips and shifts keep the ones
+# they had before rotation, zoom and jitter came (split(key, n)[i] does not depend on
+# n), so existing configs get the same batches as before.
+_KEY_INDEX = {name: i for i, name in enumerate(
+    ("hflip", "vflip", "crop_padding", "translate", "reflect_crop", "rotation", "zoom",
+     "color_jitter"))}
+
+
+def augment(key: jax.Array, images: jax.Array, settings: dict) -> jax.Array:
+  """Each augmentation whose setting is non-zero, in order, each with its own key.
+
+  Args:
+    key: this batch's key.
+    images: uint8 [b, H, W, 3].
+    settings: every field of preprocessing.AUGMENT_FIELDS (static).
+
+  Returns:
+    float32 [b, H, W, 3] in [0, 1].
+  """
+  keys = jax.random.split(key, len(_KEY_INDEX))
+  for name, op in OPS:
     if settings[name]:
-      flip = jax.random.uniform(keys[i], (batch,)) < settings[name]
-      images = jnp.where(flip[:, None, None, None], jnp.flip(images, axis), images)
-  if settings["crop_padding"]:
-    pad = int(settings["crop_padding"])
-    images = _shift(images, jax.random.randint(keys[2], (batch, 2), -pad, pad + 1), pad)
-  if settings["translate"]:
-    limit = settings["translate"] * images.shape[1]
-    shifts = jnp.round(jax.random.uniform(keys[3], (batch, 2), minval=-limit, maxval=limit))
-    images = _shift(images, shifts.astype(jnp.int32), int(np.ceil(limit)))
-  if settings["reflect_crop"]:
-    pad = int(settings["reflect_crop"])
-    images = _shift(images, jax.random.randint(keys[4], (batch, 2), -pad, pad + 1), pad,
-                    "reflect")
+      images = op(keys[_KEY_INDEX[name]], images, settings[name])
+  images = images.astype(jnp.float32) / np.float32(255)  # as preprocessing.normalize_pixels
+  if any(settings[name] for name in preprocessing.JITTER_OPS):
+    images = color_jitter(keys[_KEY_INDEX["color_jitter"]], images, settings)
   return images
 
 
@@ -81,7 +202,6 @@ class DeviceSplit:
   def __init__(self, images: np.ndarray, labels: np.ndarray, *, batch_size: int,
                augment_settings: dict, normalization: str, seed: int = 0,
                batch_sharding: jax.sharding.NamedSharding | None = None):
-    check_device_augment(augment_settings)
     if not 1 <= batch_size <= len(labels):
       raise ValueError(f"batch_size={batch_size} must be in [1, {len(labels)}] (the split size)")
     replicated = None if batch_sharding is None else jax.sharding.NamedSharding(
@@ -89,7 +209,7 @@ class DeviceSplit:
     self.images = jax.device_put(images, replicated)
     self.labels = jax.device_put(labels, replicated)
     self.batch_size, self.normalization = batch_size, normalization
-    self.settings = {name: augment_settings.get(name, 0) for name in DEVICE_AUGMENTATIONS}
+    self.settings = {name: augment_settings.get(name, 0) for name in preprocessing.AUGMENT_FIELDS}
     self.num_examples = len(labels)
     self.steps_per_epoch = self.num_examples // batch_size
     self._order_key, self._augment_key = jax.random.split(jax.random.key(seed))
@@ -134,5 +254,5 @@ class DeviceSplit:
       flipped = jnp.asarray(self._flip_bits)[indices] != (parity == 1)
       images = jnp.where(flipped[:, None, None, None], jnp.flip(images, 2), images)
     images = augment(key, images, self.settings)
-    images = preprocessing.normalize_pixels(images, self.normalization)
+    images = preprocessing.normalize(images, self.normalization)
     return {"image": images, "label": labels[indices]}

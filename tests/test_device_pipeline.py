@@ -1,20 +1,36 @@
 """The on-device pipeline: jit-able batches whose augmentations match tf.data's."""
 
+import collections
+import colorsys
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import tensorflow as tf
 
-from resnet_jax import device_pipeline, preprocessing
+from resnet_jax import device_pipeline, input_pipeline, preprocessing
 from tests.test_input_pipeline import _augment as tf_augment
-from tests.test_input_pipeline import _centroids, _marker_images
+from tests.test_input_pipeline import (_blend_factors, _centroids, _colour_images, _gray,
+                                       _marker_images)
+
+
+def _uint8(images):
+  return np.round(images * 255).astype(np.uint8)
+
+
+def _levels(images):
+  """Float images on 8-bit levels as the device pipeline makes them (XLA's x / 255 can
+  differ from numpy's in the last bit): the inputs to compare its outputs with."""
+  return np.asarray(jnp.asarray(_uint8(images)).astype(jnp.float32) / np.float32(255))
 
 
 def _device_augment(images, **fields):
   settings = preprocessing.augment_settings("none", **fields)
-  uint8 = jnp.asarray(np.round(images * 255).astype(np.uint8))
-  out = jax.jit(lambda key, x: device_pipeline.augment(key, x, settings))(jax.random.key(0), uint8)
-  return np.asarray(out).astype(np.float32) / 255
+  out = jax.jit(lambda key, x: device_pipeline.augment(key, x, settings))(
+      jax.random.key(0), jnp.asarray(_uint8(images)))
+  return np.asarray(out)
 
 
 def _shift_frequencies(images, limit):
@@ -34,8 +50,7 @@ def test_shift_distributions_match_tfdata(fields, limit):
 
 
 def test_flips_match_tfdata_and_are_exact():
-  images = np.random.default_rng(0).random((3000, 32, 32, 3)).astype(np.float32)
-  images = np.round(images * 255) / 255
+  images = _levels(np.random.default_rng(0).random((3000, 32, 32, 3)))
   out = _device_augment(images, hflip=0.5, vflip=0.2)
   h, v = np.flip(images, 2), np.flip(images, 1)
   kinds = [np.all(out == x, axis=(1, 2, 3)) for x in (images, h, v, np.flip(h, 1))]
@@ -67,13 +82,6 @@ def test_device_split_batches_inside_jit_deterministically():
   np.testing.assert_allclose(pixels, np.clip(np.round(pixels), 0, 255), atol=1e-3)
 
 
-def test_unsupported_augmentation_is_named():
-  with pytest.raises(ValueError, match=r"config.data.augment.rotation=10.0 is not supported"):
-    device_pipeline.DeviceSplit(np.zeros((4, 32, 32, 3), np.uint8), np.zeros(4, np.int32),
-                                batch_size=2, augment_settings=preprocessing.augment_settings(
-                                    "deep"), normalization="seed")
-
-
 def test_input_benchmark_prints_its_json(tmp_path):
   import json, subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
   result = subprocess.run([sys.executable, "scripts/benchmark_input.py", "--steps", "3",
@@ -81,7 +89,7 @@ def test_input_benchmark_prints_its_json(tmp_path):
   report = json.loads(result.stdout)
   assert report["command"].startswith("scripts/benchmark_input.py")
   kinds = {(r["pipeline"], r["preset"]) for r in report["results"]}
-  assert kinds == {("tfdata", "shallow"), ("tfdata", "deep"), ("tfdata", "none"),
+  assert kinds == {("tfdata", "shallow"), ("tfdata", "deep"), ("numpy", "none"),
                    ("device", "shallow")}
   assert all(r["images_per_s"] > 0 for r in report["results"])
 
@@ -94,7 +102,7 @@ def _reflect_crops(image: np.ndarray, pad: int) -> list[np.ndarray]:
 
 def test_reflect_crop_is_an_exact_reflect_padded_crop_with_uniform_shifts_on_both_pipelines():
   rng = np.random.default_rng(0)
-  images = np.round(rng.random((400, 32, 32, 3)) * 255).astype(np.float32) / 255
+  images = _levels(rng.random((400, 32, 32, 3)))
   for out in (_device_augment(images, reflect_crop=2), tf_augment(images, reflect_crop=2)):
     which = []
     for image, augmented in zip(images, out):
@@ -127,11 +135,11 @@ def test_alternating_flip_shows_each_image_both_ways_in_two_epochs_on_both_pipel
   undo = lambda x: np.round((np.asarray(x) * 0.5 + 0.5) * 255).astype(np.uint8)
   device = device_pipeline.DeviceSplit(images, labels, batch_size=32, augment_settings=settings,
                                        normalization="seed", seed=3)
-  host = input_pipeline.InputSplit(images, labels, batch_size=32, train=True,
-                                   augment_settings=settings, normalization="seed", seed=3)
+  host = input_pipeline.InputSplit(images, labels, batch_size=32, augment_settings=settings,
+                                   normalization="seed", seed=3)
   results = []
   for split, order in ((device, lambda e: np.asarray(device.epoch_order(e))),
-                       (host, lambda e: host._plan(e)[0])):  # pylint: disable=protected-access
+                       (host, lambda e: host._plan(e))):  # pylint: disable=protected-access
     batches = [[undo(b["image"]) for b in split.epoch(e)] for e in (0, 1)]
     results.append(_alternation(batches, [order(0), order(1)], images))
   for flipped in results:
@@ -144,3 +152,191 @@ def test_alternating_flip_excludes_random_horizontal_flips():
   with pytest.raises(ValueError, match=r"alternating_flip=1 replaces random horizontal flips: "
                                        r"set config.data.augment.hflip=0, not 0.5"):
     preprocessing.augment_settings("shallow", alternating_flip=1)
+
+
+def test_no_augmentation_gives_exactly_the_normalised_pixels():
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
+  split = device_pipeline.DeviceSplit(images, np.zeros(64, np.int32), batch_size=32,
+                                      augment_settings=preprocessing.augment_settings("none"),
+                                      normalization="cifar")
+  order = split.epoch_order(0)
+  batch = jax.jit(split.get_batch)(split.arrays, order, 1, jax.random.key(0))
+  # As before on-device augmentation existed: normalize_pixels of the gathered uint8, in jit.
+  expected = jax.jit(lambda x, i: preprocessing.normalize_pixels(x[i], "cifar"))(images, order[1])
+  np.testing.assert_array_equal(batch["image"], expected)
+
+
+def test_ops_run_in_tfdata_order_and_cover_every_field():
+  assert [name for name, _ in device_pipeline.OPS] == [name for name, _ in input_pipeline.OPS]
+  covered = [name for name, _ in device_pipeline.OPS] + list(preprocessing.JITTER_OPS)
+  assert set(covered) | {"alternating_flip"} == set(preprocessing.AUGMENT_FIELDS)
+
+
+# --- rotation and zoom: for a given angle or scale, the pixels tf.data's transform picks ---
+
+
+def _tf_about_centre(images, a, b, c, d):
+  """input_pipeline's transform with fixed per-image coefficients (its ops draw them)."""
+  a, b, c, d = (tf.constant(x, tf.float32) for x in (a, b, c, d))
+  return input_pipeline._transform(  # pylint: disable=protected-access
+      tf.constant(images, tf.float32),
+      input_pipeline._about_centre(a, b, c, d, 32.0)).numpy()  # pylint: disable=protected-access
+
+
+def _tf_rotate_by(images, radians):
+  cos, sin = np.cos(radians).astype(np.float32), np.sin(radians).astype(np.float32)
+  return _tf_about_centre(images, cos, -sin, sin, cos)  # input_pipeline.rotate's matrix
+
+
+def _tf_zoom_by(images, scales):
+  inverse = (1 / scales).astype(np.float32)
+  return _tf_about_centre(images, inverse, 0 * inverse, 0 * inverse, inverse)
+
+
+@pytest.mark.parametrize("op,value", [("rotate", 10.0), ("rotate", -7.3), ("rotate", 33.0),
+                                      ("rotate", 45.0), ("zoom", 0.8), ("zoom", 1.13)])
+def test_rotation_and_zoom_pick_the_pixels_tfdata_picks(op, value):
+  images = np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
+  values = np.full(16, math.radians(value) if op == "rotate" else value, np.float32)
+  ours = getattr(device_pipeline, f"{op}_by")(jnp.asarray(images), jnp.asarray(values))
+  theirs = {"rotate": _tf_rotate_by, "zoom": _tf_zoom_by}[op](images, values)
+  assert ours.dtype == jnp.uint8
+  # Only sampling points on a rounding tie (45 degrees has some: 0.7% of pixels) may go
+  # either way, float32 arithmetic differing in the last bit.
+  assert np.any(np.asarray(ours) != theirs, -1).mean() < 0.01
+
+
+def test_rotation_by_90_degrees_is_rot90_on_both_pipelines():
+  images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+  for degrees, turns in ((90, 1), (-90, -1)):  # positive: counter-clockwise as displayed
+    angles = np.full(4, math.radians(degrees), np.float32)
+    expected = np.rot90(images, turns, axes=(1, 2))
+    np.testing.assert_array_equal(device_pipeline.rotate_by(jnp.asarray(images), angles),
+                                  expected)
+    np.testing.assert_array_equal(_tf_rotate_by(images, angles), expected)
+
+
+def test_resampling_points_are_computed_at_full_float32_precision():
+  """On GPUs a default-precision (TF32) matmul would move nearest-neighbour picks."""
+  images, values = jnp.zeros((2, 32, 32, 3), jnp.uint8), jnp.ones(2)
+  for op in (device_pipeline.rotate_by, device_pipeline.zoom_by):
+    dots = [e for e in jax.make_jaxpr(op)(images, values).jaxpr.eqns
+            if e.primitive.name == "dot_general"]
+    assert dots and all(e.params["precision"] == (jax.lax.Precision.HIGHEST,) * 2 for e in dots)
+
+
+def test_neutral_settings_leave_images_unchanged():
+  images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+  ones = jnp.ones(8)
+  np.testing.assert_array_equal(device_pipeline.rotate_by(jnp.asarray(images), 0 * ones), images)
+  np.testing.assert_array_equal(device_pipeline.zoom_by(jnp.asarray(images), ones), images)
+  floats = jnp.asarray(images / np.float32(255))
+  for name in ("brightness", "contrast", "saturation"):
+    np.testing.assert_array_equal(device_pipeline.jitter_op(name, floats, ones), floats)
+  # Hue goes through HSV and back in float32 (on tf.data too): exact up to rounding,
+  # and exactly the same 8-bit levels.
+  unchanged = device_pipeline.jitter_op("hue", floats, 0 * ones)
+  np.testing.assert_allclose(unchanged, floats, atol=1e-6)
+  np.testing.assert_array_equal(_uint8(np.asarray(unchanged)), images)
+
+
+def _place_frequencies(out):
+  """{centroid of the marker: fraction of the images with the marker there}."""
+  places = collections.Counter(tuple(p) for p in np.round(_centroids(out), 2))
+  return {place: count / len(out) for place, count in places.items()}
+
+
+def test_rotation_and_zoom_distributions_match_tfdata():
+  markers = _marker_images(3000, y=15, x=25, size=2)  # a blob centred at (25.5, 15.5)
+  for fields in (dict(rotation=10.0), dict(zoom=0.2)):
+    # Nearest neighbour puts the blob in one of a few places; for a given angle or
+    # scale both pipelines pick the same one, so the places' frequencies must match.
+    ours = _place_frequencies(_device_augment(markers, **fields))
+    theirs = _place_frequencies(tf_augment(markers, **fields))
+    places = sorted(set(ours) | set(theirs))
+    assert len(places) >= 5
+    np.testing.assert_allclose([ours.get(p, 0) for p in places],
+                               [theirs.get(p, 0) for p in places], atol=0.03)
+
+
+# --- colour jitter -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name,factor", [("brightness", 1.17), ("contrast", 0.84),
+                                         ("saturation", 1.15), ("hue", -0.07)])
+def test_jitter_ops_compute_what_tfdata_computes(name, factor):
+  images = _levels(_colour_images(16, low=0.0, high=1.0))
+  factors = np.linspace(1, factor, 16, dtype=np.float32)
+  ours = device_pipeline.jitter_op(name, jnp.asarray(images), jnp.asarray(factors))
+  theirs = input_pipeline._jitter_op(  # pylint: disable=protected-access
+      name, tf.constant(images), tf.constant(factors)).numpy()
+  np.testing.assert_allclose(ours, theirs, atol=2e-6)
+
+
+def _hue_turns(out, images):
+  before, after = (tf.image.rgb_to_hsv(x).numpy()[..., 0] for x in (images, out))
+  return np.median(((after - before + 0.5) % 1.0 - 0.5).reshape(len(images), -1), 1)
+
+
+# Each component's per-image factor, recovered from the images and the output.
+_FACTORS = {
+    "brightness": lambda out, x: np.median((out / x).reshape(len(x), -1), 1),
+    "contrast": lambda out, x: _blend_factors(out, x, _gray(x).mean((1, 2))[:, None, None, None]),
+    "saturation": lambda out, x: _blend_factors(out, x, _gray(x)[..., None]),
+    "hue": _hue_turns,
+}
+
+
+@pytest.mark.parametrize("name", preprocessing.JITTER_OPS)
+def test_jitter_factor_distributions_match_tfdata(name):
+  images = _levels(_colour_images(800, low=0.1 if name == "hue" else 0.3,
+                                  high=0.9 if name == "hue" else 0.7))
+  amount = 0.1 if name == "hue" else 0.2
+  low, high = (-amount, amount) if name == "hue" else (1 - amount, 1 + amount)
+  quantiles = np.linspace(0.05, 0.95, 10)
+  expected = low + quantiles * (high - low)  # uniform on [low, high]
+  for out in (_device_augment(images, **{name: amount}), tf_augment(images, **{name: amount})):
+    factors = _FACTORS[name](out, images)
+    assert low - 1e-3 <= factors.min() and factors.max() <= high + 1e-3
+    np.testing.assert_allclose(np.quantile(factors, quantiles), expected,
+                               atol=0.07 * (high - low))
+
+
+def _rotate_hue(colour, turns):
+  h, s, v = colorsys.rgb_to_hsv(*colour)
+  return np.array(colorsys.hsv_to_rgb((h + turns) % 1.0, s, v))
+
+
+def _jitter_orders(colours, out):
+  """Per constant-colour image: 0 saturation then hue, 1 hue then saturation, -1 too close.
+
+  Blending with gray keeps the HSV hue and scales max - min by the factor s; a hue
+  rotation keeps max and min. So either way s is the ratio of (max - min) and the
+  hue shift the difference of hues; the two orders then differ by (1 - s) times the
+  change of gray by the hue rotation.
+  """
+  orders = []
+  for x, y in zip(colours, out):
+    s = np.ptp(y) / np.ptp(x)
+    turns = colorsys.rgb_to_hsv(*y)[0] - colorsys.rgb_to_hsv(*x)[0]
+    blend = lambda c, s=s: s * c + (1 - s) * _gray(c)
+    errors = [np.abs(y - _rotate_hue(blend(x), turns)).max(),
+              np.abs(y - blend(_rotate_hue(x, turns))).max()]
+    assert min(errors) < 1e-4  # the output is one of the two orders
+    orders.append(int(np.argmin(errors)) if max(errors) > 0.01 else -1)
+  return np.array(orders)
+
+
+def test_jitter_order_is_drawn_per_image_on_both_pipelines():
+  n = 1500
+  rng = np.random.default_rng(0)
+  # Pale colours (channels in [0.4, 0.6]: no clipping), max - min = 0.2, every hue.
+  colours = np.stack([rng.permutation([0.4, 0.6, u]) for u in rng.uniform(0.4, 0.6, n)])
+  images = _levels(np.broadcast_to(colours[:, None, None], (n, 32, 32, 3)))
+  for out in (_device_augment(images, saturation=0.9, hue=0.5),
+              tf_augment(images, saturation=0.9, hue=0.5)):
+    orders = _jitter_orders(images[:, 0, 0].astype(np.float64), out[:, 0, 0])
+    told = orders[orders >= 0]
+    assert len(told) > n / 3
+    assert abs(told.mean() - 0.5) < 0.06  # each order for half the images

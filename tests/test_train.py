@@ -103,8 +103,6 @@ def test_four_cpu_devices_take_the_same_step_as_one():
      r"config.optimizer.bn_bias_lr_multiplier=0.0 must be positive"),
     ({"model.stage_widths": (64, 128, 1024)}, r"over its budget max_params=5,000,000"),
     ({"model.inner_activation": "tanh"}, r"config.model.inner_activation='tanh'"),
-    ({"data.pipeline": "device", "data.augment.rotation": 5.0},
-     r"config.data.augment.rotation=5.0 is not supported by config.data.pipeline='device'"),
     ({"cpu.xla_options": {"xla_cpu_no_such_option": "1"}},
      r"config.cpu.xla_options=\{'xla_cpu_no_such_option': '1'\}: .*xla_cpu_no_such_option"),
     ({"model.fusion_barriers": True},
@@ -161,6 +159,30 @@ def test_device_pipeline_trains_the_smoke_config(tmp_path):
   assert int(state.step) == 2 * 16
   assert history[-1]["train_loss"] < history[0]["train_loss"]
   assert history[-1]["eval_accuracy"] > 0.3
+
+
+def test_dtype_auto_is_bfloat16_on_accelerators_and_float32_on_cpu(monkeypatch):
+  assert _smoke().dtype == "auto" and train.compute_dtype(_smoke()) == "float32"
+  assert train.build_model(_smoke()).dtype == "float32"
+  monkeypatch.setattr(train, "on_cpu", lambda: False)  # as on a GPU or TPU
+  assert train.compute_dtype(_smoke()) == "bfloat16"
+  assert train.build_model(_smoke()).dtype == "bfloat16"
+  assert train.compute_dtype(_smoke(dtype="float32")) == "float32"  # an explicit value wins
+
+
+def test_deep_config_trains_with_its_augmentation_on_the_device_pipeline(tmp_path):
+  from configs import deep  # pylint: disable=g-import-not-at-top
+  config = deep.get_config()
+  assert config.data.pipeline == "device"
+  assert config.data.augment.rotation and config.data.augment.hue  # the deep preset's
+  # Smoke-sized: a tiny model of the deep layout, generated data, one epoch.
+  config.model.update(stem_width=4, stage_widths=(4, 4, 4, 4), stage_blocks=(1, 1, 1, 1))
+  config.data.update(source="synthetic", eval_split="test", synthetic_train_size=192,
+                     synthetic_test_size=64)
+  config.update(num_epochs=1, eval_batch_size=64)
+  state, history = train.train_and_evaluate(config, str(tmp_path))
+  assert int(state.step) == 3  # 192 / 64 batches: one update of 3 accumulated mini-batches
+  assert np.isfinite(history[-1]["train_loss"]) and np.isfinite(history[-1]["eval_loss"])
 
 
 @pytest.mark.parametrize("options,ynn", [({"xla_cpu_experimental_ynn_fusion_type": ""}, False),
