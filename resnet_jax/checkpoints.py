@@ -67,8 +67,8 @@ def reading_manager(workdir: str) -> ocp.CheckpointManager:
   directory = checkpoint_dir(workdir)
   if not os.path.isdir(directory):
     raise CheckpointError(f"no checkpoint in {directory} (the directory does not exist)")
-  options = ocp.CheckpointManagerOptions(read_only=True, create=False, best_fn=_eval_accuracy,
-                                         best_mode="max")
+  options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0,
+                                         best_fn=_eval_accuracy, best_mode="max")
   manager = ocp.CheckpointManager(directory, options=options, item_names=ITEMS)
   if not manager.all_steps():
     manager.close()
@@ -266,6 +266,10 @@ class TrainingCheckpoints:
           f"{self.manager.directory} holds {meta.get('source')!r} checkpoints, not a training "
           "run's, so there is nothing to resume; train in a new --workdir")
     diff = model_differences(meta["model"], model_name, model)
+    if diff == ["dtype"]:  # e.g. dtype "auto" on another backend: resume needs the same one
+      raise CheckpointError(
+          f"{self.manager.directory} was trained computing in {meta['model']['dtype']}, not "
+          f"{model.dtype}; resume with --config.dtype={meta['model']['dtype']}")
     if diff:
       raise CheckpointError(f"{self.manager.directory} holds checkpoints of another model "
                             f"(differs in {diff}); use a new --workdir")

@@ -26,6 +26,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from resnet_jax import optional_tf
+
 NUM_CLASSES = 10
 SPLIT_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 SPLIT_SIZES = {"train": 50_000, "test": 10_000}
@@ -160,7 +162,13 @@ def _reachable(host: str, timeout: float = 5.0) -> bool:
 def load_tfds(split: str, data_dir: str | None = None) -> tuple[np.ndarray, np.ndarray]:
   """The split from TFDS "cifar10", downloading and preparing it when needed."""
   check_split(split)  # the same validation and messages as the offline source
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  optional_tf.tensorflow("config.data.source='tfds'")  # imported quietly, or a clear error
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise optional_tf.MissingTensorFlow(
+        f"config.data.source='tfds' needs tensorflow-datasets ({e}); or use "
+        "config.data.source='cifar10_dir'. " + OFFLINE_HINT) from e
   data_dir = data_dir or os.environ.get("TFDS_DATA_DIR")
   builder = tfds.builder("cifar10", data_dir=data_dir)
   where = f"TFDS cifar10 is not prepared in {builder.data_dir}"

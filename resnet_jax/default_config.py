@@ -6,7 +6,9 @@ Keys (README "Training" has the configs and how to override them):
                        (models.ResNet or models.FastResNet), None for the preset's value,
                        set in a config file or on the command line
                        (--config.model.stage_widths='(32,64,128)')
-  dtype                compute dtype: "float32", "bfloat16" (parameters stay float32)
+  dtype                compute dtype: "auto" (bfloat16 on GPU and TPU, float32 on CPU),
+                       "float32", "bfloat16" (parameters, BatchNorm statistics and the
+                       loss stay float32 whatever it is)
   seed                 initialisation, dropout, data order and augmentation
   num_epochs, batch_size (global), eval_batch_size, label_smoothing
   checkpoint_every_epochs, keep_checkpoints, eval.tta, skip_nonfinite_steps
@@ -50,7 +52,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict(
       {"name": "shallow", **{name: ml_collections.config_dict.placeholder(kind)
                              for name, kind in MODEL_FIELDS.items()}})
-  config.dtype = "float32"
+  config.dtype = "auto"
   config.seed = 0
   config.num_epochs = 30
   config.batch_size = 128

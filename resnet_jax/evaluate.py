@@ -25,7 +25,8 @@ import jax.numpy as jnp
 import matplotlib
 import numpy as np
 
-from resnet_jax import checkpoints, config_validation, models, preprocessing, train, tta
+from resnet_jax import (checkpoints, config_validation, models, pipelines, preprocessing, train,
+                        tta)
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -92,10 +93,8 @@ def _plot_confusion(matrix: np.ndarray, path: str, title: str) -> None:
 
 def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
   """Evaluates a checkpoint and writes DIR/eval/; returns the metrics dict."""
-  from resnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   model, variables, step, why, meta = restore_for_config(config, workdir, step)
-  split = input_pipeline.create_split(config.data, config.data.eval_split,
-                                      batch_size=config.eval_batch_size, train=False)
+  split = pipelines.eval_split(config)
   probabilities = _predict_fn(model, config.eval.tta, train.compiler_options(config))
   labels, predictions = [], []
   for batch in split:

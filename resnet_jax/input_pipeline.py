@@ -1,17 +1,17 @@
-"""tf.data input: seeded shuffle, vectorised augmentation, batching, prefetch.
+"""tf.data training input: seeded shuffle, vectorised augmentation, batching, prefetch.
 
-`create_split(data_config, split, batch_size=..., train=...)` loads the split into
-memory (resnet_jax.data_sources) and returns an `InputSplit`; iterating it gives
-one epoch of dicts of numpy arrays: "image" float32 [b, 32, 32, 3] normalised,
-"label" int32 [b], and for eval "mask" bool [b]. `split.epoch(e)` gives epoch e.
+`create_split(data_config, split, batch_size=...)` loads the split into memory
+(resnet_jax.data_sources) and returns an `InputSplit`; iterating it gives one
+epoch of dicts of numpy arrays: "image" float32 [b, 32, 32, 3] normalised and
+augmented, "label" int32 [b]. `split.epoch(e)` gives epoch e. (Evaluation
+batches need no augmentation: pipelines.EvalSplit makes them in numpy.)
 
 Order and randomness are planned on the host in numpy from (seed, epoch) and
 drawn for the *global* batch, of which each process keeps its own rows. So a
 seed and epoch give the same batches on every run and for any process count:
 processes read disjoint shards that together make the single-process batch.
 
-Train batches drop the remainder; eval batches cover every example exactly once,
-padding the last batch with masked-out copies of example 0.
+Batches drop the remainder of the split.
 
 Augmentations run after batching, on whole batches (one op call per batch, not
 per image): this is what makes the tf.data path fast on a 2-core host. Each is a
@@ -25,15 +25,10 @@ from typing import Iterator
 
 import jax
 import numpy as np
-import tensorflow as tf
 
-from resnet_jax import data_sources, preprocessing
+from resnet_jax import data_sources, optional_tf, preprocessing
 
-# JAX owns the accelerators; TensorFlow only feeds it from the host.
-try:
-  tf.config.set_visible_devices([], "GPU")
-except RuntimeError:  # TensorFlow already initialised its devices elsewhere
-  pass
+tf = optional_tf.tensorflow("config.data.pipeline='tfdata'")
 
 
 def _uniform(seed, rows, shape, low, high, dtype=tf.float32):
@@ -189,18 +184,18 @@ def augment(images, seed, settings, rows):
 
 
 class InputSplit:
-  """A split held in memory; iterating gives one epoch of batches."""
+  """A training split held in memory; iterating gives one epoch of augmented batches."""
 
-  def __init__(self, images: np.ndarray, labels: np.ndarray, *, batch_size: int, train: bool,
+  def __init__(self, images: np.ndarray, labels: np.ndarray, *, batch_size: int,
                augment_settings: dict | None, normalization: str, seed: int = 0,
                process_index: int = 0, process_count: int = 1):
     if batch_size < 1 or batch_size % process_count:
       raise ValueError(f"batch_size={batch_size} must be a positive multiple of the process "
                        f"count {process_count}")
-    if train and len(labels) < batch_size:
+    if len(labels) < batch_size:
       raise ValueError(f"batch_size={batch_size} exceeds the {len(labels)} training examples")
     self.images, self.labels = images, labels
-    self.batch_size, self.train, self.seed = batch_size, train, seed
+    self.batch_size, self.seed = batch_size, seed
     self.augment_settings = augment_settings
     self.normalization = normalization
     self.process_index, self.process_count = process_index, process_count
@@ -208,49 +203,39 @@ class InputSplit:
 
   @property
   def steps_per_epoch(self) -> int:
-    if self.train:
-      return self.num_examples // self.batch_size
-    return -(-self.num_examples // self.batch_size)
+    return self.num_examples // self.batch_size
 
-  def _plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-    """This process's example indices and validity mask, [steps, local batch]."""
-    steps, n = self.steps_per_epoch, self.num_examples
-    if self.train:
-      order = np.random.default_rng([self.seed, epoch]).permutation(n)[:steps * self.batch_size]
-    else:
-      order = np.arange(steps * self.batch_size)
-    mask = order < n
-    order = np.where(mask, order, 0).reshape(steps, self.batch_size)
+  def _plan(self, epoch: int) -> np.ndarray:
+    """This process's example indices, [steps, local batch]."""
+    steps = self.steps_per_epoch
+    order = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
+    order = order[:steps * self.batch_size].reshape(steps, self.batch_size)
     local = self.batch_size // self.process_count
-    rows = slice(self.process_index * local, (self.process_index + 1) * local)
-    return order[:, rows], mask.reshape(steps, self.batch_size)[:, rows]
+    return order[:, self.process_index * local:(self.process_index + 1) * local]
 
   def dataset(self, epoch: int = 0, start: int = 0) -> tf.data.Dataset:
     """Epoch `epoch` from its batch `start` on (a resumed run skips what it has seen)."""
-    order, mask = self._plan(epoch)
+    order = self._plan(epoch)
     local = self.batch_size // self.process_count
     rows = (self.process_index * local, (self.process_index + 1) * local, self.batch_size)
     batch_seeds = np.random.default_rng([self.seed, epoch, 1]).integers(
         0, 2**31 - 1, size=(len(order), 2), dtype=np.int32)
     images, labels = tf.constant(self.images), tf.constant(self.labels)
-    settings = self.augment_settings if self.train else None
+    settings = self.augment_settings
     if settings and settings["alternating_flip"]:
       flipped = tf.constant(preprocessing.alternating_flip_bits(self.seed, self.num_examples)
                             != bool(epoch % 2))
 
-    def load(indices, valid, seed):
+    def load(indices, seed):
       x = tf.cast(tf.gather(images, indices), tf.float32) / 255.0
       if settings and settings["alternating_flip"]:  # before the other ops, as hflip
         x = flip_where(x, tf.gather(flipped, indices))
       if settings:
         x = augment(x, seed, settings, rows)
-      batch = {"image": preprocessing.normalize(x, self.normalization),
-               "label": tf.gather(labels, indices)}
-      if not self.train:
-        batch["mask"] = valid
-      return batch
+      return {"image": preprocessing.normalize(x, self.normalization),
+              "label": tf.gather(labels, indices)}
 
-    ds = tf.data.Dataset.from_tensor_slices((order[start:], mask[start:], batch_seeds[start:]))
+    ds = tf.data.Dataset.from_tensor_slices((order[start:], batch_seeds[start:]))
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)
 
@@ -264,18 +249,14 @@ class InputSplit:
     return self.steps_per_epoch
 
 
-def create_split(data_config, split: str, *, batch_size: int, train: bool,
-                 seed: int = 0) -> InputSplit:
-  """The tf.data pipeline for `split` under `data_config` (see module docstring).
+def create_split(data_config, split: str, *, batch_size: int, seed: int = 0) -> InputSplit:
+  """The tf.data pipeline for training on `split` under `data_config` (module docstring).
 
   `batch_size` is global: each of jax.process_count() processes yields its
   batch_size / process_count rows of every batch.
   """
-  settings = None
-  if train:
-    settings = preprocessing.augment_settings(**dict(data_config.augment))
+  settings = preprocessing.augment_settings(**dict(data_config.augment))
   images, labels = data_sources.load_split(data_config, split)
-  return InputSplit(images, labels, batch_size=batch_size, train=train,
-                    augment_settings=settings, normalization=data_config.normalization,
+  return InputSplit(images, labels, batch_size=batch_size, augment_settings=settings, normalization=data_config.normalization,
                     seed=seed, process_index=jax.process_index(),
                     process_count=jax.process_count())

@@ -7,6 +7,8 @@ Modes:
   predict  --input FILE --output CSV: labels for an unlabeled pickled array file
 
 Config values are overridden as --config.a.b=value (ml_collections config_flags).
+The console shows the run's own lines, warnings and errors; DIR/log.txt has
+every library's too (--log_libraries shows them on the console as well).
 """
 
 import re
@@ -17,7 +19,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from resnet_jax import (checkpoints, config_validation, data_sources, default_config, evaluate,
-                        train)
+                        logs, optional_tf, train)
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training configuration file.",
@@ -37,6 +39,9 @@ flags.DEFINE_integer("heartbeat_timeout", 100,
 flags.DEFINE_bool("distributed", False,
                   "Call jax.distributed.initialize() with no arguments (TPU pod slices and "
                   "clusters it detects by itself).")
+flags.DEFINE_bool("log_libraries", False,
+                  "Also show libraries' INFO lines (Orbax, JAX, TensorFlow start-up) on the "
+                  "console; they are always in DIR/log.txt.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -82,6 +87,7 @@ def _initialize_distributed() -> None:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logs.configure(libraries_to_console=FLAGS.log_libraries)
   _initialize_distributed()
   train.enable_compilation_cache(FLAGS.config.compilation_cache_dir)
   logging.info("JAX process %d of %d, devices: %s", jax.process_index(), jax.process_count(),
@@ -91,6 +97,7 @@ def main(argv: Sequence[str]) -> None:
       train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     elif FLAGS.mode == "eval":
       metrics = evaluate.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint_step)
+      logs.write_log_file(FLAGS.workdir)
       print(f"checkpoint {metrics['checkpoint']} ({metrics['chosen']})")
       print(f"{metrics['split']}: accuracy {metrics['accuracy']:.4f} on "
             f"{metrics['num_examples']} examples; wrote {FLAGS.workdir}/eval/metrics.json")
@@ -99,10 +106,11 @@ def main(argv: Sequence[str]) -> None:
         raise app.UsageError("--mode predict needs --input FILE and --output CSV")
       result = evaluate.predict(FLAGS.config, FLAGS.workdir, FLAGS.input, FLAGS.output,
                                 FLAGS.checkpoint_step)
+      logs.write_log_file(FLAGS.workdir)
       print(f"checkpoint {result['checkpoint']} ({result['chosen']})")
       print(f"wrote {result['count']} predictions to {FLAGS.output}")
   except (config_validation.ConfigError, data_sources.DataError, checkpoints.CheckpointError,
-          evaluate.InputFileError, train.NonFiniteError) as e:
+          evaluate.InputFileError, train.NonFiniteError, optional_tf.MissingTensorFlow) as e:
     raise SystemExit(f"error: {e}") from e
 
 

@@ -6,8 +6,9 @@ gradient all-reduce. The same code runs on one CPU, N GPUs or a multi-host TPU
 slice (after jax.distributed.initialize()); BatchNorm statistics are over the
 global batch because the model's means are plain jnp reductions under GSPMD.
 
-The model, optimizer and steps import no TensorFlow; only `train_and_evaluate`
-(through input_pipeline) does, so GPU machines can drive the steps from numpy.
+Nothing here needs TensorFlow: the tf.data pipeline and clu's TensorBoard
+writer import it when it is installed (resnet_jax.optional_tf); without it, the
+device pipeline, numpy evaluation batches and tensorboard's own event writer serve.
 
 `train_and_evaluate` is the one loop: build, restore, then for each epoch its
 steps, evaluation, logging and checkpoint, reading top to bottom.
@@ -33,8 +34,8 @@ from clu import metrics
 from flax.training import train_state
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from resnet_jax import (checkpoints, config_validation, data_sources, default_config, models,
-                        optim, pipelines, plots, preprocessing, tta)
+from resnet_jax import (checkpoints, config_validation, data_sources, default_config, logs,
+                        models, optim, optional_tf, pipelines, plots, preprocessing, tta)
 
 
 class TrainState(train_state.TrainState):
@@ -68,9 +69,18 @@ def on_cpu() -> bool:
   return jax.default_backend() == "cpu"
 
 
+def compute_dtype(config: ml_collections.ConfigDict) -> str:
+  """config.dtype, "auto" resolved for this backend: bfloat16 on GPU and TPU, whose matrix
+  units run it at several times float32's rate (parameters, BatchNorm statistics and the
+  loss stay float32), float32 on CPU, where bfloat16 is no faster (docs/performance.md)."""
+  if config.dtype != "auto":
+    return config.dtype
+  return "float32" if on_cpu() else "bfloat16"
+
+
 def build_model(config: ml_collections.ConfigDict) -> models.ResNet:
   name, fields = default_config.model_fields(config)
-  return models.get_model(name, dtype=config.dtype, **fields,
+  return models.get_model(name, dtype=compute_dtype(config), **fields,
                           fusion_barriers=config.cpu.fusion_barriers and on_cpu())
 
 
@@ -263,8 +273,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   whose message says how to resume). Returns the final state and the history:
   one dict of scalars per epoch, as written to TensorBoard.
   """
-  from clu import periodic_actions  # pylint: disable=g-import-not-at-top
-
   config_validation.validate(config)
   checkpoints.check_writable(workdir)
   model, mesh = build_model(config), data_mesh()
@@ -279,11 +287,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       batch_size=config.batch_size * config.optimizer.accumulation_steps)
   plateau = optim.plateau_from_config(config.optimizer)
   state = steps.place_state(create_train_state(config, model, tx, plateau))
-  logging.info("model %s: %s parameters; %d train / %d eval examples; %d steps per epoch",
-               config.model.name, f"{models.count_params(model):,}", train_data.num_examples,
-               eval_data.num_examples, steps_per_epoch)
+  logging.info("model %s: %s parameters, computing in %s%s; %d train / %d eval examples; "
+               "%d steps per epoch", config.model.name, f"{models.count_params(model):,}",
+               model.dtype, " (dtype auto)" if config.dtype == "auto" else "",
+               train_data.num_examples, eval_data.num_examples, steps_per_epoch)
 
   with checkpoints.TrainingCheckpoints(workdir, config.keep_checkpoints) as saved:
+    logs.write_log_file(workdir)  # now that the workdir exists
     state, history, epoch_step, train_metrics = saved.restore(
         state, Metrics.empty(), steps.replicated, config.model.name, model)
     if not history and not epoch_step:  # a fresh run; a resumed one has it in its checkpoint
@@ -291,8 +301,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     meta = functools.partial(_checkpoint_meta, config, model)
     with contextlib.closing(_metric_writer(workdir, config, fresh=not history and not epoch_step)
                            ) as writer, _StopSignals() as stop:
-      progress = periodic_actions.ReportProgress(
-          num_train_steps=steps_per_epoch * config.num_epochs, writer=writer, every_secs=60)
+      progress = logs.Progress(steps_per_epoch * config.num_epochs)
       for epoch in range(len(history), config.num_epochs):
         start_time, first_step = time.perf_counter(), epoch_step  # first_step > 0 when resumed
         for batch in itertools.islice(train_data.epoch(epoch, epoch_step),
@@ -316,10 +325,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         if plateau:  # once per epoch, on the configured metric
           state = state.replace(plateau=plateau.update(state.plateau, _plateau_value(
               config, train_summary, eval_summary)))
-        images_per_s = ((steps_per_epoch - first_step) * config.batch_size
-                        / (time.perf_counter() - start_time))
-        history.append(_epoch_scalars(epoch, lr, state, train_summary, eval_summary,
-                                      images_per_s))
+        seconds = time.perf_counter() - start_time
+        history.append(_epoch_scalars(epoch, lr, state, train_summary, eval_summary, {
+            "images_per_s": (steps_per_epoch - first_step) * config.batch_size / seconds,
+            "elapsed_s": (history[-1].get("elapsed_s", 0.0) if history else 0.0) + seconds}))
         _record_epoch(config, workdir, int(state.step), history, writer, saved)
         if (epoch + 1) % config.checkpoint_every_epochs == 0 or epoch + 1 == config.num_epochs:
           saved.save(state, Metrics.empty(), meta(history, 0, eval_summary["accuracy"]))
@@ -345,9 +354,16 @@ def _whole_updates(config, train_data: pipelines.Batches) -> int:
 
 
 def _metric_writer(workdir: str, config, fresh: bool):
-  """TensorBoard (and log) writer; the hyper-parameters once, at a run's very start."""
-  from clu import metric_writers  # pylint: disable=g-import-not-at-top
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  """TensorBoard (and log) writer; the hyper-parameters once, at a run's very start.
+
+  clu's default writer where TensorFlow is installed (clu.metric_writers imports
+  it); tensorboard's own event writer, scalars only, where it is not.
+  """
+  if optional_tf.available():
+    from clu import metric_writers  # pylint: disable=g-import-not-at-top
+    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  else:
+    writer = logs.ScalarWriter(workdir if jax.process_index() == 0 else None)
   if fresh:
     writer.write_hparams(_flatten(config.to_dict()))
   return writer
@@ -391,10 +407,16 @@ def _plateau_value(config, train_summary: dict, eval_summary: dict) -> float:
   return eval_summary["loss"]
 
 
+# Scalars that time the run: `elapsed_s` sums the epochs' seconds (training and
+# evaluation, in this process and the ones it resumed from). A resumed run's
+# other scalars equal an uninterrupted run's; these do not.
+TIMED_SCALARS = ("images_per_s", "elapsed_s")
+
+
 def _epoch_scalars(epoch: int, lr: float, state: TrainState, train_summary: dict,
-                   eval_summary: dict, images_per_s: float) -> dict:
+                   eval_summary: dict, timed: dict) -> dict:
   return {"epoch": epoch + 1, "learning_rate": lr, "skipped_steps": int(state.skipped_steps),
-          "images_per_s": images_per_s,
+          **timed,
           **{f"train_{k}": v for k, v in train_summary.items()},
           **{f"eval_{k}": v for k, v in eval_summary.items()}}
 

@@ -9,7 +9,8 @@ first-step compile seconds, model FLOPs per image from XLA's cost analysis,
 achieved FLOP/s, peak host RSS and, where the backend reports it, device memory.
 With --compare_torch it times the same seed model in PyTorch (the test-only
 reference in tests/torch_reference.py; channels_last; autocast for bfloat16) in
-the same run, alternating JAX and PyTorch rounds, and reports the ratio.
+the same run and on the same device (the GPU when JAX has one: AMP), alternating
+JAX and PyTorch rounds, and reports the ratio.
 
 The JAX steps use the project's defaults, XLA:CPU speed settings included
 (config.cpu, docs/performance.md); --no_cpu_tuning measures without them. With
@@ -62,15 +63,18 @@ def _time(fn, steps: int) -> float:
 
 
 def _torch_round(model_name: str, batch_size: int, dtype: str):
+  """PyTorch's train and eval steps on the device JAX uses (a GPU's, else the CPU)."""
   import torch  # pylint: disable=g-import-not-at-top
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   from tests import torch_reference  # pylint: disable=g-import-not-at-top
+  device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
   model = (torch_reference.ShallowResNet() if model_name == "shallow"
-           else torch_reference.DeepResNet()).to(memory_format=torch.channels_last)
+           else torch_reference.DeepResNet()).to(device, memory_format=torch.channels_last)
   opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-  x = torch.randn(batch_size, 3, 32, 32).to(memory_format=torch.channels_last)
-  y = torch.randint(0, 10, (batch_size,))
-  autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+  x = torch.randn(batch_size, 3, 32, 32, device=device).to(memory_format=torch.channels_last)
+  y = torch.randint(0, 10, (batch_size,), device=device)
+  autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+  done = torch.cuda.synchronize if device == "cuda" else lambda: None  # GPU work is async
 
   def train_step():
     model.train()
@@ -79,11 +83,13 @@ def _torch_round(model_name: str, batch_size: int, dtype: str):
       loss = torch.nn.functional.cross_entropy(model(x), y)
     loss.backward()
     opt.step()
+    done()
 
   def eval_step():
     model.eval()
     with torch.no_grad(), autocast:
       model(x)
+    done()
 
   return train_step, eval_step
 

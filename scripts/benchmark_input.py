@@ -3,7 +3,7 @@
     python scripts/benchmark_input.py [--data_dir DIR] [--batch_size 128] [--pipelines tfdata,device]
 
 Measures images/s of the tf.data train pipeline for each augmentation preset, of
-the eval pipeline, and of the on-device pipeline (get_batch under jit, on JAX's
+the numpy eval batches (pipelines.EvalSplit), and of the on-device pipeline (get_batch under jit, on JAX's
 default backend). Without --data_dir it uses 50,000 random images (the ops cost
 the same whatever the pixels). Targets (issue 3): tf.data shallow >= 10,000/s and
 deep >= 3,000/s on the 2-core CPU machine; device path >= 100,000/s on a GPU.
@@ -20,7 +20,7 @@ import time
 import jax
 import numpy as np
 
-from resnet_jax import data_sources, device_pipeline, preprocessing
+from resnet_jax import data_sources, device_pipeline, pipelines, preprocessing
 
 
 def _rate(batches, batch_size: int, warmup: int, steps: int) -> float:
@@ -36,14 +36,21 @@ def _rate(batches, batch_size: int, warmup: int, steps: int) -> float:
 def tfdata_results(images, labels, batch_size, steps):
   from resnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   results = []
-  for preset, train in (("shallow", True), ("deep", True), ("none", False)):
+  for preset in ("shallow", "deep"):
     split = input_pipeline.InputSplit(
-        images, labels, batch_size=batch_size, train=train,
+        images, labels, batch_size=batch_size,
         augment_settings=preprocessing.augment_settings(preset), normalization="seed")
     rate = _rate(split.epoch(0), batch_size, warmup=10, steps=min(steps, len(split) - 10))
-    results.append({"pipeline": "tfdata", "mode": "train" if train else "eval",
-                    "preset": preset, "batch_size": batch_size, "images_per_s": round(rate)})
+    results.append({"pipeline": "tfdata", "mode": "train", "preset": preset,
+                    "batch_size": batch_size, "images_per_s": round(rate)})
   return results
+
+
+def eval_results(images, labels, batch_size, steps):
+  split = pipelines.EvalSplit(images, labels, batch_size=batch_size, normalization="seed")
+  rate = _rate(split, batch_size, warmup=10, steps=min(steps, split.steps_per_epoch - 10))
+  return [{"pipeline": "numpy", "mode": "eval", "preset": "none", "batch_size": batch_size,
+           "images_per_s": round(rate)}]
 
 
 def device_results(images, labels, batch_size, steps):
@@ -83,6 +90,7 @@ def main() -> None:
   pipelines = args.pipelines.split(",")
   if "tfdata" in pipelines:
     results += tfdata_results(images, labels, args.batch_size, args.steps)
+  results += eval_results(images, labels, args.batch_size, args.steps)
   if "device" in pipelines:
     results += device_results(images, labels, args.batch_size, args.steps)
   print(json.dumps({

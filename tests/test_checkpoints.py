@@ -38,7 +38,7 @@ def test_resume_continues_exactly_as_if_never_interrupted(tmp_path, trained):
                           jax.tree.leaves((uninterrupted.params, uninterrupted.batch_stats,
                                            uninterrupted.opt_state))):
     np.testing.assert_array_equal(ours, theirs)  # bitwise on CPU
-  untimed = lambda hs: [{k: v for k, v in h.items() if k != "images_per_s"} for h in hs]
+  untimed = lambda hs: [{k: v for k, v in h.items() if k not in train.TIMED_SCALARS} for h in hs]
   assert untimed(history) == untimed(full_history)
 
 
@@ -130,6 +130,11 @@ def test_errors_are_clear_and_leave_the_workdir_untouched(tmp_path, trained):
   # Training another model into the same workdir refuses instead of overwriting.
   with pytest.raises(checkpoints.CheckpointError, match=r"checkpoints of another model"):
     train.train_and_evaluate(_smoke(**{"model.stem_width": 16}), workdir)
+  # dtype "auto" was stored resolved; resuming in another dtype says how to go on.
+  with pytest.raises(checkpoints.CheckpointError, match=r"trained computing in float32, not "
+                                                        r"bfloat16; resume with --config.dtype="
+                                                        r"float32"):
+    train.train_and_evaluate(_smoke(dtype="bfloat16"), workdir)
   assert _snapshot(workdir) == before
 
 

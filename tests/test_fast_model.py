@@ -113,5 +113,5 @@ def test_lookahead_training_ends_on_the_average_and_resumes_exactly(tmp_path):
   for a, b in zip(jax.tree.leaves(jax.device_get(resumed.lookahead)),
                   jax.tree.leaves(jax.device_get(state.lookahead))):
     np.testing.assert_array_equal(a, b)
-  untimed = lambda hs: [{k: v for k, v in h.items() if k != "images_per_s"} for h in hs]
+  untimed = lambda hs: [{k: v for k, v in h.items() if k not in train.TIMED_SCALARS} for h in hs]
   assert untimed(resumed_history) == untimed(history)

@@ -1,4 +1,4 @@
-"""The tf.data pipeline: exact contents, eval coverage, determinism, shards, augmentations."""
+"""The tf.data pipeline: exact contents, determinism, shards, augmentations."""
 
 import numpy as np
 import pytest
@@ -14,27 +14,10 @@ def _undo(images, normalization="seed"):
   return np.round((images * np.asarray(std) + np.asarray(mean)) * 255).astype(np.int64)
 
 
-@pytest.mark.parametrize("normalization", ["seed", "cifar"])
-def test_eval_batches_are_the_files_pixels_once_each(cifar_dir, normalization):
-  directory, arrays = cifar_dir  # 100 train examples
-  split = input_pipeline.create_split(data_config(directory, normalization=normalization),
-                                      "train", batch_size=32, train=False)
-  batches = list(split)
-  assert len(batches) == len(split) == 4
-  assert [int(b["mask"].sum()) for b in batches] == [32, 32, 32, 4]
-  for b in batches:
-    assert b["image"].dtype == np.float32 and b["label"].dtype == np.int32
-    assert b["mask"].dtype == bool and b["image"].shape == (32, 32, 32, 3)
-  images = np.concatenate([b["image"][b["mask"]] for b in batches])
-  labels = np.concatenate([b["label"][b["mask"]] for b in batches])
-  np.testing.assert_array_equal(_undo(images, normalization), arrays["train"][0])
-  np.testing.assert_array_equal(labels, arrays["train"][1])
-
-
 def test_train_order_is_seeded_per_epoch_and_drops_the_remainder(cifar_dir):
   config = data_config(cifar_dir[0])
-  split = input_pipeline.create_split(config, "train", batch_size=32, train=True, seed=3)
-  again = input_pipeline.create_split(config, "train", batch_size=32, train=True, seed=3)
+  split = input_pipeline.create_split(config, "train", batch_size=32, seed=3)
+  again = input_pipeline.create_split(config, "train", batch_size=32, seed=3)
   epoch0 = [b["label"] for b in split.epoch(0)]
   assert len(epoch0) == 3 and all("mask" not in b for b in split.epoch(0))
   np.testing.assert_array_equal(epoch0, [b["label"] for b in again.epoch(0)])
@@ -50,27 +33,25 @@ def test_process_shards_are_disjoint_and_make_the_single_process_batch(cifar_dir
   images, labels = data_sources.load_split(data_config(cifar_dir[0]), "train")
   settings = preprocessing.augment_settings("deep")
 
-  def split(index, count, train):
-    return input_pipeline.InputSplit(images, labels, batch_size=32, train=train,
-                                     augment_settings=settings, normalization="seed", seed=5,
-                                     process_index=index, process_count=count)
+  def split(index, count):
+    return input_pipeline.InputSplit(images, labels, batch_size=32, augment_settings=settings,
+                                     normalization="seed", seed=5, process_index=index,
+                                     process_count=count)
 
-  for train in (True, False):
-    whole = list(split(0, 1, train).epoch(2))
-    parts = [list(split(i, 2, train).epoch(2)) for i in range(2)]
-    for step, batch in enumerate(whole):
-      for key in batch:
-        np.testing.assert_array_equal(
-            batch[key], np.concatenate([parts[0][step][key], parts[1][step][key]]))
+  whole = list(split(0, 1).epoch(2))
+  parts = [list(split(i, 2).epoch(2)) for i in range(2)]
+  for step, batch in enumerate(whole):
+    for key in batch:
+      np.testing.assert_array_equal(
+          batch[key], np.concatenate([parts[0][step][key], parts[1][step][key]]))
 
 
 def test_mock_tfds_flows_through_the_same_pipeline(cifar_dir, monkeypatch):
   monkeypatch.setattr(data_sources, "_reachable", lambda host: True)
   expected = next(iter(input_pipeline.create_split(data_config(cifar_dir[0]), "train",
-                                                   batch_size=16, train=True)))
+                                                   batch_size=16)))
   with tfds.testing.mock_data(num_examples=64):
-    split = input_pipeline.create_split(data_config("", source="tfds"), "train", batch_size=16,
-                                        train=True)
+    split = input_pipeline.create_split(data_config("", source="tfds"), "train", batch_size=16)
     batches = list(split)
   assert len(batches) == 4
   for batch in batches:

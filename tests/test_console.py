@@ -1,0 +1,74 @@
+"""What a person sees: the run's own lines on the console, the rest in DIR/log.txt; and a
+whole train / eval / predict cycle where TensorFlow cannot be imported."""
+
+import glob
+import os
+import pickle
+import re
+import subprocess
+import sys
+
+from tests.conftest import REPO, write_cifar_dir
+
+# `python -c` with tensorflow and tensorflow_datasets made unimportable, then main as -m would.
+_WITHOUT_TENSORFLOW = ("import runpy, sys; sys.modules.update(tensorflow=None, "
+                       "tensorflow_datasets=None); sys.argv[0] = 'resnet_jax.main'; "
+                       "runpy.run_module('resnet_jax.main', run_name='__main__')")
+
+
+def _main(*args: str, tensorflow: bool = True) -> subprocess.CompletedProcess:
+  command = ["-m", "resnet_jax.main"] if tensorflow else ["-c", _WITHOUT_TENSORFLOW]
+  return subprocess.run([sys.executable, *command, *args], capture_output=True, text=True,
+                        cwd=REPO)
+
+
+def _console_lines(result: subprocess.CompletedProcess) -> list[str]:
+  return [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+
+
+def test_a_smoke_run_shows_its_own_lines_and_logs_the_libraries(tmp_path):
+  workdir = str(tmp_path / "run")
+  result = _main("--config", "configs/smoke.py", "--workdir", workdir,
+                 "--config.num_epochs=2")
+  assert result.returncode == 0, result.stderr[-2000:]
+  lines = _console_lines(result)
+  # The devices, the model summary, one line per epoch; no Orbax, JAX or TensorFlow chatter.
+  assert len(lines) == 4, "\n".join(lines)
+  assert all(re.match(r"\d\d:\d\d:\d\d ", line) for line in lines), "\n".join(lines)
+  assert "model shallow: 19,954 parameters" in lines[1]
+  assert [line.split()[1:3] for line in lines[2:]] == [["epoch", "1/2:"], ["epoch", "2/2:"]]
+  with open(os.path.join(workdir, "log.txt")) as f:
+    log = f.read()
+  assert "epoch 2/2" in log and "orbax" in log.lower()  # the full log keeps everything
+  assert "Unable to initialize backend" not in result.stderr and "cuInit" not in result.stderr
+
+
+def test_train_eval_and_predict_run_where_tensorflow_cannot_be_imported(tmp_path):
+  directory, arrays = write_cifar_dir(str(tmp_path))
+  workdir = str(tmp_path / "run")
+  config = ["--config", "configs/smoke.py", "--workdir", workdir,
+            "--config.data.source=cifar10_dir", f"--config.data.dir={directory}",
+            "--config.data.pipeline=device", "--config.data.eval_split=test",
+            "--config.num_epochs=1"]
+  trained = _main(*config, tensorflow=False)
+  assert trained.returncode == 0, trained.stderr[-3000:]
+  assert len(_console_lines(trained)) == 3, trained.stderr  # devices, model, one epoch
+  assert glob.glob(os.path.join(workdir, "events.out.tfevents.*"))  # tensorboard's writer
+  evaluated = _main(*config, "--mode", "eval", tensorflow=False)
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  assert "test: accuracy" in evaluated.stdout and "on 20 examples" in evaluated.stdout
+  unlabeled = str(tmp_path / "unlabeled.pkl")
+  with open(unlabeled, "wb") as f:
+    pickle.dump({b"data": arrays["test"][0]}, f)
+  predicted = _main(*config, "--mode", "predict", "--input", unlabeled, "--output",
+                    str(tmp_path / "p.csv"), tensorflow=False)
+  assert predicted.returncode == 0, predicted.stderr[-3000:]
+  assert "wrote 20 predictions" in predicted.stdout
+  assert len((tmp_path / "p.csv").read_text().splitlines()) == 21  # ID,Labels and 20 rows
+  # What does need TensorFlow says so in one line, before any compute.
+  tfdata = _main(*config, "--config.data.pipeline=tfdata", "--workdir", str(tmp_path / "tf"),
+                 tensorflow=False)
+  assert tfdata.returncode != 0
+  assert ("error: config.data.pipeline='tfdata' needs TensorFlow, which cannot be imported"
+          in tfdata.stderr), tfdata.stderr[-2000:]
+  assert not os.path.exists(tmp_path / "tf")

@@ -1,0 +1,35 @@
+"""scripts/device_check.py, shrunk to seconds (--tiny): known to work before a GPU runs it."""
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import REPO, write_cifar_dir
+
+
+def test_device_check_runs_every_part_in_its_tiny_mode(tmp_path):
+  data, _ = write_cifar_dir(str(tmp_path))  # 100 training examples
+  out = tmp_path / "out"
+  result = subprocess.run([sys.executable, "scripts/device_check.py", "--data", data, "--out",
+                           str(out), "--tiny"], cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+  assert result.returncode == 0, (result.stdout + result.stderr)[-3000:] + \
+      (out / "device_check.log").read_text()[-3000:]
+  report = json.loads((out / "device_check.json").read_text())
+  assert report["tiny"] and report["device"]["backend"] == "cpu"
+  assert list(report["parts"]) == ["benchmark_shallow", "benchmark_deep", "shallow", "fast"]
+  for name in ("benchmark_shallow", "benchmark_deep"):
+    bench = report["parts"][name]
+    for key in ("train_images_per_s", "eval_images_per_s", "torch_train_images_per_s",
+                "train_speed_ratio_jax_over_torch", "eval_over_train", "achieved_flops_per_s"):
+      assert bench[key] > 0, (name, key)
+    assert bench["dtype"] == "bfloat16"
+  # XLA's count for a train step (forward + backward) of the 2.78M-parameter model.
+  assert 1.5e9 < report["parts"]["benchmark_shallow"]["train_flops_per_image"] < 3.5e9
+  for name in ("shallow", "fast"):
+    run = report["parts"][name]
+    assert run["ok"] and run["epochs"] == 1 and 0 <= run["eval_accuracy"] <= 1
+    assert run["wall_s"] > 0 and run["per_epoch"][0]["elapsed_s"] > 0
+  assert report["parts"]["fast"]["eval_tta_accuracy"] is not None
+  assert "reached_target" in report["parts"]["fast"]
+  assert "epoch 1/1" in (out / "device_check.log").read_text()
