@@ -7,6 +7,10 @@ validating on the hold-out train[45000:]. What each idea does:
   decorrelates pixels before the first learned layer, so SGD at a high rate
   does not have to undo the images' strong neighbour correlations; BatchNorm
   without a trained scale and a 1/9 logit scale keep the high rate stable.
+  Every group convolution starts dirac (its first filters copy their input): at
+  step 0 the net is already close to an identity map of the whitened image.
+  BatchNorm keeps 0.6 of its running statistics per step, so they follow the
+  fast-moving weights.
 - SGD with Nesterov momentum 0.85, lr 11.5 and weight decay 0.0153 stated per
   1,024 examples (optimizer.per_examples), batch 1,024: few, large steps.
 - BatchNorm biases at 64x the lr: they set each channel's threshold and are

@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 
+import jax
 from absl import logging as absl_logging
 
 LOG_FILE = "log.txt"
@@ -53,8 +54,8 @@ class _ConsoleFormat(logging.Formatter):
 
 
 class _LogFile(logging.Handler):
-  """Every INFO-and-up record for DIR/log.txt: held in memory until `open_in` names the
-  workdir (a run that fails its checks must not create one), then appended there."""
+  """Every INFO-and-up record for DIR/log.txt: held in memory until `open` names the
+  file in the workdir (a run that fails its checks must not create one), then appended there."""
 
   def __init__(self):
     super().__init__(logging.INFO)
@@ -67,9 +68,9 @@ class _LogFile(logging.Handler):
     else:
       self.file.emit(record)
 
-  def open_in(self, workdir: str) -> None:
+  def open(self, path: str) -> None:
     if self.file is None:
-      self.file = logging.FileHandler(os.path.join(workdir, LOG_FILE), encoding="utf-8")
+      self.file = logging.FileHandler(path, encoding="utf-8")
       self.file.setFormatter(absl_logging.PythonFormatter())
       for record in self.pending:
         self.file.emit(record)
@@ -88,7 +89,7 @@ def configure(libraries_to_console: bool = False) -> None:
   """Console: the run's lines (everything if `libraries_to_console`); the log file: all."""
   global _log_file
   console = absl_logging.get_absl_handler()
-  if not libraries_to_console:
+  if not libraries_to_console and not any(isinstance(f, _RunLines) for f in console.filters):
     console.addFilter(_RunLines())
     console.setFormatter(_ConsoleFormat())
   if _log_file is None:
@@ -97,9 +98,11 @@ def configure(libraries_to_console: bool = False) -> None:
 
 
 def write_log_file(workdir: str) -> None:
-  """Starts DIR/log.txt (with what was logged so far); nothing when `configure` never ran."""
+  """Starts DIR/log.txt (with what was logged so far; process i > 0 of several writes
+  DIR/log.process<i>.txt); nothing when `configure` never ran."""
   if _log_file is not None and os.path.isdir(workdir):
-    _log_file.open_in(workdir)
+    index = jax.process_index()
+    _log_file.open(os.path.join(workdir, LOG_FILE if index == 0 else f"log.process{index}.txt"))
 
 
 @contextlib.contextmanager

@@ -25,6 +25,8 @@ import jax
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+from resnet_jax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def _command(workdir: str, epochs: int) -> list[str]:
@@ -66,7 +68,7 @@ def _final(workdir: str):
     restored = manager.restore(step, args=ocp.args.Composite(
         model=ocp.args.StandardRestore(), train=ocp.args.StandardRestore()))
   with open(os.path.join(workdir, "history.json")) as f:
-    history = [{k: v for k, v in h.items() if k != "images_per_s"} for h in json.load(f)]
+    history = [{k: v for k, v in h.items() if k not in train.TIMED_SCALARS} for h in json.load(f)]
   return step, jax.tree.map(np.asarray, {"model": restored["model"], "train": restored["train"]}), \
       history
 

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 
+from resnet_jax import logs
 from tests.conftest import REPO, write_cifar_dir
 
 # `python -c` with tensorflow and tensorflow_datasets made unimportable, then main as -m would.
@@ -72,3 +73,21 @@ def test_train_eval_and_predict_run_where_tensorflow_cannot_be_imported(tmp_path
   assert ("error: config.data.pipeline='tfdata' needs TensorFlow, which cannot be imported"
           in tfdata.stderr), tfdata.stderr[-2000:]
   assert not os.path.exists(tmp_path / "tf")
+
+
+def test_progress_reports_rate_and_eta_once_a_minute(monkeypatch):
+  now = [100.0]
+  monkeypatch.setattr(logs.time, "monotonic", lambda: now[0])
+  lines = []
+  monkeypatch.setattr(logs.absl_logging, "info", lambda fmt, *args, **kw: lines.append(fmt % args))
+  progress = logs.Progress(total_steps=1000, every_secs=60)
+  progress(1)  # the first step compiles: the clock starts after it
+  now[0] += 30
+  progress(31)
+  assert not lines  # not a minute yet
+  now[0] += 30
+  progress(61)  # 60 steps in 60 s: 939 left at 1 step/s
+  assert lines == ["step 61/1000 (6.1%), 1.00 steps/s, ETA 16m"]
+  now[0] += 3600
+  progress(361)  # 300 steps in an hour: 639 left at 1/12 step/s
+  assert lines[-1] == "step 361/1000 (36.1%), 0.08 steps/s, ETA 2h08m"
