@@ -186,7 +186,7 @@ def augment(key: jax.Array, images: jax.Array, settings: dict) -> jax.Array:
   for name, op in OPS:
     if settings[name]:
       images = op(keys[_KEY_INDEX[name]], images, settings[name])
-  images = images.astype(jnp.float32) / np.float32(255)  # as preprocessing.normalize_pixels
+  images = preprocessing.to_unit(images)
   if any(settings[name] for name in preprocessing.JITTER_OPS):
     images = color_jitter(keys[_KEY_INDEX["color_jitter"]], images, settings)
   return images

@@ -26,7 +26,7 @@ from typing import Iterator
 import jax
 import numpy as np
 
-from resnet_jax import data_sources, optional_tf, preprocessing
+from resnet_jax import data_sources, optional_tf, pipelines, preprocessing
 
 tf = optional_tf.tensorflow("config.data.pipeline='tfdata'")
 
@@ -189,16 +189,13 @@ class InputSplit:
   def __init__(self, images: np.ndarray, labels: np.ndarray, *, batch_size: int,
                augment_settings: dict | None, normalization: str, seed: int = 0,
                process_index: int = 0, process_count: int = 1):
-    if batch_size < 1 or batch_size % process_count:
-      raise ValueError(f"batch_size={batch_size} must be a positive multiple of the process "
-                       f"count {process_count}")
+    self._rows = pipelines.process_rows(batch_size, process_index, process_count)
     if len(labels) < batch_size:
       raise ValueError(f"batch_size={batch_size} exceeds the {len(labels)} training examples")
     self.images, self.labels = images, labels
     self.batch_size, self.seed = batch_size, seed
     self.augment_settings = augment_settings
     self.normalization = normalization
-    self.process_index, self.process_count = process_index, process_count
     self.num_examples = len(labels)
 
   @property
@@ -210,14 +207,12 @@ class InputSplit:
     steps = self.steps_per_epoch
     order = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
     order = order[:steps * self.batch_size].reshape(steps, self.batch_size)
-    local = self.batch_size // self.process_count
-    return order[:, self.process_index * local:(self.process_index + 1) * local]
+    return order[:, self._rows]
 
   def dataset(self, epoch: int = 0, start: int = 0) -> tf.data.Dataset:
     """Epoch `epoch` from its batch `start` on (a resumed run skips what it has seen)."""
     order = self._plan(epoch)
-    local = self.batch_size // self.process_count
-    rows = (self.process_index * local, (self.process_index + 1) * local, self.batch_size)
+    rows = (self._rows.start, self._rows.stop, self.batch_size)
     batch_seeds = np.random.default_rng([self.seed, epoch, 1]).integers(
         0, 2**31 - 1, size=(len(order), 2), dtype=np.int32)
     images, labels = tf.constant(self.images), tf.constant(self.labels)
@@ -257,6 +252,6 @@ def create_split(data_config, split: str, *, batch_size: int, seed: int = 0) -> 
   """
   settings = preprocessing.augment_settings(**dict(data_config.augment))
   images, labels = data_sources.load_split(data_config, split)
-  return InputSplit(images, labels, batch_size=batch_size, augment_settings=settings, normalization=data_config.normalization,
-                    seed=seed, process_index=jax.process_index(),
-                    process_count=jax.process_count())
+  return InputSplit(images, labels, batch_size=batch_size, augment_settings=settings,
+                    normalization=data_config.normalization, seed=seed,
+                    process_index=jax.process_index(), process_count=jax.process_count())

@@ -111,7 +111,8 @@ def native_output_to_log(what: str):
 
   TensorFlow's C++ start-up prints INFO lines and, on a machine without a GPU, a
   CUDA "failed call to cuInit" error, none of which concern a run whose
-  accelerators JAX owns. Python's own stderr (tracebacks) is untouched.
+  accelerators JAX owns. Whatever Python prints to stderr inside the block is
+  captured too; an exception still propagates and is reported after it.
   """
   sys.stderr.flush()
   with tempfile.TemporaryFile() as captured:

@@ -46,6 +46,15 @@ class HostBatches:
     return self.split.images[:n]
 
 
+def process_rows(batch_size: int, process_index: int, process_count: int) -> slice:
+  """This process's rows of every global batch of `batch_size`."""
+  if batch_size < 1 or batch_size % process_count:
+    raise ValueError(f"batch_size={batch_size} must be a positive multiple of the process "
+                     f"count {process_count}")
+  local = batch_size // process_count
+  return slice(process_index * local, (process_index + 1) * local)
+
+
 def train_batches(config, sharding: jax.sharding.NamedSharding) -> Batches:
   """config.data.train_split through config.data.pipeline, augmented, in global batches."""
   if config.data.pipeline == "device":
@@ -69,14 +78,10 @@ class EvalSplit:
 
   def __init__(self, images: np.ndarray, labels: np.ndarray, *, batch_size: int,
                normalization: str, process_index: int = 0, process_count: int = 1):
-    if batch_size < 1 or batch_size % process_count:
-      raise ValueError(f"batch_size={batch_size} must be a positive multiple of the process "
-                       f"count {process_count}")
+    self._rows = process_rows(batch_size, process_index, process_count)
     self.images, self.labels, self.normalization = images, labels, normalization
     self.batch_size, self.num_examples = batch_size, len(labels)
     self.steps_per_epoch = -(-self.num_examples // batch_size)
-    local = batch_size // process_count
-    self._rows = slice(process_index * local, (process_index + 1) * local)
 
   def epoch(self, epoch: int = 0, start: int = 0) -> Iterator[dict]:
     del epoch  # every pass is the same

@@ -90,9 +90,14 @@ def alternating_flip_bits(seed: int, num_examples: int) -> np.ndarray:
   return np.random.default_rng([seed, 2]).random(num_examples) < 0.5
 
 
+def to_unit(images):
+  """uint8 pixels (numpy or jax) -> float32 in [0, 1]."""
+  return images.astype(np.float32) / np.float32(255)
+
+
 def normalize_pixels(images, name: str):
-  """uint8 pixels (numpy or jax) -> the network's input: `normalize` of images / 255."""
-  return normalize(images.astype(np.float32) / np.float32(255), name)
+  """uint8 pixels (numpy or jax) -> the network's input: `normalize` of `to_unit`."""
+  return normalize(to_unit(images), name)
 
 
 def normalize(images, name: str):
