@@ -53,7 +53,11 @@ def validate(config) -> None:
   if config.optimizer.per_examples and config.optimizer.name != "sgd":
     raise ConfigError(f"config.optimizer.per_examples={config.optimizer.per_examples} is for "
                       f"optimizer.name='sgd' (airbench's), not {config.optimizer.name!r}")
-  _positive(config, "optimizer.bn_bias_lr_multiplier")
+  _positive(config, "optimizer.bn_bias_lr_multiplier", "optimizer.whiten_bias_lr_multiplier",
+            "optimizer.muon.learning_rate", "optimizer.muon.ns_steps")
+  if not 0 <= config.optimizer.muon.momentum < 1:
+    raise ConfigError(f"config.optimizer.muon.momentum={config.optimizer.muon.momentum} "
+                      "is not in [0, 1)")
   if config.optimizer.weight_decay < 0:
     raise ConfigError(f"config.optimizer.weight_decay={config.optimizer.weight_decay} "
                       "must be >= 0")

@@ -113,9 +113,15 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.per_examples = 0  # 0, or lr and weight decay stated per this many examples
   config.optimizer.bn_bias_lr_multiplier = 1.0
   config.optimizer.whiten_bias_epochs = 0.0
+  config.optimizer.whiten_bias_lr_multiplier = 1.0
   config.optimizer.lookahead_every = 0  # 0, or train steps between lookahead averages
   config.optimizer.lookahead_decay = 0.95 ** 5
   config.optimizer.accumulation_steps = 1
+  config.optimizer.muon = ml_collections.ConfigDict()
+  config.optimizer.muon.enabled = False  # convolution kernels with Muon (airbench94_muon's)
+  config.optimizer.muon.learning_rate = 0.24
+  config.optimizer.muon.momentum = 0.6
+  config.optimizer.muon.ns_steps = 3  # Newton-Schulz iterations
   config.optimizer.plateau = ml_collections.ConfigDict()
   config.optimizer.plateau.enabled = False
   config.optimizer.plateau.metric = "train_loss"

@@ -12,6 +12,11 @@ config.optimizer fields:
         (optax.multi_transform over parameter groups).
   whiten_bias_epochs: 0, or the epochs after which FastResNet's whitening
         bias stops training (airbench: 3; its filters never train).
+  whiten_bias_lr_multiplier: the whitening bias trains at this multiple of the
+        learning rate (airbench94: 1; airbench94_muon: the BatchNorm biases' 64).
+  muon: enabled, learning_rate, momentum, ns_steps: convolution kernels train
+        with Muon (`muon_kernels`, airbench94_muon's) at its own rate, on the
+        same schedule; the other parameters keep the optimizer above.
   lookahead_every, lookahead_decay: 0, or every how many train steps the weights
         move to their running average (`Lookahead`; airbench: 5, 0.95^5).
   decay: "all" (every parameter, as the seed's torch optimizers) or "kernels".
@@ -88,14 +93,47 @@ def _is_bn_bias(path) -> bool:
           and "bn" in getattr(path[-2], "key", ""))
 
 
-def _group(path, groups: dict) -> str:
-  """The parameter group of the parameter at `path`: one of `groups`' names."""
+def _group(path, param, groups) -> str:
+  """The parameter group of `param` at `path`: one of the names in `groups`."""
   keys = [getattr(entry, "key", None) for entry in path[-2:]]
   if "whiten_bias" in groups and keys == ["whiten", "bias"]:
     return "whiten_bias"
   if "bn_bias" in groups and _is_bn_bias(path):
     return "bn_bias"
+  if "conv_kernel" in groups and keys[-1] == "kernel" and param.ndim == 4:
+    return "conv_kernel"
   return "other"
+
+
+def _renormalize_kernels() -> optax.GradientTransformation:
+  """Adds kernel * (sqrt(c_out) / |kernel| - 1): the step applies to the renormalised kernel."""
+  def update(updates, state, params):
+    updates = jax.tree.map(lambda u, p: u + p * (jnp.sqrt(p.shape[-1]) / jnp.linalg.norm(p) - 1),
+                           updates, params)
+    return updates, state
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def muon_kernels(learning_rate: optax.ScalarOrSchedule, momentum: float,
+                 ns_steps: int) -> optax.GradientTransformation:
+  """airbench94_muon's optimizer for convolution kernels [h, w, c_in, c_out].
+
+  Each step: PyTorch SGD's Nesterov momentum; the result orthogonalised by
+  Newton-Schulz (optax.contrib's, on the kernel as an (h*w*c_in, c_out) matrix),
+  so every direction of the filter bank moves by about the same amount; and the
+  kernel renormalised to norm sqrt(c_out) before the step: BatchNorm follows
+  every convolution, so the norm changes nothing but the effective step size,
+  which the renormalisation holds fixed.
+  """
+  dims = optax.contrib.MuonDimensionNumbers(reduction_axis=(0, 1, 2), output_axis=3)
+  return optax.chain(
+      optax.trace(momentum, nesterov=True),  # airbench's buffer: g + m * (m * buf + g)
+      # beta=0: no second momentum (optax's own is an average with bias correction).
+      optax.contrib.scale_by_muon(ns_steps=ns_steps, beta=0.0, nesterov=False,
+                                  weight_dimension_numbers=lambda tree: jax.tree.map(
+                                      lambda _: dims, tree)),
+      optax.scale_by_learning_rate(learning_rate),
+      _renormalize_kernels())
 
 
 def _base_optimizer(opt_config, schedule: optax.Schedule, wd: float, mask):
@@ -133,16 +171,22 @@ def create_optimizer(opt_config, updates_per_epoch: int, num_epochs: int,
     groups["bn_bias"] = (lambda count: schedule(count) * multiplier, wd / multiplier)
   if opt_config.whiten_bias_epochs:  # FastResNet's whitening bias stops training after these
     cutoff = opt_config.whiten_bias_epochs * updates_per_epoch
-    groups["whiten_bias"] = (lambda count: jnp.where(count < cutoff, schedule(count), 0.0), wd)
+    whiten = opt_config.whiten_bias_lr_multiplier
+    groups["whiten_bias"] = (
+        lambda count: jnp.where(count < cutoff, schedule(count) * whiten, 0.0), wd / whiten)
   mask = _decay_mask(opt_config.decay)
-  if len(groups) == 1:  # parameter groups only when needed: the seed's state stays as it was
-    tx = _base_optimizer(opt_config, schedule, wd, mask)
+  transforms = {name: _base_optimizer(opt_config, rate, decay, mask)
+                for name, (rate, decay) in groups.items()}
+  if opt_config.muon.enabled:  # Muon's rate follows the schedule's shape
+    muon = opt_config.muon
+    transforms["conv_kernel"] = muon_kernels(
+        lambda count: base(count) * (muon.learning_rate / opt_config.learning_rate),
+        muon.momentum, muon.ns_steps)
+  if len(transforms) == 1:  # parameter groups only when needed: the seed's state stays as it was
+    tx = transforms["other"]
   else:
-    tx = optax.multi_transform(
-        {name: _base_optimizer(opt_config, rate, decay, mask)
-         for name, (rate, decay) in groups.items()},
-        lambda params: jax.tree_util.tree_map_with_path(
-            lambda path, _: _group(path, groups), params))
+    tx = optax.multi_transform(transforms, lambda params: jax.tree_util.tree_map_with_path(
+        lambda path, param: _group(path, param, transforms), params))
   if opt_config.accumulation_steps > 1:
     tx = optax.MultiSteps(tx, every_k_schedule=opt_config.accumulation_steps)
   return tx, schedule

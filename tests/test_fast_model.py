@@ -98,9 +98,10 @@ def test_whitening_is_fitted_once_stored_and_never_refitted_on_resume(tmp_path, 
                 - np.asarray(state.params["fc"]["kernel"])).max() > 0
 
 
-def test_lookahead_training_ends_on_the_average_and_resumes_exactly(tmp_path):
+def test_lookahead_and_muon_training_ends_on_the_average_and_resumes_exactly(tmp_path):
   config = _fast_smoke(num_epochs=2, **{"optimizer.lookahead_every": 5,
-                                        "optimizer.name": "sgd", "optimizer.momentum": 0.85})
+                                        "optimizer.name": "sgd", "optimizer.momentum": 0.85,
+                                        "optimizer.muon.enabled": True})
   state, history = train.train_and_evaluate(config, str(tmp_path / "whole"))
   for a, b in zip(jax.tree.leaves({"params": state.params, "batch_stats": state.batch_stats}),
                   jax.tree.leaves(state.lookahead)):

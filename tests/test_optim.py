@@ -199,3 +199,66 @@ def test_lookahead_follows_airbench():
   net = ema.copy()  # airbench's last update(decay=1.0): the average, unchanged
   np.testing.assert_allclose(weights["w"], net, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(average["w"], ema, rtol=1e-5, atol=1e-6)
+
+
+def _airbench_muon_step(p, g, buf, lr, momentum, ns_steps):
+  """airbench94_muon's Muon.step for one conv weight [out, in, h, w], retyped in float32."""
+  buf.mul_(momentum).add_(g)
+  g = g.add(buf, alpha=momentum)
+  p.mul_(len(p) ** 0.5 / p.norm())
+  x = g.reshape(len(g), -1)
+  x = x / (x.norm() + 1e-7)
+  if x.size(0) > x.size(1):
+    x = x.T
+  a, b, c = (3.4445, -4.7750, 2.0315)
+  for _ in range(ns_steps):
+    gram = x @ x.T
+    x = a * x + (b * gram + c * gram @ gram) @ x
+  if g.size(0) > g[0].numel():
+    x = x.T
+  p.add_(x.reshape(g.shape), alpha=-lr)
+
+
+def test_muon_on_conv_kernels_matches_airbench_muon_in_torch():
+  """Both kernel shapes (out < in*h*w, and out > in*h*w, where Newton-Schulz works on the
+  transpose) follow airbench's Muon; the dense head stays on SGD."""
+  rng = np.random.default_rng(0)
+  shapes = {"conv_a": (3, 3, 4, 6), "conv_b": (3, 3, 1, 16)}  # HWIO
+  kernels = {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}
+  grads = [{k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}
+           for _ in range(3)]
+  lr, momentum, steps = 0.1, 0.6, 3
+  config = _opt_config(name="sgd", momentum=0.0, learning_rate=0.5)
+  config.muon.update(enabled=True, learning_rate=lr, momentum=momentum, ns_steps=steps)
+  tx, _ = optim.create_optimizer(config, 10, 1)
+  head = rng.normal(size=(16, 10)).astype(np.float32)
+  params = {**{k: {"kernel": jnp.asarray(v)} for k, v in kernels.items()},
+            "fc": {"kernel": jnp.asarray(head)}}
+  state = tx.init(params)
+  for g in grads:
+    tree = {**{k: {"kernel": jnp.asarray(v)} for k, v in g.items()},
+            "fc": {"kernel": jnp.ones_like(params["fc"]["kernel"])}}
+    updates, state = tx.update(tree, state, params)
+    params = optax.apply_updates(params, updates)
+
+  for name, kernel in kernels.items():
+    to_torch = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(3, 2, 0, 1)))
+    p, buf = to_torch(kernel), torch.zeros(to_torch(kernel).shape)
+    for g in grads:
+      _airbench_muon_step(p, to_torch(g[name]), buf, lr, momentum, steps)
+    np.testing.assert_allclose(np.asarray(params[name]["kernel"]).transpose(3, 2, 0, 1),
+                               p.numpy(), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(params["fc"]["kernel"], head - 3 * 0.5, rtol=1e-6)
+
+
+def test_whitening_bias_trains_at_its_multiplier_until_its_epochs_end():
+  config = _opt_config(name="sgd", momentum=0.0, learning_rate=0.1, bn_bias_lr_multiplier=64.0,
+                       whiten_bias_lr_multiplier=64.0, whiten_bias_epochs=0.3)
+  tx, _ = optim.create_optimizer(config, 10, 1)  # the whitening bias trains for 3 steps
+  params = {"whiten": {"bias": jnp.zeros(3)}, "bn1": {"bias": jnp.zeros(3)}}
+  state = tx.init(params)
+  for _ in range(5):
+    updates, state = tx.update(jax.tree.map(jnp.ones_like, params), state, params)
+    params = optax.apply_updates(params, updates)
+  np.testing.assert_allclose(params["bn1"]["bias"], -5 * 6.4, rtol=1e-6)
+  np.testing.assert_allclose(params["whiten"]["bias"], -3 * 6.4, rtol=1e-6)
