@@ -3,10 +3,12 @@
 import signal
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
-from resnet_jax import checkpoints, data_sources, models, preprocessing, summary, train
+from resnet_jax import checkpoints, data_sources, models, optim, preprocessing, summary, train
 from tests.conftest import signal_at_batch
 from tests.conftest import smoke_config as _smoke
 
@@ -62,6 +64,34 @@ def test_group_convolutions_start_dirac_as_airbench_initialises_them():
   bound = 1 / np.sqrt(3 * 3 * 8)  # PyTorch's default U(+-1/sqrt(fan_in))
   assert np.abs(first[..., 8:]).max() <= bound and first[..., 8:].std() > bound / 3
   assert "scale" not in group["bn1"]  # BatchNorm keeps only its bias
+
+
+def test_muon_takes_every_group_convolution_and_nothing_else():
+  """With a zero gradient Muon's step is only its renormalisation to |kernel| = sqrt(c_out):
+  exactly the kernels it owns change."""
+  params = models.init_variables(models.get_model("fast", widths=(8, 16, 16)),
+                                 jax.random.key(0))["params"]
+  # Dirac kernels with c_in >= c_out already have norm sqrt(c_out): move every weight.
+  params = jax.tree.map(lambda p: 2 * p + 0.5, params)
+  config = _smoke(**{"optimizer.name": "sgd", "optimizer.weight_decay": 0.0,
+                     "optimizer.bn_bias_lr_multiplier": 64.0,
+                     "optimizer.whiten_bias_epochs": 1.0, "optimizer.muon.enabled": True})
+  tx, _ = optim.create_optimizer(config.optimizer, 10, 1)
+  updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+  after = optax.apply_updates(params, updates)
+  changed = {"/".join(k.key for k in path) for path, before in
+             jax.tree_util.tree_leaves_with_path(params)
+             if not np.array_equal(before, _at(after, path))}
+  assert changed == {f"group{i}/conv{j}/kernel" for i in (1, 2, 3) for j in (1, 2)}
+  for path in changed:
+    kernel = _at(after, [jax.tree_util.DictKey(k) for k in path.split("/")])
+    np.testing.assert_allclose(np.linalg.norm(kernel), np.sqrt(kernel.shape[-1]), rtol=1e-5)
+
+
+def _at(tree, path):
+  for key in path:
+    tree = tree[key.key]
+  return np.asarray(tree)
 
 
 def _fast_smoke(**changes):
