@@ -25,6 +25,13 @@ def _positive(config, *keys: str) -> None:
       raise ConfigError(f"config.{key}={value!r} must be positive")
 
 
+def _fraction(config, *keys: str) -> None:
+  for key in keys:
+    value = default_config.lookup(config, key)
+    if not 0 <= value < 1:
+      raise ConfigError(f"config.{key}={value} is not in [0, 1)")
+
+
 def _check_xla_options(config) -> None:
   """Compiles a trivial function with config.cpu.xla_options: XLA names a bad option or value."""
   options = dict(config.cpu.xla_options)
@@ -55,14 +62,10 @@ def validate(config) -> None:
                       f"optimizer.name='sgd' (airbench's), not {config.optimizer.name!r}")
   _positive(config, "optimizer.bn_bias_lr_multiplier", "optimizer.whiten_bias_lr_multiplier",
             "optimizer.muon.learning_rate", "optimizer.muon.ns_steps")
-  if not 0 <= config.optimizer.muon.momentum < 1:
-    raise ConfigError(f"config.optimizer.muon.momentum={config.optimizer.muon.momentum} "
-                      "is not in [0, 1)")
+  _fraction(config, "label_smoothing", "optimizer.muon.momentum")
   if config.optimizer.weight_decay < 0:
     raise ConfigError(f"config.optimizer.weight_decay={config.optimizer.weight_decay} "
                       "must be >= 0")
-  if not 0 <= config.label_smoothing < 1:
-    raise ConfigError(f"config.label_smoothing={config.label_smoothing} is not in [0, 1)")
   for key in ("batch_size", "eval_batch_size"):
     if config[key] % jax.device_count():
       raise ConfigError(f"config.{key}={config[key]} is not divisible by the "
