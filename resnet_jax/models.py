@@ -312,14 +312,15 @@ def dirac_init(key, shape, dtype=jnp.float32):
 class FastGroup(nn.Module):
   """conv -> max-pool -> BN -> GELU, then an identity path around conv -> BN -> GELU.
 
-  airbench's block (where its second convolution has no shortcut). Both
-  convolutions start dirac (`dirac_init`): the second as the identity, so at
+  airbench's block, whose second convolution has no shortcut (`shortcut=False`).
+  Both convolutions start dirac (`dirac_init`): the second as the identity, so at
   initialisation the group is its first half plus twice that.
   """
 
   features: int
   norm: Callable
   conv: Callable
+  shortcut: bool = True
   fusion_barrier: bool = False
 
   @nn.compact
@@ -328,8 +329,8 @@ class FastGroup(nn.Module):
     x = self.conv(self.features, name="conv1")(x)
     x = nn.max_pool(x, (2, 2), (2, 2))
     x = gelu(self.norm(name="bn1")(x, train))
-    y = self.conv(self.features, name="conv2")(x)
-    y = x + gelu(self.norm(name="bn2")(y, train))
+    y = gelu(self.norm(name="bn2")(self.conv(self.features, name="conv2")(x), train))
+    y = x + y if self.shortcut else y
     return layers.fusion_barrier(y) if self.fusion_barrier and train else y
 
 
@@ -366,6 +367,9 @@ class FastResNet(nn.Module):
   (`bn_scale=False`), with airbench's eps and its momentum: it keeps 0.6 of the
   running statistics per step, i.e. 0.4 in the PyTorch convention used here.
 
+  `shortcuts=False` drops the groups' identity paths: airbench's plain net, kept
+  to measure what the paths cost or bring (docs/recipes.md).
+
   Attributes mirror those of ResNet where they mean the same: num_classes,
   dtype, max_params, fusion_barriers (a runtime setting, not saved).
   """
@@ -376,6 +380,7 @@ class FastResNet(nn.Module):
   bn_epsilon: float = 1e-12
   bn_scale: bool = False
   logit_scale: float = 1 / 9
+  shortcuts: bool = True
   num_classes: int = 10
   dtype: str = "float32"
   max_params: int = 5_000_000
@@ -390,8 +395,8 @@ class FastResNet(nn.Module):
     norm = functools.partial(BatchNorm, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
                              dtype=dtype, use_scale=self.bn_scale)
     for i, width in enumerate(self.widths, start=1):
-      x = FastGroup(width, norm=norm, conv=conv, fusion_barrier=self.fusion_barriers,
-                    name=f"group{i}")(x, train)
+      x = FastGroup(width, norm=norm, conv=conv, shortcut=self.shortcuts,
+                    fusion_barrier=self.fusion_barriers, name=f"group{i}")(x, train)
     x = x.max(axis=(1, 2))  # airbench's final MaxPool2d(3) over the 3x3 map
     x = nn.Dense(self.num_classes, use_bias=False, dtype=dtype,
                  kernel_init=kernel_initializer("torch"), name="fc")(x)
