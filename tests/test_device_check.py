@@ -1,6 +1,8 @@
 """scripts/device_check.py, shrunk to seconds (--tiny): known to work before a GPU runs it."""
 
+import importlib.util
 import json
+import os
 import subprocess
 import sys
 
@@ -17,7 +19,7 @@ def test_device_check_runs_every_part_in_its_tiny_mode(tmp_path):
       (out / "device_check.log").read_text()[-3000:]
   report = json.loads((out / "device_check.json").read_text())
   assert report["tiny"] and report["device"]["backend"] == "cpu"
-  assert list(report["parts"]) == ["benchmark_shallow", "benchmark_deep", "shallow", "fast"]
+  assert list(report["parts"]) == ["benchmark_shallow", "fast", "benchmark_deep", "shallow"]
   for name in ("benchmark_shallow", "benchmark_deep"):
     bench = report["parts"][name]
     for key in ("train_images_per_s", "eval_images_per_s", "torch_train_images_per_s",
@@ -33,3 +35,21 @@ def test_device_check_runs_every_part_in_its_tiny_mode(tmp_path):
   assert report["parts"]["fast"]["eval_tta_accuracy"] is not None
   assert "reached_target" in report["parts"]["fast"]
   assert "epoch 1/1" in (out / "device_check.log").read_text()
+
+
+def test_a_zip_is_unpacked_into_the_folder_the_recipes_read(tmp_path):
+  """The shared make_cifar10_batches.py ZIP OUT_DIR writes the batches into OUT_DIR itself."""
+  spec = importlib.util.spec_from_file_location("device_check", os.path.join(REPO, "scripts", "device_check.py"))
+  device_check = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(device_check)
+  shared = tmp_path / "shared"
+  shared.mkdir()
+  (shared / "cifar10-train-jpeg-q75.zip").write_bytes(b"")
+  (shared / "make_cifar10_batches.py").write_text(  # the real one's contract, without JPEGs
+      "import os, sys\nos.makedirs(sys.argv[2])\n"
+      "open(os.path.join(sys.argv[2], 'data_batch_1'), 'wb').close()\n")
+  out = tmp_path / "out"
+  with open(tmp_path / "log", "w") as log:
+    data_dir = device_check._cifar_dir(str(shared / "cifar10-train-jpeg-q75.zip"), str(out), log)
+  assert os.path.isfile(os.path.join(data_dir, "data_batch_1"))
+  assert os.path.basename(data_dir) == "cifar-10-batches-py"
