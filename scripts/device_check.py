@@ -23,7 +23,8 @@ fails is recorded and the rest still run):
   shallow  the seed's shallow recipe, 30 epochs, the same split: wall time,
       hold-out accuracy
 OUT/device_check.json has each part's result; OUT/device_check.log every line
-the parts printed. About 6 minutes on one H100 (estimated, not yet run there).
+the parts printed. On one H200 (2026-11-27) the parts took 49-102 s each, about 5 minutes
+in all (docs/performance.md).
 --tiny shrinks every part to seconds (tiny models, a few hundred examples, one
 epoch) so that the suite runs it on a CPU before a GPU minute is spent on it.
 """
