@@ -10,6 +10,9 @@ only when one of them cannot be imported:
 
     pip download --no-deps -d wheels ml_collections clu dm-pix chex toolz
 
+On the H200 of docs/performance.md they were instead installed beforehand with
+`pip install --no-index --no-deps --target DIR` and DIR put on PYTHONPATH.
+
 The parts, in order, each a subprocess with its own time limit (a part that
 fails is recorded and the rest still run):
   benchmark_shallow  scripts/benchmark.py in bfloat16 against PyTorch AMP
