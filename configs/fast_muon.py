@@ -21,7 +21,8 @@ against configs/fast.py, whose docstring says what the rest does:
   about 1.4x once trained. The head's logits and its effective step grow with them,
   and under Muon's rate, with no warm-up, 1/9 made the first epoch learn almost
   nothing (train loss 2.29, chance 2.30): 88.52% with TTA after 8 epochs against
-  90.38% (mean of 2 seeds) with 1/18; 1/13 reached 90.08% (docs/recipes.md).
+  90.38% (mean of 2 seeds) with 1/18; 1/13 reached 90.08%, 1/24 90.26% (mean of 2
+  seeds; docs/recipes.md).
 Not airbench94_muon's: its whitening-bias rate decays to 0 over those 3 epochs
 (here it follows the common schedule and stops); its Newton-Schulz runs in bf16.
 Measured results, and which version of this file they used: docs/recipes.md.
