@@ -39,7 +39,8 @@ def test_device_check_runs_every_part_in_its_tiny_mode(tmp_path):
 
 def test_a_zip_is_unpacked_into_the_folder_the_recipes_read(tmp_path):
   """The shared make_cifar10_batches.py ZIP OUT_DIR writes the batches into OUT_DIR itself."""
-  spec = importlib.util.spec_from_file_location("device_check", os.path.join(REPO, "scripts", "device_check.py"))
+  spec = importlib.util.spec_from_file_location(
+      "device_check", os.path.join(REPO, "scripts", "device_check.py"))
   device_check = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(device_check)
   shared = tmp_path / "shared"
