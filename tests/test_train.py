@@ -1,7 +1,9 @@
 """Training end to end on the smoke config, data parallelism, dtypes, config validation."""
 
 import glob
+import importlib
 import os
+import pathlib
 import subprocess
 import sys
 import textwrap
@@ -115,6 +117,14 @@ def test_bad_configs_fail_before_compute_naming_key_and_value(changes, message):
   with pytest.raises(config_validation.ConfigError, match=message) as info:
     config_validation.validate(config)
   assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("name", sorted(
+    p.stem for p in (pathlib.Path(__file__).parents[1] / "configs").glob("*.py")
+    if p.stem != "__init__"))
+def test_every_shipped_config_validates(name):
+  """A typo or an out-of-range value in configs/*.py fails here, not after a user's download."""
+  config_validation.validate(importlib.import_module(f"configs.{name}").get_config())
 
 
 def test_unknown_augmentation_key_is_named():
