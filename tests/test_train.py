@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from resnet_jax import config_validation, optim, train
-from tests.conftest import smoke_config as _smoke
+from tests.conftest import REPO, smoke_config as _smoke
 
 
 def test_smoke_config_trains_and_its_loss_falls(tmp_path):
@@ -83,7 +83,7 @@ _MULTI_DEVICE = textwrap.dedent("""
 def test_four_cpu_devices_take_the_same_step_as_one():
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
   result = subprocess.run([sys.executable, "-c", _MULTI_DEVICE], capture_output=True,
-                          text=True, env=env, cwd=os.path.dirname(os.path.dirname(__file__)))
+                          text=True, env=env, cwd=REPO)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "REJECTED: config.batch_size=30 is not divisible by the 4 devices" in result.stdout
   assert result.stdout.strip().endswith("OK")
@@ -120,8 +120,7 @@ def test_bad_configs_fail_before_compute_naming_key_and_value(changes, message):
 
 
 @pytest.mark.parametrize("name", sorted(
-    p.stem for p in (pathlib.Path(__file__).parents[1] / "configs").glob("*.py")
-    if p.stem != "__init__"))
+    p.stem for p in pathlib.Path(REPO, "configs").glob("*.py") if p.stem != "__init__"))
 def test_every_shipped_config_validates(name):
   """A typo or an out-of-range value in configs/*.py fails here, not after a user's download."""
   config_validation.validate(importlib.import_module(f"configs.{name}").get_config())
@@ -157,7 +156,7 @@ def test_cli_rejects_bad_input_in_one_line_and_leaves_no_workdir(tmp_path, args,
   result = subprocess.run(
       [sys.executable, "-m", "resnet_jax.main", "--config", "configs/shallow.py", "--workdir",
        str(workdir), *args],
-      capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+      capture_output=True, text=True, cwd=REPO)
   assert result.returncode != 0
   errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
   assert len(errors) == 1 and message in errors[0], result.stderr[-3000:]
@@ -223,7 +222,7 @@ def test_an_unusable_compilation_cache_warns_and_compiling_goes_on(tmp_path):
       print("OK", float(jax.jit(lambda x: (x * 2).sum())(jnp.ones(4))))
       """)
   result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          cwd=os.path.dirname(os.path.dirname(__file__)))
+                          cwd=REPO)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "OK 8.0" in result.stdout
   assert str(blocker) in result.stderr  # the warning names the path it could not use
