@@ -321,6 +321,7 @@ class FastGroup(nn.Module):
   norm: Callable
   conv: Callable
   shortcut: bool = True
+  branch_weight: float = 1.0
   fusion_barrier: bool = False
 
   @nn.compact
@@ -330,7 +331,7 @@ class FastGroup(nn.Module):
     x = nn.max_pool(x, (2, 2), (2, 2))
     x = gelu(self.norm(name="bn1")(x, train))
     y = gelu(self.norm(name="bn2")(self.conv(self.features, name="conv2")(x), train))
-    y = x + y if self.shortcut else y
+    y = x + self.branch_weight * y if self.shortcut else y
     return layers.fusion_barrier(y) if self.fusion_barrier and train else y
 
 
@@ -381,6 +382,7 @@ class FastResNet(nn.Module):
   bn_scale: bool = False
   logit_scale: float = 1 / 9
   shortcuts: bool = True
+  branch_weight: float = 1.0
   num_classes: int = 10
   dtype: str = "float32"
   max_params: int = 5_000_000
@@ -396,7 +398,7 @@ class FastResNet(nn.Module):
                              dtype=dtype, use_scale=self.bn_scale)
     for i, width in enumerate(self.widths, start=1):
       x = FastGroup(width, norm=norm, conv=conv, shortcut=self.shortcuts,
-                    fusion_barrier=self.fusion_barriers, name=f"group{i}")(x, train)
+                    branch_weight=self.branch_weight, fusion_barrier=self.fusion_barriers, name=f"group{i}")(x, train)
     x = x.max(axis=(1, 2))  # airbench's final MaxPool2d(3) over the 3x3 map
     x = nn.Dense(self.num_classes, use_bias=False, dtype=dtype,
                  kernel_init=kernel_initializer("torch"), name="fc")(x)
