@@ -313,6 +313,7 @@ class FastGroup(nn.Module):
   """conv -> max-pool -> BN -> GELU, then an identity path around conv -> BN -> GELU.
 
   airbench's block, whose second convolution has no shortcut (`shortcut=False`).
+  `branch_weight` scales the branch against the path (1: the plain sum).
   Both convolutions start dirac (`dirac_init`): the second as the identity, so at
   initialisation the group is its first half plus twice that.
   """
@@ -369,7 +370,8 @@ class FastResNet(nn.Module):
   running statistics per step, i.e. 0.4 in the PyTorch convention used here.
 
   `shortcuts=False` drops the groups' identity paths: airbench's plain net, kept
-  to measure what the paths cost or bring (docs/recipes.md).
+  to measure what the paths cost or bring (docs/recipes.md). `branch_weight`
+  weighs each group's branch against its path: h + branch_weight * f(h).
 
   Attributes mirror those of ResNet where they mean the same: num_classes,
   dtype, max_params, fusion_barriers (a runtime setting, not saved).

@@ -67,20 +67,24 @@ def test_group_convolutions_start_dirac_as_airbench_initialises_them():
 
 
 def test_groups_add_their_first_half_back_unless_shortcuts_are_off():
-  """shortcuts=False is airbench's plain group: gelu(bn2(conv2(h))) alone, h its first half."""
+  """shortcuts=False is airbench's plain group: gelu(bn2(conv2(h))) alone, h its first half;
+  with them the group is h plus branch_weight times that branch."""
   variables = models.init_variables(models.get_model("fast", widths=(4, 8, 8)), jax.random.key(0))
   whiten = variables["batch_stats"]["whiten"]  # zeros until fitted: give the groups an input
   whiten["kernel"] = jax.random.normal(jax.random.key(1), whiten["kernel"].shape)
   x = jax.random.normal(jax.random.key(2), (2, 16, 16, 3))
   group1 = {}
-  for shortcuts in (True, False):
-    model = models.get_model("fast", widths=(4, 8, 8), shortcuts=shortcuts)
+  for shortcuts, branch_weight in ((True, 1.0), (True, 2.5), (False, 1.0)):
+    model = models.get_model("fast", widths=(4, 8, 8), shortcuts=shortcuts,
+                             branch_weight=branch_weight)
     _, state = model.apply(variables, x, train=False, capture_intermediates=True)
-    group1[shortcuts] = state["intermediates"]["group1"]
-  first_half = models.ACTIVATIONS["gelu"](group1[True]["bn1"]["__call__"][0])
+    group1[shortcuts, branch_weight] = state["intermediates"]["group1"]
+  first_half = models.ACTIVATIONS["gelu"](group1[True, 1.0]["bn1"]["__call__"][0])
+  branch = group1[False, 1.0]["__call__"][0]
   assert float(jnp.abs(first_half).max()) > 0.1  # the test means something
-  np.testing.assert_allclose(group1[True]["__call__"][0],
-                             first_half + group1[False]["__call__"][0], atol=1e-5)
+  for branch_weight in (1.0, 2.5):
+    np.testing.assert_allclose(group1[True, branch_weight]["__call__"][0],
+                               first_half + branch_weight * branch, atol=1e-5)
 
 
 def test_muon_takes_every_group_convolution_and_nothing_else():
