@@ -400,7 +400,8 @@ class FastResNet(nn.Module):
                              dtype=dtype, use_scale=self.bn_scale)
     for i, width in enumerate(self.widths, start=1):
       x = FastGroup(width, norm=norm, conv=conv, shortcut=self.shortcuts,
-                    branch_weight=self.branch_weight, fusion_barrier=self.fusion_barriers, name=f"group{i}")(x, train)
+                    branch_weight=self.branch_weight, fusion_barrier=self.fusion_barriers,
+                    name=f"group{i}")(x, train)
     x = x.max(axis=(1, 2))  # airbench's final MaxPool2d(3) over the 3x3 map
     x = nn.Dense(self.num_classes, use_bias=False, dtype=dtype,
                  kernel_init=kernel_initializer("torch"), name="fc")(x)
