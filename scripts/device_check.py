@@ -45,7 +45,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPLITS = {"full": ("train[:45000]", "train[45000:]"), "tiny": ("train[:64]", "train[64:96]")}
 TINY_MODELS = {"shallow": ["--config.model.stem_width=8", "--config.model.stage_widths=(8,16,32)",
                            "--config.model.stage_blocks=(1,1,1)"],
-               "fast": ["--config.model.widths=(8,16,16)"]}
+               "fast": ["--config.model.widths=(8,16,16)"],
+               "fast_muon": ["--config.model.widths=(8,16,16)"]}
 FAST_TARGET = 0.903  # issue 13: hold-out accuracy with TTA
 
 
@@ -98,14 +99,15 @@ def benchmark(model: str, tiny: bool, log) -> dict:
   return report
 
 
-def recipe(name: str, data_dir: str, out: str, tiny: bool, log) -> dict:
-  """Trains configs/<name>.py on the hold-out split; its history summarised."""
-  workdir = os.path.join(out, name)
+def recipe(name: str, data_dir: str, out: str, tiny: bool, log, flags: tuple[str, ...] = (),
+           workdir: str | None = None) -> dict:
+  """Trains configs/<name>.py (and `flags`) on the hold-out split; its history summarised."""
+  workdir = workdir or os.path.join(out, name)
   train_split, eval_split = SPLITS["tiny" if tiny else "full"]
   command = [sys.executable, "-m", "resnet_jax.main", "--config", f"configs/{name}.py",
              "--workdir", workdir, "--config.data.source=cifar10_dir",
              f"--config.data.dir={data_dir}", "--config.data.pipeline=device",
-             f"--config.data.train_split={train_split}", f"--config.data.eval_split={eval_split}"]
+             f"--config.data.train_split={train_split}", f"--config.data.eval_split={eval_split}", *flags]
   if tiny:
     command += ["--config.num_epochs=1", "--config.batch_size=32",
                 "--config.eval_batch_size=32", *TINY_MODELS[name]]

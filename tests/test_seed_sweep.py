@@ -1,0 +1,75 @@
+"""scripts/seed_sweep.py: variants times seeds, each run's result and each variant's spread."""
+
+import importlib.util
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO, write_cifar_dir
+
+
+def _load():
+  spec = importlib.util.spec_from_file_location(
+      "seed_sweep", os.path.join(REPO, "scripts", "seed_sweep.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _sweep(tmp_path, *args):
+  return subprocess.run([sys.executable, "scripts/seed_sweep.py", "--out", str(tmp_path / "out"),
+                         *args], cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+def test_every_seed_of_every_variant_runs_and_a_failed_one_is_recorded(tmp_path):
+  data, _ = write_cifar_dir(str(tmp_path))
+  result = _sweep(tmp_path, "--config", "fast_muon", "--data", data, "--seeds", "2",
+                  "--parallel", "2", "--tiny", "--variant", "base=",
+                  "--variant", "bad=--config.optimizer.learning_rate=-1")
+  out = tmp_path / "out"
+  assert result.returncode != 0 and "some runs failed" in result.stderr, result.stderr[-3000:]
+  report = json.loads((out / "seed_sweep.json").read_text())
+  base = report["runs"]["base"]
+  assert sorted(base) == ["0", "1"] and all(base[s]["ok"] for s in base)
+  for seed, run in base.items():
+    assert f"--config.seed={seed}" in run["command"] and f"base_seed{seed}" in run["command"]
+    assert run["epochs"] == 1 and run["eval_tta_accuracy"] is not None
+  summary = report["summary"]["base"]
+  assert summary["seeds"] == 2
+  assert summary["eval_tta_accuracy_mean"] == pytest.approx(
+      statistics.fmean(r["eval_tta_accuracy"] for r in base.values()))
+  bad = report["runs"]["bad"]
+  assert sorted(bad) == ["0", "1"] and not any(r["ok"] for r in bad.values())
+  assert "learning_rate" in (out / "bad_seed0.log").read_text()  # main's own message
+  assert report["summary"]["bad"] == {"seeds": 0}
+  assert "| base | 2 |" in result.stdout and "| bad | 0 | - | - |" in result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--variant", "bw3"], "expected NAME=FLAGS"),
+    (["--variant", "a b=--x"], "expected NAME=FLAGS"),
+    (["--variant", "a=", "--variant", "a=--x"], "'a' is given twice"),
+    (["--seeds", "0"], "--seeds 0"),
+])
+def test_bad_arguments_are_named_before_anything_runs(tmp_path, args, message):
+  result = _sweep(tmp_path, "--config", "fast", "--data", str(tmp_path / "none"), *args)
+  assert result.returncode != 0 and message in result.stderr
+  assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config", "nope"], "no configs/nope.py"),
+    (["--config", "shallow_cpu", "--tiny"], "no tiny model for 'shallow_cpu'"),
+])
+def test_an_unknown_or_untiny_config_is_named(tmp_path, args, message):
+  result = _sweep(tmp_path, "--data", str(tmp_path / "none"), *args)
+  assert result.returncode != 0 and message in result.stderr
+
+
+def test_no_variant_means_one_named_base():
+  assert _load().parse_variants([]) == {"base": []}
+  assert _load().parse_variants(["w3=--a=1 --b='x y'"]) == {"w3": ["--a=1", "--b=x y"]}
