@@ -107,7 +107,8 @@ def recipe(name: str, data_dir: str, out: str, tiny: bool, log, flags: tuple[str
   command = [sys.executable, "-m", "resnet_jax.main", "--config", f"configs/{name}.py",
              "--workdir", workdir, "--config.data.source=cifar10_dir",
              f"--config.data.dir={data_dir}", "--config.data.pipeline=device",
-             f"--config.data.train_split={train_split}", f"--config.data.eval_split={eval_split}", *flags]
+             f"--config.data.train_split={train_split}", f"--config.data.eval_split={eval_split}",
+             *flags]
   if tiny:
     command += ["--config.num_epochs=1", "--config.batch_size=32",
                 "--config.eval_batch_size=32", *TINY_MODELS[name]]

@@ -13,9 +13,9 @@ line, e.g. --variant "bw3=--config.model.branch_weight=3") trains configs/NAME.p
 train[:45000] and validates on train[45000:], with the device pipeline, once per seed
 0..N-1, into OUT/VARIANT_seedS (its log OUT/VARIANT_seedS.log). K runs go at once:
 one run's host work (start-up, compiling, input) overlaps another's device work,
-each gets 0.9/K of an accelerator's memory (XLA_PYTHON_CLIENT_MEM_FRACTION,
-unless set), and jax's persistent compilation cache (config.compilation_cache_dir) spares every
-run after the first of a variant its compile. Runs go seed by seed, so a sweep cut
+each gets 0.9/K of an accelerator's memory (XLA_PYTHON_CLIENT_MEM_FRACTION, unless
+set), and jax's persistent compilation cache (config.compilation_cache_dir) spares
+every run after the first of a variant its compile. Runs go seed by seed, so a sweep cut
 short still has each variant's first seeds. OUT/seed_sweep.json, rewritten after
 every run: each run's accuracy with and without test-time augmentation and its wall
 time (longer when runs share the machine), and each variant's mean and standard
