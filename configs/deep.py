@@ -23,7 +23,8 @@ Departures from the notebook, and why:
 - Data: as configs/shallow.py (TFDS test split by default; offline overrides there).
 """
 
-from resnet_jax import default_config, preprocessing
+from resnet_jax import default_config
+from resnet_jax.data import augmentations
 
 
 def get_config():
@@ -31,7 +32,7 @@ def get_config():
   config.model.name = "deep"
   config.num_epochs = 200
   config.batch_size = 64
-  config.data.augment = preprocessing.augment_settings("deep")
+  config.data.augment = augmentations.preset("deep")
   config.data.pipeline = "device"
   config.optimizer.learning_rate = 1e-4
   config.optimizer.weight_decay = 1e-3

@@ -29,7 +29,8 @@ validating on the hold-out train[45000:]. What each idea does:
 Measured results, and which version of this file they used: docs/recipes.md.
 """
 
-from resnet_jax import default_config, preprocessing
+from resnet_jax import default_config
+from resnet_jax.data import augmentations
 
 
 def get_config():
@@ -43,7 +44,7 @@ def get_config():
   config.data.eval_split = "train[45000:]"
   config.data.pipeline = "device"
   config.data.normalization = "cifar"
-  config.data.augment = preprocessing.augment_settings("none", alternating_flip=1,
+  config.data.augment = augmentations.preset("none", alternating_flip=1,
                                                        reflect_crop=2)
   config.eval.tta = 2
   config.optimizer.name = "sgd"

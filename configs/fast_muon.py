@@ -21,10 +21,7 @@ against configs/fast.py, whose docstring says what the rest does:
   ours towards it while keeping the paths (the assignment asks for a ResNet). The
   head's features grow with the weight, so the logit scale is 1/(9 (1 + weight)):
   with weight 1 and airbench's 1/9, under Muon's rate and no warm-up, the first
-  epoch learnt almost nothing (88.52% with TTA after 8 epochs). Measured with TTA
-  after 8 epochs: weight 1 with 1/18, 90.38% on this CPU (mean of 2 seeds), 90.16%
-  on an H200 (6 seeds, bf16); weight 3, 90.63% here (90.82, 90.44), 90.47% on the
-  H200 (6 seeds); weights 4 and 6 were level with 3 on the H200 (docs/recipes.md).
+  epoch learns almost nothing. docs/recipes.md has the trials behind both values.
 Not airbench94_muon's: its whitening-bias rate decays to 0 over those 3 epochs
 (here it follows the common schedule and stops); its Newton-Schulz runs in bf16.
 Measured results, and which version of this file they used: docs/recipes.md.

@@ -1,13 +1,16 @@
 """Orbax checkpoints: model variables, training state and a JSON description.
 
 Layout: WORKDIR/checkpoints/<step>/ holds up to three items,
-  "model": {"params", "batch_stats"}: all that evaluation and prediction need;
-  "train": {"opt_state", "plateau", "step", "rng"}: the rest of the train state
-           (training checkpoints only; converted PyTorch weights have none);
-  "meta":  JSON: "model" (preset name and every ResNet field, from which the
-           model is rebuilt), "source", and for training "epoch", "config",
-           "history" (per-epoch scalars) and "eval_accuracy" (None for a
-           checkpoint written mid-epoch, on a preemption signal).
+  "model": the model's variables ({"params", "batch_stats"}, and "constants"
+           where the family has them): all that evaluation and prediction need;
+  "train": the rest of the train state ("opt_state", "plateau", "step", "rng",
+           "averages", ...; training checkpoints only: converted PyTorch weights
+           have none);
+  "meta":  JSON: "model" (preset name and every field of its family, from which
+           the model is rebuilt), "source", "layout" (checkpoint_layouts.py: older
+           workdirs' checkpoints still restore), and for training "epoch",
+           "config", "history" (per-epoch scalars) and "eval_accuracy" (None for
+           a checkpoint written mid-epoch, on a preemption signal).
 Training numbers checkpoints by train step (meta "epoch" and "epoch_step" say
 where in the schedule it is); a converted checkpoint is step 0. The validation
 accuracy is also the checkpoint's Orbax metric, by which managers rank them
@@ -31,8 +34,9 @@ import orbax.checkpoint as ocp
 from absl import logging
 from orbax.checkpoint import checkpoint_managers
 
-from resnet_jax import models
+from resnet_jax import checkpoint_layouts, models
 
+LAYOUT = checkpoint_layouts.LAYOUT
 CHECKPOINT_SUBDIR = "checkpoints"
 ITEMS = ("model", "train", "meta")
 
@@ -102,7 +106,7 @@ def save_model(workdir: str, step: int, variables: dict, model_config: dict,
     manager.save(step, args=ocp.args.Composite(
         model=ocp.args.StandardSave({"params": variables["params"],
                                      "batch_stats": variables["batch_stats"]}),
-        meta=ocp.args.JsonSave({"model": model_config, **meta})))
+        meta=ocp.args.JsonSave({"model": model_config, "layout": LAYOUT, **meta})))
     manager.wait_until_finished()
   return os.path.join(checkpoint_dir(workdir), str(step))
 
@@ -117,7 +121,8 @@ def _state_items(state, train_metrics) -> dict:
   """
   fields = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)
             if f.metadata.get("pytree_node", True) and getattr(state, f.name) is not None}
-  model = {name: fields.pop(name) for name in ("params", "batch_stats")}
+  model = {name: fields.pop(name) for name in ("params", "batch_stats", "constants")
+           if name in fields}
   return {"model": model,
           "train": {**fields, "metrics": flax.serialization.to_state_dict(train_metrics)}}
 
@@ -133,7 +138,7 @@ def save_training(manager: ocp.CheckpointManager, step: int, state, train_metric
       metrics=None if meta["eval_accuracy"] is None else {"eval_accuracy": meta["eval_accuracy"]})
 
 
-def model_differences(saved: dict, name: str, model: models.ResNet,
+def model_differences(saved: dict, name: str, model: models.Model,
                       ignore: tuple[str, ...] = ()) -> list[str]:
   """Fields in which a checkpoint's "model" description differs from (name, model)."""
   expected = json.loads(json.dumps(models.model_config(name, model)))  # tuples -> lists
@@ -155,36 +160,45 @@ def _abstract(tree, sharding):
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
 
-def restore_training(manager: ocp.CheckpointManager, step: int, state, train_metrics,
-                     sharding):
-  """(state, train metrics) restored from `step` into the structure of the arguments."""
-  target = _abstract(_state_items(state, train_metrics), sharding)
+def _restore(manager: ocp.CheckpointManager, step: int, target: dict, layout: int) -> dict:
+  """The items of `target` (abstract, today's layout) from `step`, saved in `layout`."""
+  try:
+    saved = checkpoint_layouts.as_saved(target, layout)
+  except ValueError as e:
+    raise CheckpointError(f"{manager.directory}/{step} cannot be resumed with this config: "
+                          f"{e}") from e
   restored = manager.restore(step, args=ocp.args.Composite(
-      model=ocp.args.StandardRestore(target["model"]),
-      train=ocp.args.StandardRestore(target["train"])))
+      **{name: ocp.args.StandardRestore(item) for name, item in saved.items()}))
+  return checkpoint_layouts.as_today({name: restored[name] for name in saved}, target, layout)
+
+
+def restore_training(manager: ocp.CheckpointManager, step: int, state, train_metrics,
+                     sharding, layout: int = LAYOUT):
+  """(state, train metrics) restored from `step` into the structure of the arguments."""
+  restored = _restore(manager, step, _abstract(_state_items(state, train_metrics), sharding),
+                      layout)
   metrics_state = restored["train"].pop("metrics")
   return (state.replace(**restored["model"], **restored["train"]),
           flax.serialization.from_state_dict(train_metrics, metrics_state))
 
 
-def restore_variables(manager: ocp.CheckpointManager, step: int, model: models.ResNet,
-                      sharding=None) -> dict:
-  """{"params", "batch_stats"} of `step` for `model`, on `sharding` (default: one device)."""
+def restore_variables(manager: ocp.CheckpointManager, step: int, model: models.Model,
+                      meta: dict, sharding=None) -> dict:
+  """The variables of `model` at `step` (whose `meta` says its layout), on `sharding`
+  (default: one device)."""
   shapes = jax.eval_shape(functools.partial(models.init_variables, model), jax.random.key(0))
   sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  target = _abstract(dict(shapes), sharding)
-  restored = manager.restore(step, args=ocp.args.Composite(
-      model=ocp.args.StandardRestore(target)))
-  return restored["model"]
+  target = {"model": _abstract(dict(shapes), sharding)}
+  return _restore(manager, step, target, meta.get("layout", 1))["model"]
 
 
-def restore_model(workdir: str, step: int | None = None) -> tuple[models.ResNet, dict, dict]:
+def restore_model(workdir: str, step: int | None = None) -> tuple[models.Model, dict, dict]:
   """(model, variables, meta) of `step`, or of the latest step when None."""
   with reading_manager(workdir) as manager:
     step = manager.latest_step() if step is None else step
     meta = read_meta(manager, step)
     model = models.from_config(meta["model"])
-    return model, restore_variables(manager, step, model), meta
+    return model, restore_variables(manager, step, model, meta), meta
 
 
 class TrainingCheckpoints:
@@ -212,7 +226,7 @@ class TrainingCheckpoints:
     finally:
       self.manager.close()
 
-  def restore(self, state, train_metrics, sharding, model_name: str, model: models.ResNet):
+  def restore(self, state, train_metrics, sharding, model_name: str, model: models.Model):
     """(state, history, epoch_step, train metrics or None): the newest usable checkpoint's,
     or the arguments' with an empty history when there is none."""
     for step in sorted(self.manager.all_steps(), reverse=True):
@@ -223,7 +237,10 @@ class TrainingCheckpoints:
         continue
       self._check_resumable(meta, model_name, model)
       try:
-        state, metrics = restore_training(self.manager, step, state, train_metrics, sharding)
+        state, metrics = restore_training(self.manager, step, state, train_metrics, sharding,
+                                          meta.get("layout", 1))
+      except CheckpointError:
+        raise
       except Exception as e:  # pylint: disable=broad-except
         self._set_aside(step, e)
         continue
@@ -260,7 +277,7 @@ class TrainingCheckpoints:
         f"writing to {os.path.dirname(self.manager.directory)} failed ({type(error).__name__}: "
         f"{reason}); the complete checkpoints are intact: {sorted(self.manager.all_steps())}")
 
-  def _check_resumable(self, meta: dict, model_name: str, model: models.ResNet) -> None:
+  def _check_resumable(self, meta: dict, model_name: str, model: models.Model) -> None:
     if meta.get("source") != "train":
       raise CheckpointError(
           f"{self.manager.directory} holds {meta.get('source')!r} checkpoints, not a training "

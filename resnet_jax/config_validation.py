@@ -1,11 +1,13 @@
 """Checks a training config before any compute: one-line errors naming key and value."""
 
 import jax
-import jax.numpy as jnp
 
-from resnet_jax import data_sources, default_config, models, optim, preprocessing, tta
+from resnet_jax import default_config, models, optim, tta, xla_cpu
+from resnet_jax.data import augmentations, batches, datasets, sources, splits
+from resnet_jax.models import layers
 
-PIPELINES = ("tfdata", "device")
+# Keys that moved: where a config that sets the old one must set it now.
+MOVED_KEYS = {"model.fusion_barriers": "cpu.fusion_barriers"}
 
 
 class ConfigError(ValueError):
@@ -32,60 +34,75 @@ def _fraction(config, *keys: str) -> None:
       raise ConfigError(f"config.{key}={value} is not in [0, 1)")
 
 
-def _check_xla_options(config) -> None:
-  """Compiles a trivial function with config.cpu.xla_options: XLA names a bad option or value."""
-  options = dict(config.cpu.xla_options)
-  if not options or jax.default_backend() != "cpu":
-    return
-  try:
-    jax.jit(lambda x: x + 1, compiler_options=options).lower(jnp.zeros(())).compile()
-  except jax.errors.JaxRuntimeError as e:
-    raise ConfigError(f"config.cpu.xla_options={options}: {e}") from e
+def _check_moved_keys(config) -> None:
+  for old, new in MOVED_KEYS.items():
+    parent, _, leaf = old.rpartition(".")
+    if leaf in default_config.lookup(config, parent):
+      raise ConfigError(f"config.{old} is not a {parent} key; set config.{new}")
 
 
-def validate(config) -> None:
-  """Raises ConfigError for the first bad value found."""
-  _choice(config, "model.name", models.PRESET_NAMES)
+def _check_optimizer(config) -> None:
   _choice(config, "optimizer.name", optim.OPTIMIZERS)
   _choice(config, "optimizer.schedule", optim.SCHEDULES)
   _choice(config, "optimizer.decay", optim.DECAY_TARGETS)
   _choice(config, "optimizer.plateau.metric", optim.PLATEAU_METRICS)
-  _choice(config, "data.source", data_sources.SOURCES)
-  _choice(config, "data.pipeline", PIPELINES)
-  _choice(config, "data.normalization", sorted(preprocessing.NORMALIZATIONS))
-  _choice(config, "dtype", ["auto", *sorted(models.DTYPES)])
-  _choice(config, "eval.tta", tta.LEVELS)
-  _positive(config, "optimizer.learning_rate", "num_epochs", "batch_size", "eval_batch_size",
-            "optimizer.accumulation_steps")
+  _positive(config, "optimizer.learning_rate", "optimizer.accumulation_steps",
+            "optimizer.bn_bias_lr_multiplier", "optimizer.whiten_bias_lr_multiplier",
+            "optimizer.muon.learning_rate", "optimizer.muon.ns_steps")
   if config.optimizer.per_examples and config.optimizer.name != "sgd":
     raise ConfigError(f"config.optimizer.per_examples={config.optimizer.per_examples} is for "
                       f"optimizer.name='sgd' (airbench's), not {config.optimizer.name!r}")
-  _positive(config, "optimizer.bn_bias_lr_multiplier", "optimizer.whiten_bias_lr_multiplier",
-            "optimizer.muon.learning_rate", "optimizer.muon.ns_steps")
-  _fraction(config, "label_smoothing", "optimizer.muon.momentum")
+  _fraction(config, "optimizer.muon.momentum")
   if config.optimizer.weight_decay < 0:
     raise ConfigError(f"config.optimizer.weight_decay={config.optimizer.weight_decay} "
                       "must be >= 0")
-  for key in ("batch_size", "eval_batch_size"):
-    if config[key] % jax.device_count():
-      raise ConfigError(f"config.{key}={config[key]} is not divisible by the "
-                        f"{jax.device_count()} devices")
+
+
+def _check_data(config) -> None:
+  _choice(config, "data.dataset", datasets.DATASETS)
+  _choice(config, "data.source", sources.SOURCES)
+  _choice(config, "data.pipeline", batches.PIPELINES)
+  _choice(config, "data.normalization", datasets.NORMALIZATIONS)
   try:
-    preprocessing.check_augment(config.data.augment)
+    augmentations.check(config.data.augment)
   except ValueError as e:  # its messages already name config.data.augment.<key>
     raise ConfigError(str(e)) from e
   for key in ("train_split", "eval_split"):
     try:
-      data_sources.check_split(config.data[key])
-    except data_sources.DataError as e:
+      splits.check_split(config.data[key], datasets.get(config.data))
+    except datasets.DataError as e:
       raise ConfigError(f"config.data.{key}: {e}") from e
-  _check_xla_options(config)
-  for key in models.RUNTIME_FIELDS:
-    if key in config.model:
-      raise ConfigError(f"config.model.{key} is not a model field; set config.cpu.{key}")
+
+
+def _check_model(config) -> None:
+  _choice(config, "model.name", models.PRESET_NAMES)
   name, fields = default_config.model_fields(config)
+  classes = datasets.get(config.data).num_classes
+  if fields.get("num_classes", classes) != classes:
+    raise ConfigError(f"config.model.num_classes={fields['num_classes']}, but "
+                      f"config.data.dataset={config.data.dataset!r} has {classes} classes")
   try:
     models.get_model(name, **fields)  # any compute dtype has the same fields
   except ValueError as e:  # field and budget errors say "model.<field>" or the count
     raise ConfigError(f"config.{e}" if str(e).startswith("model") else f"config.model: {e}") \
         from e
+
+
+def validate(config) -> None:
+  """Raises ConfigError for the first bad value found."""
+  _check_moved_keys(config)
+  _choice(config, "dtype", ["auto", *sorted(layers.DTYPES)])
+  _choice(config, "eval.tta", tta.LEVELS)
+  _positive(config, "num_epochs", "batch_size", "eval_batch_size")
+  _fraction(config, "label_smoothing")
+  for key in ("batch_size", "eval_batch_size"):
+    if config[key] % jax.device_count():
+      raise ConfigError(f"config.{key}={config[key]} is not divisible by the "
+                        f"{jax.device_count()} devices")
+  _check_optimizer(config)
+  _check_data(config)
+  try:
+    xla_cpu.check_options(config)
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
+  _check_model(config)

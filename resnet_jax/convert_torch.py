@@ -24,6 +24,7 @@ from absl import app, flags, logging
 from flax import traverse_util
 
 from resnet_jax import checkpoints, models
+from resnet_jax.models import resnet
 
 _IGNORED_SUFFIX = ".num_batches_tracked"
 _MODULE_NAMES = {"downsample_conv": "downsample.0", "downsample_bn": "downsample.1"}
@@ -79,13 +80,13 @@ def convert_state_dict(state_dict: Mapping[str, Any], model_name: str,
 
 
 @functools.lru_cache(maxsize=8)
-def _variable_shapes(model: models.ResNet) -> dict:
+def _variable_shapes(model: resnet.ResNet) -> dict:
   """{path: ShapeDtypeStruct} of the model's variables (tracing the model once per model)."""
   return traverse_util.flatten_dict(
       jax.eval_shape(functools.partial(models.init_variables, model), jax.random.key(0)))
 
 
-def convert_for_model(state_dict: Mapping[str, Any], model: models.ResNet,
+def convert_for_model(state_dict: Mapping[str, Any], model: resnet.ResNet,
                       model_name: str) -> dict:
   """As `convert_state_dict`, for an already built model."""
   target = _variable_shapes(model)
@@ -160,7 +161,7 @@ def main(argv: Sequence[str]) -> None:
 if __name__ == "__main__":
   # Defined only when run as a program, so that importing this module never
   # collides with another module's --model.
-  flags.DEFINE_enum("model", None, sorted(models.PRESETS), "Seed model the weights belong to.")
+  flags.DEFINE_enum("model", None, sorted(resnet.PRESETS), "Seed model the weights belong to.")
   flags.DEFINE_string("checkpoint", None, "The seed's .pth file.")
   flags.DEFINE_string("output", None, "Workdir to write the Orbax checkpoint into.")
   flags.mark_flags_as_required(["model", "checkpoint", "output"])

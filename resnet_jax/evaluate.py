@@ -25,15 +25,11 @@ import jax.numpy as jnp
 import matplotlib
 import numpy as np
 
-from resnet_jax import (checkpoints, config_validation, models, pipelines, preprocessing, train,
-                        tta)
+from resnet_jax import checkpoints, config_validation, models, train, tta, xla_cpu
+from resnet_jax.data import batches, datasets, sources
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
-               "truck")
-
 
 class InputFileError(ValueError):
   """An unusable predict input file; the message names it."""
@@ -57,10 +53,10 @@ def restore_for_config(config, workdir: str, step: int | None):
           f"{manager.directory}/{step} holds model {meta['model']['name']!r}, which differs "
           f"from the config's model {config.model.name!r} in {differs}: "
           + ", ".join(f"{k}={meta['model'].get(k)} vs {expected.get(k)}" for k in differs))
-    return model, checkpoints.restore_variables(manager, step, model), step, why, meta
+    return model, checkpoints.restore_variables(manager, step, model, meta), step, why, meta
 
 
-def _predict_fn(model: models.ResNet, tta_level: int, compiler_options: dict | None):
+def _predict_fn(model: models.Model, tta_level: int, compiler_options: dict | None):
   @functools.partial(jax.jit, compiler_options=compiler_options)
   def probabilities(variables, images):
     return tta.probabilities(lambda x: model.apply(variables, x, train=False), images, tta_level)
@@ -73,10 +69,9 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: i
   return matrix
 
 
-def _plot_confusion(matrix: np.ndarray, path: str, title: str) -> None:
+def _plot_confusion(matrix: np.ndarray, names, path: str, title: str) -> None:
   figure, ax = plt.subplots(figsize=(7, 6))
   image = ax.imshow(matrix, cmap="Blues")
-  names = CLASS_NAMES if len(matrix) == len(CLASS_NAMES) else range(len(matrix))
   ax.set_xticks(range(len(matrix)), names, rotation=45, ha="right")
   ax.set_yticks(range(len(matrix)), names)
   for (i, j), n in np.ndenumerate(matrix):
@@ -94,10 +89,10 @@ def _plot_confusion(matrix: np.ndarray, path: str, title: str) -> None:
 def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
   """Evaluates a checkpoint and writes DIR/eval/; returns the metrics dict."""
   model, variables, step, why, meta = restore_for_config(config, workdir, step)
-  split = pipelines.eval_split(config)
-  probabilities = _predict_fn(model, config.eval.tta, train.compiler_options(config))
+  split = batches.eval_split(config, *sources.load_split(config.data, config.data.eval_split))
+  probabilities = _predict_fn(model, config.eval.tta, xla_cpu.compiler_options(config))
   labels, predictions = [], []
-  for batch in split:
+  for batch in split.epoch():
     p = np.asarray(probabilities(variables, batch["image"]))
     predictions.append(p.argmax(-1)[batch["mask"]])
     labels.append(batch["label"][batch["mask"]])
@@ -114,7 +109,8 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
   os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, "metrics.json"), "w") as f:
     json.dump(metrics, f, indent=1)
-  _plot_confusion(matrix, os.path.join(out, "confusion_matrix.png"),
+  _plot_confusion(matrix, datasets.get(config.data).class_names,
+                  os.path.join(out, "confusion_matrix.png"),
                   f"{config.data.eval_split}, step {step}: accuracy {metrics['accuracy']:.4f}")
   return metrics
 
@@ -151,11 +147,11 @@ def predict(config, workdir: str, input_path: str, output_path: str,
   """
   images, ids = load_unlabeled(input_path)
   model, variables, step, why, _ = restore_for_config(config, workdir, step)
-  probabilities = _predict_fn(model, config.eval.tta, train.compiler_options(config))
+  probabilities = _predict_fn(model, config.eval.tta, xla_cpu.compiler_options(config))
+  norm = datasets.normalization(config.data)
   labels = []
   for start in range(0, len(images), config.eval_batch_size):
-    x = preprocessing.normalize_pixels(images[start:start + config.eval_batch_size],
-                                       config.data.normalization)
+    x = datasets.normalize_pixels(images[start:start + config.eval_batch_size], norm)
     labels.append(np.asarray(probabilities(variables, jnp.asarray(x, jnp.float32))).argmax(-1))
   labels = np.concatenate(labels) if labels else np.zeros(0, np.int64)
   os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)

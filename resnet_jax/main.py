@@ -18,8 +18,9 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from resnet_jax import (checkpoints, config_validation, data_sources, default_config, evaluate,
-                        logs, optional_tf, train)
+from resnet_jax import (checkpoints, config_validation, evaluate, logs, models, optional_tf,
+                        train)
+from resnet_jax.data import datasets
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training configuration file.",
@@ -66,8 +67,11 @@ def _unknown_key_message(argv: list[str], error: str) -> str:
   message = f"{flag}: {parent} has no key {key!r}"
   if suggestion:
     message += f"; did you mean {suggestion.group(1)!r}?"
-  if parent == "config.model":
-    message += f"; the model's fields are {['name', *default_config.MODEL_FIELDS]}"
+  moved = config_validation.MOVED_KEYS.get(f"{parent}.{key}".removeprefix("config."))
+  if moved:
+    message += f"; it is config.{moved} now"
+  elif parent == "config.model":
+    message += f"; the model's fields are {['name', *models.config_fields()]}"
   return message
 
 
@@ -109,7 +113,7 @@ def main(argv: Sequence[str]) -> None:
       logs.write_log_file(FLAGS.workdir)
       print(f"checkpoint {result['checkpoint']} ({result['chosen']})")
       print(f"wrote {result['count']} predictions to {FLAGS.output}")
-  except (config_validation.ConfigError, data_sources.DataError, checkpoints.CheckpointError,
+  except (config_validation.ConfigError, datasets.DataError, checkpoints.CheckpointError,
           evaluate.InputFileError, train.NonFiniteError, optional_tf.MissingTensorFlow) as e:
     raise SystemExit(f"error: {e}") from e
 

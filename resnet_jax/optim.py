@@ -1,48 +1,57 @@
 """Optimizers and learning-rate schedules built from `config.optimizer`, with optax.
 
-config.optimizer fields:
-  name: "adam" (PyTorch Adam: L2 decay added to the gradient, the seed's choice),
-        "adamw" (decoupled decay), "sgd" (momentum, optionally Nesterov).
-  learning_rate, weight_decay, b1, b2, eps, momentum, nesterov
-  per_examples: 0, or N: learning_rate and weight_decay are stated per N
-        examples, as airbench states them per 1024 (see `_per_examples`), so
-        that they hold whatever the batch size and momentum (sgd only).
-  bn_bias_lr_multiplier: BatchNorm biases train at this multiple of the
-        learning rate (airbench: 64), with the same decay per step
-        (optax.multi_transform over parameter groups).
-  whiten_bias_epochs: 0, or the epochs after which FastResNet's whitening
-        bias stops training (airbench: 3; its filters never train).
-  whiten_bias_lr_multiplier: the whitening bias trains at this multiple of the
-        learning rate (airbench94: 1; airbench94_muon: the BatchNorm biases' 64).
-  muon: enabled, learning_rate, momentum, ns_steps: convolution kernels train
-        with Muon (`muon_kernels`, airbench94_muon's) at its own rate, on the
-        same schedule; the other parameters keep the optimizer above.
-  lookahead_every, lookahead_decay: 0, or every how many train steps the weights
-        move to their running average (`Lookahead`; airbench: 5, 0.95^5).
-  decay: "all" (every parameter, as the seed's torch optimizers) or "kernels".
-  schedule: "constant", "step" (StepLR: x gamma every step_epochs),
-        "warmup_cosine" (linear warmup_epochs, cosine to 0), "one_cycle",
-        "triangle" (linear from start_factor x lr to lr over warmup_epochs,
-        then linearly down to end_factor x lr at the end; airbench's).
-  accumulation_steps: micro-batches per update (optax.MultiSteps, mean gradient).
-  plateau: ReduceLROnPlateau driven once per epoch (see `Plateau`):
-        enabled, metric ("train_loss" as in the seed, or "eval_loss"), factor,
-        patience and cooldown in epochs (PyTorch's meaning), rtol.
-
-Schedules count optimizer updates, i.e. after accumulation.
-No TensorFlow here.
+`default_config()` lists the section's keys, each beside a word on what reads it;
+the parts of a recipe (Muon, lookahead, the plateau, parameter groups) are
+documented where they are built below. Schedules count optimizer updates, i.e.
+after accumulation. No TensorFlow here.
 """
 
 import dataclasses
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "step", "warmup_cosine", "one_cycle", "triangle")
 DECAY_TARGETS = ("all", "kernels")
 PLATEAU_METRICS = ("train_loss", "eval_loss")
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """config.optimizer, with defaults (the seed's shallow recipe: Adam 1e-3, nothing else)."""
+  config = ml_collections.ConfigDict()
+  config.name = "adam"  # OPTIMIZERS: "adam" (torch's: L2 added to the gradient), "adamw", "sgd"
+  config.learning_rate = 1e-3
+  config.weight_decay = 0.0
+  config.decay = "all"  # DECAY_TARGETS: every parameter (as torch), or "kernels" only
+  config.b1, config.b2, config.eps = 0.9, 0.999, 1e-8  # adam, adamw
+  config.momentum, config.nesterov = 0.9, False  # sgd (and per_examples)
+  config.accumulation_steps = 1  # micro-batches per update (optax.MultiSteps, mean gradient)
+  # learning_rate_schedule: "step" uses step_epochs and gamma; "warmup_cosine" and
+  # "triangle" warmup_epochs; "triangle" starts at start_factor x lr and ends at end_factor x.
+  config.schedule = "constant"
+  config.step_epochs, config.gamma = 10, 0.1
+  config.warmup_epochs = 0.0
+  config.start_factor, config.end_factor = 0.2, 0.07
+  config.per_examples = 0  # 0, or N: lr and weight decay stated per N examples (sgd; below)
+  # Parameter groups, as a model family's param_labels name them (models/registry.py):
+  # "bn_bias" and "whiten_bias" train at a multiple of the lr, the whitening bias only for
+  # its first whiten_bias_epochs (0: always); "conv_kernel" with Muon when muon.enabled.
+  config.bn_bias_lr_multiplier = 1.0
+  config.whiten_bias_epochs = 0.0
+  config.whiten_bias_lr_multiplier = 1.0
+  config.lookahead_every = 0  # 0, or train steps between lookahead averages (Lookahead)
+  config.lookahead_decay = 0.95 ** 5
+  # Muon for the convolution kernels (muon_kernels), at its own rate on the same schedule.
+  config.muon = ml_collections.ConfigDict(
+      {"enabled": False, "learning_rate": 0.24, "momentum": 0.6, "ns_steps": 3})
+  # ReduceLROnPlateau once per epoch on `metric` (PLATEAU_METRICS; Plateau).
+  config.plateau = ml_collections.ConfigDict(
+      {"enabled": False, "metric": "train_loss", "factor": 0.1, "patience": 2, "cooldown": 0,
+       "rtol": 1e-4})
+  return config
 
 
 def learning_rate_schedule(opt_config, updates_per_epoch: int,
@@ -85,24 +94,6 @@ def _per_examples(opt_config, batch_size: int) -> float:
   if not opt_config.per_examples:
     return 1.0
   return batch_size / (opt_config.per_examples * (1 + 1 / (1 - opt_config.momentum)))
-
-
-def _is_bn_bias(path) -> bool:
-  """BatchNorm modules are named bn* throughout models.py."""
-  return (len(path) > 1 and getattr(path[-1], "key", None) == "bias"
-          and "bn" in getattr(path[-2], "key", ""))
-
-
-def _group(path, param, groups) -> str:
-  """The parameter group of `param` at `path`: one of the names in `groups`."""
-  keys = [getattr(entry, "key", None) for entry in path[-2:]]
-  if "whiten_bias" in groups and keys == ["whiten", "bias"]:
-    return "whiten_bias"
-  if "bn_bias" in groups and _is_bn_bias(path):
-    return "bn_bias"
-  if "conv_kernel" in groups and keys[-1] == "kernel" and param.ndim == 4:
-    return "conv_kernel"
-  return "other"
 
 
 def _renormalize_kernels() -> optax.GradientTransformation:
@@ -151,13 +142,15 @@ def _base_optimizer(opt_config, schedule: optax.Schedule, wd: float, mask):
   raise ValueError(f"config.optimizer.name={name!r} is not one of {list(OPTIMIZERS)}")
 
 
-def create_optimizer(opt_config, updates_per_epoch: int, num_epochs: int,
-                     batch_size: int = 1) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def create_optimizer(opt_config, updates_per_epoch: int, num_epochs: int, batch_size: int = 1,
+                     param_labels=None) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """(optimizer, schedule); the optimizer includes gradient accumulation.
 
   `batch_size` is the examples per update (batch x accumulation), which only
-  opt_config.per_examples uses. The schedule is the learning rate applied to
-  all but BatchNorm biases.
+  opt_config.per_examples uses. `param_labels` (the model family's: params ->
+  a tree of group names) sorts the parameters into groups; it is needed only
+  when the config gives a group settings other than "other"'s. The schedule is
+  the learning rate of the "other" group.
   """
   scale = _per_examples(opt_config, batch_size)
   base = learning_rate_schedule(opt_config, updates_per_epoch, num_epochs)
@@ -184,9 +177,12 @@ def create_optimizer(opt_config, updates_per_epoch: int, num_epochs: int,
         muon.momentum, muon.ns_steps)
   if len(transforms) == 1:  # parameter groups only when needed: the seed's state stays as it was
     tx = transforms["other"]
-  else:
-    tx = optax.multi_transform(transforms, lambda params: jax.tree_util.tree_map_with_path(
-        lambda path, param: _group(path, param, transforms), params))
+  elif param_labels is None:
+    raise ValueError(f"optimizer groups {sorted(set(transforms) - {'other'})} need the "
+                     "model's param_labels")
+  else:  # a group without settings of its own trains as "other"
+    tx = optax.multi_transform(transforms, lambda params: jax.tree.map(
+        lambda label: label if label in transforms else "other", param_labels(params)))
   if opt_config.accumulation_steps > 1:
     tx = optax.MultiSteps(tx, every_k_schedule=opt_config.accumulation_steps)
   return tx, schedule
@@ -237,6 +233,9 @@ class Lookahead:
   decay: float
   total_steps: int
 
+  def init(self, weights):
+    return jax.tree.map(jnp.copy, weights)  # a buffer of its own: the train step donates
+
   def update(self, step: jax.Array, average, weights, enabled: jax.Array = True):
     """(average, weights) after the 1-based train step `step`."""
     regular = step % self.every == 0
@@ -248,10 +247,15 @@ class Lookahead:
     return average, weights
 
 
-def lookahead_from_config(opt_config, total_steps: int) -> Lookahead | None:
-  if not opt_config.lookahead_every:
-    return None
-  return Lookahead(opt_config.lookahead_every, opt_config.lookahead_decay, total_steps)
+def weight_averages(opt_config, total_steps: int) -> dict:
+  """{name: average} of the weight averages the config asks for, each with
+  `init(weights)` and `update(step, average, weights, enabled) -> (average, weights)`,
+  run by the train step after every optimizer step on {"params", "batch_stats"}."""
+  averages = {}
+  if opt_config.lookahead_every:
+    averages["lookahead"] = Lookahead(opt_config.lookahead_every, opt_config.lookahead_decay,
+                                      total_steps)
+  return averages
 
 
 def plateau_from_config(opt_config) -> Plateau | None:

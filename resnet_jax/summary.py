@@ -25,7 +25,7 @@ def _own_param_count(tree) -> int:
   return sum(math.prod(v.shape) for v in tree.values() if not isinstance(v, dict))
 
 
-def layer_rows(model: models.ResNet) -> list[tuple[str, str, tuple[int, ...], int]]:
+def layer_rows(model: models.Model) -> list[tuple[str, str, tuple[int, ...], int]]:
   """(path, module type, output shape, own parameters) per module call."""
   calls = []
 
@@ -49,7 +49,7 @@ def layer_rows(model: models.ResNet) -> list[tuple[str, str, tuple[int, ...], in
   return rows
 
 
-def format_table(model: models.ResNet) -> str:
+def format_table(model: models.Model) -> str:
   rows = layer_rows(model)
   header = f"{'Layer (type)':<40}{'Output Shape':>22}{'Param #':>12}{'Total':>14}"
   lines = ["-" * len(header), header, "=" * len(header)]
@@ -57,8 +57,9 @@ def format_table(model: models.ResNet) -> str:
   for path, kind, shape, n in rows:
     total += n
     lines.append(f"{f'{path} ({kind})':<40}{str(list(shape)):>22}{n:>12,}{total:>14,}")
-  stats = jax.eval_shape(lambda: models.init_variables(model, jax.random.key(0)))["batch_stats"]
-  n_stats = sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(stats))
+  variables = jax.eval_shape(lambda: models.init_variables(model, jax.random.key(0)))
+  n_stats = sum(math.prod(leaf.shape) for name, tree in variables.items() if name != "params"
+                for leaf in jax.tree.leaves(tree))
   lines += ["=" * len(header),
             f"Total params: {total:,}",
             f"Trainable params: {total:,}",

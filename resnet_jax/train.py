@@ -1,4 +1,4 @@
-"""Training and evaluation: create_train_state, train_step, eval_step, train_and_evaluate.
+"""Training and evaluation: create_train_state, make_train_step, eval_step, train_and_evaluate.
 
 Data parallelism is jax.jit over a 1-D device mesh ("data"): the train state is
 replicated, every batch is sharded along its leading axis, and XLA inserts the
@@ -22,7 +22,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import flax
 import jax
@@ -34,19 +34,28 @@ from clu import metrics
 from flax.training import train_state
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from resnet_jax import (checkpoints, config_validation, data_sources, default_config, logs,
-                        models, optim, optional_tf, pipelines, plots, preprocessing, tta)
+from resnet_jax import (checkpoints, config_validation, default_config, logs, models, optim,
+                        optional_tf, plots, tta, xla_cpu)
+from resnet_jax.data import batches, datasets, sources
 
 
 class TrainState(train_state.TrainState):
-  """Flax's TrainState plus BatchNorm statistics, plateau state, rng and non-finite record."""
+  """Flax's TrainState plus the model's other variables, plateau state, rng, non-finite
+  record and weight averages."""
 
   batch_stats: Any = None
+  constants: Any = None  # frozen, fitted to the data (FastResNet's whitening); None if none
   plateau: Any = None  # optax ReduceLROnPlateauState; its scale multiplies updates
   rng: jax.Array = None  # uint32[2]; dropout keys are fold_in(rng, step)
   skipped_steps: jax.Array = None  # int32: steps whose loss or gradient was not finite
   first_nonfinite_step: jax.Array = None  # int32, -1 until a step is not finite
-  lookahead: Any = None  # {"params", "batch_stats"} average when optimizer.lookahead_every
+  averages: Any = None  # {name: {"params", "batch_stats"}}: optim.weight_averages' state
+
+  @property
+  def variables(self) -> dict:
+    """The model's variables: what `apply_fn` takes and a checkpoint's "model" item holds."""
+    variables = {"params": self.params, "batch_stats": self.batch_stats}
+    return variables if self.constants is None else {**variables, "constants": self.constants}
 
 
 class NonFiniteError(RuntimeError):
@@ -65,23 +74,20 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
   return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
 
 
-def on_cpu() -> bool:
-  return jax.default_backend() == "cpu"
-
-
 def compute_dtype(config: ml_collections.ConfigDict) -> str:
   """config.dtype, "auto" resolved for this backend: bfloat16 on GPU and TPU, whose matrix
   units run it at several times float32's rate (parameters, BatchNorm statistics and the
   loss stay float32), float32 on CPU, where bfloat16 is no faster (docs/performance.md)."""
   if config.dtype != "auto":
     return config.dtype
-  return "float32" if on_cpu() else "bfloat16"
+  return "float32" if xla_cpu.on_cpu() else "bfloat16"
 
 
-def build_model(config: ml_collections.ConfigDict) -> models.ResNet:
+def build_model(config: ml_collections.ConfigDict) -> models.Model:
+  """The config's model, computing in `compute_dtype`, with the dataset's class count."""
   name, fields = default_config.model_fields(config)
-  return models.get_model(name, dtype=compute_dtype(config), **fields,
-                          fusion_barriers=config.cpu.fusion_barriers and on_cpu())
+  fields.setdefault("num_classes", datasets.get(config.data).num_classes)
+  return models.get_model(name, dtype=compute_dtype(config), **fields)
 
 
 def enable_compilation_cache(directory: str) -> None:
@@ -90,69 +96,76 @@ def enable_compilation_cache(directory: str) -> None:
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(directory))
 
 
-def compiler_options(config: ml_collections.ConfigDict) -> dict | None:
-  """XLA options for the jitted steps: config.cpu.xla_options, on the CPU backend only."""
-  if not on_cpu():
-    return None
-  return dict(config.cpu.xla_options) or None
+def create_train_state(config, model: models.Model, tx: optax.GradientTransformation,
+                       plateau: optim.Plateau | None = None, total_steps: int = 0) -> TrainState:
+  """Initial variables (from `config.seed`), optimizer, plateau and weight-average state.
 
-
-def create_train_state(config, model: models.ResNet, tx: optax.GradientTransformation,
-                       plateau: optim.Plateau | None = None) -> TrainState:
-  """Initial parameters (from `config.seed`), optimizer and plateau state."""
+  `total_steps`, the run's length, matters only to weight averages that follow it.
+  """
   init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   variables = models.init_variables(model, init_rng)
-  lookahead = jax.tree.map(jnp.copy, variables) if config.optimizer.lookahead_every else None
+  averages = optim.weight_averages(config.optimizer, total_steps)
+  trained = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
   return TrainState.create(
       apply_fn=model.apply, params=variables["params"], tx=tx,
-      batch_stats=variables["batch_stats"],
+      batch_stats=variables["batch_stats"], constants=variables.get("constants"),
       plateau=(plateau or optim.Plateau()).init(), rng=dropout_rng,
       skipped_steps=jnp.zeros((), jnp.int32), first_nonfinite_step=jnp.full((), -1, jnp.int32),
-      lookahead=lookahead)
+      averages={name: average.init(trained) for name, average in averages.items()} or None)
 
 
-def train_step(state: TrainState, batch: dict, label_smoothing: float = 0.0,
-               skip_nonfinite: bool = False, lookahead: optim.Lookahead | None = None):
-  """One optimizer (or accumulation) step; returns the new state and its metrics.
+def make_train_step(config, model: models.Model, total_steps: int) -> Callable:
+  """The train step of `config`: (state, batch) -> (state, metrics), to be jitted.
 
-  A step whose loss or gradient is not finite changes nothing but the step
-  count and the non-finite record, so no NaN ever reaches parameters,
-  statistics or checkpoints. Unless `skip_nonfinite`, every later step is a
-  no-op too, until the host sees `first_nonfinite_step` and stops the run.
+  Its policies are read here, once: label smoothing, what a non-finite step
+  does, the weight averages (optim.weight_averages) and XLA:CPU's fusion barriers
+  (xla_cpu.py). A step whose loss or gradient is not finite changes nothing but
+  the step count and the non-finite record, so no NaN ever reaches parameters,
+  statistics or checkpoints; unless config.skip_nonfinite_steps, every later step
+  is a no-op too, until the host sees `first_nonfinite_step` and stops the run.
   """
-  dropout_rng = jax.random.fold_in(state.rng, state.step)
+  label_smoothing, skip_nonfinite = config.label_smoothing, config.skip_nonfinite_steps
+  averages = optim.weight_averages(config.optimizer, total_steps)
+  barriers = functools.partial(xla_cpu.fusion_barriers, config, models.family_of(model).blocks)
 
-  def loss_fn(params):
-    logits, updates = state.apply_fn(
-        {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
-        mutable=["batch_stats"], rngs={"dropout": dropout_rng})
-    loss = cross_entropy(logits, batch["label"], label_smoothing)
-    return loss.mean(), (logits, loss, updates["batch_stats"])
+  def train_step(state: TrainState, batch: dict):
+    dropout_rng = jax.random.fold_in(state.rng, state.step)
 
-  grads, (logits, loss, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
-  finite = jnp.isfinite(loss).all() & jnp.all(jnp.array(
-      [jnp.isfinite(g).all() for g in jax.tree.leaves(grads)]))
-  updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-  # The plateau scale multiplies the step (not the gradient): the applied lr.
-  updates = jax.tree.map(lambda u: u * state.plateau.scale, updates)
-  apply = finite & (skip_nonfinite | (state.first_nonfinite_step < 0))
-  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(apply, n, o), new, old)
-  state = state.replace(
-      step=state.step + 1,
-      params=keep(optax.apply_updates(state.params, updates), state.params),
-      opt_state=keep(opt_state, state.opt_state), batch_stats=keep(batch_stats, state.batch_stats),
-      skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32),
-      first_nonfinite_step=jnp.where((state.first_nonfinite_step < 0) & ~finite, state.step,
-                                     state.first_nonfinite_step))
-  if lookahead:
-    average, weights = lookahead.update(
-        state.step, state.lookahead, {"params": state.params, "batch_stats": state.batch_stats},
-        enabled=apply)
-    state = state.replace(lookahead=average, **weights)
-  mask = jnp.broadcast_to(finite, loss.shape)  # a skipped step does not count in the metrics
-  return state, Metrics.single_from_model_output(loss=jnp.where(finite, loss, 0.0),
-                                                 logits=jnp.where(finite, logits, 0.0),
-                                                 labels=batch["label"], mask=mask)
+    def loss_fn(params):
+      with barriers():
+        logits, updates = state.apply_fn(
+            {**state.variables, "params": params}, batch["image"], train=True,
+            mutable=["batch_stats"], rngs={"dropout": dropout_rng})
+      loss = cross_entropy(logits, batch["label"], label_smoothing)
+      return loss.mean(), (logits, loss, updates["batch_stats"])
+
+    grads, (logits, loss, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+    finite = jnp.isfinite(loss).all() & jnp.all(jnp.array(
+        [jnp.isfinite(g).all() for g in jax.tree.leaves(grads)]))
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    # The plateau scale multiplies the step (not the gradient): the applied lr.
+    updates = jax.tree.map(lambda u: u * state.plateau.scale, updates)
+    apply = finite & (skip_nonfinite | (state.first_nonfinite_step < 0))
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(apply, n, o), new, old)
+    state = state.replace(
+        step=state.step + 1,
+        params=keep(optax.apply_updates(state.params, updates), state.params),
+        opt_state=keep(opt_state, state.opt_state),
+        batch_stats=keep(batch_stats, state.batch_stats),
+        skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32),
+        first_nonfinite_step=jnp.where((state.first_nonfinite_step < 0) & ~finite, state.step,
+                                       state.first_nonfinite_step))
+    for name, average in averages.items():
+      averaged, weights = average.update(
+          state.step, state.averages[name],
+          {"params": state.params, "batch_stats": state.batch_stats}, enabled=apply)
+      state = state.replace(averages={**state.averages, name: averaged}, **weights)
+    mask = jnp.broadcast_to(finite, loss.shape)  # a skipped step does not count in the metrics
+    return state, Metrics.single_from_model_output(loss=jnp.where(finite, loss, 0.0),
+                                                   logits=jnp.where(finite, logits, 0.0),
+                                                   labels=batch["label"], mask=mask)
+
+  return train_step
 
 
 def eval_step(state: TrainState, batch: dict, tta_level: int = 0) -> Metrics:
@@ -162,8 +175,7 @@ def eval_step(state: TrainState, batch: dict, tta_level: int = 0) -> Metrics:
   probability (resnet_jax/tta.py): their argmax is the prediction and their
   cross-entropy -log p(label).
   """
-  variables = {"params": state.params, "batch_stats": state.batch_stats}
-  logits_fn = functools.partial(state.apply_fn, variables, train=False)
+  logits_fn = functools.partial(state.apply_fn, state.variables, train=False)
   if tta_level:
     logits = jnp.log(tta.probabilities(logits_fn, batch["image"], tta_level))
   else:
@@ -185,20 +197,19 @@ def data_mesh(devices=None) -> jax.sharding.Mesh:
 
 
 class Steps:
-  """The jitted train and eval steps over a data-parallel mesh."""
+  """The jitted train and eval steps of a config's model over a data-parallel mesh."""
 
-  def __init__(self, config, mesh: jax.sharding.Mesh | None = None, total_steps: int = 0):
-    """`total_steps`: the run's length, which only optimizer.lookahead_every uses."""
+  def __init__(self, config, model: models.Model, mesh: jax.sharding.Mesh | None = None,
+               total_steps: int = 0):
+    """`total_steps`: the run's length, which only weight averages use."""
     self.mesh = mesh or data_mesh()
     self.replicated = NamedSharding(self.mesh, P())
     self.data = NamedSharding(self.mesh, P("data"))
-    options = compiler_options(config)
-    self.train = jax.jit(
-        functools.partial(train_step, label_smoothing=config.label_smoothing,
-                          skip_nonfinite=config.skip_nonfinite_steps,
-                          lookahead=optim.lookahead_from_config(config.optimizer, total_steps)),
-        in_shardings=(self.replicated, self.data), out_shardings=self.replicated,
-        donate_argnums=0, compiler_options=options)
+    options = xla_cpu.compiler_options(config)
+    self.train = jax.jit(make_train_step(config, model, total_steps),
+                         in_shardings=(self.replicated, self.data),
+                         out_shardings=self.replicated, donate_argnums=0,
+                         compiler_options=options)
     self.eval, self.eval_tta = (
         jax.jit(functools.partial(eval_step, tta_level=level),
                 in_shardings=(self.replicated, self.data), out_shardings=self.replicated,
@@ -207,35 +218,16 @@ class Steps:
   def place_state(self, state: TrainState) -> TrainState:
     return jax.device_put(state, self.replicated)
 
-  def place_batch(self, batch: dict) -> dict:
-    return pipelines.place(batch, self.data)
 
-
-def eval_metrics(steps: Steps, state: TrainState, batches: pipelines.Batches,
+def eval_metrics(steps: Steps, state: TrainState, eval_data: batches.Batches,
                  tta: bool = False) -> dict[str, float]:
-  """Loss and accuracy of `state` over one pass of `batches` (training's validation),
+  """Loss and accuracy of `state` over one pass of `eval_data` (training's validation),
   with config.eval.tta's test-time augmentation when `tta`."""
   step = steps.eval_tta if tta else steps.eval
   total = Metrics.empty()
-  for batch in batches.epoch(0):
+  for batch in eval_data.epoch(0):
     total = total.merge(step(state, batch))
   return {k: float(v) for k, v in total.compute().items()}
-
-
-def fit_to_data(config, model, state: TrainState, train_data: pipelines.Batches,
-                sharding) -> TrainState:
-  """Data-dependent initialisation, before the first step: FastResNet's whitening filters,
-  fitted to the first 5,000 training images as the pipelines normalise them."""
-  if not isinstance(model, models.FastResNet):
-    return state
-  images = preprocessing.normalize_pixels(train_data.first_images(5000),
-                                          config.data.normalization)
-  kernel = models.whitening_kernel(images, model.whiten_kernel_size)
-  # A buffer of its own for each copy: the train step donates the state's buffers.
-  with_kernel = lambda stats: {**stats, "whiten": {"kernel": jax.device_put(kernel, sharding)}}
-  lookahead = state.lookahead and {**state.lookahead,
-                                   "batch_stats": with_kernel(state.lookahead["batch_stats"])}
-  return state.replace(batch_stats=with_kernel(state.batch_stats), lookahead=lookahead)
 
 
 class Preempted(SystemExit):
@@ -277,16 +269,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   checkpoints.check_writable(workdir)
   model, mesh = build_model(config), data_mesh()
   batch_sharding = NamedSharding(mesh, P("data"))
-  train_data = pipelines.train_batches(config, batch_sharding)
-  eval_data = pipelines.eval_batches(config, batch_sharding)
+  train_images, train_labels = sources.load_split(config.data, config.data.train_split)
+  train_data = batches.train_batches(config, train_images, train_labels, batch_sharding)
+  eval_data = batches.eval_batches(
+      config, *sources.load_split(config.data, config.data.eval_split), batch_sharding)
   steps_per_epoch = _whole_updates(config, train_data)
-  steps = Steps(config, mesh, total_steps=steps_per_epoch * config.num_epochs)
+  steps = Steps(config, model, mesh, total_steps=steps_per_epoch * config.num_epochs)
   updates_per_epoch = steps_per_epoch // config.optimizer.accumulation_steps
   tx, schedule = optim.create_optimizer(
       config.optimizer, updates_per_epoch, config.num_epochs,
-      batch_size=config.batch_size * config.optimizer.accumulation_steps)
+      batch_size=config.batch_size * config.optimizer.accumulation_steps,
+      param_labels=models.family_of(model).param_labels)
   plateau = optim.plateau_from_config(config.optimizer)
-  state = steps.place_state(create_train_state(config, model, tx, plateau))
+  state = steps.place_state(create_train_state(config, model, tx, plateau,
+                                               steps_per_epoch * config.num_epochs))
   logging.info("model %s: %s parameters, computing in %s%s; %d train / %d eval examples; "
                "%d steps per epoch", config.model.name, f"{models.count_params(model):,}",
                model.dtype, " (dtype auto)" if config.dtype == "auto" else "",
@@ -296,11 +292,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     logs.write_log_file(workdir)  # now that the workdir exists
     state, history, epoch_step, train_metrics = saved.restore(
         state, Metrics.empty(), steps.replicated, config.model.name, model)
-    if not history and not epoch_step:  # a fresh run; a resumed one has it in its checkpoint
-      state = fit_to_data(config, model, state, train_data, steps.replicated)
+    fresh = not history and not epoch_step  # a resumed run has its fit in its checkpoint
+    if fresh:
+      norm = datasets.normalization(config.data)
+      state = steps.place_state(state.replace(**models.fit_to_data(
+          model, state.variables, lambda n: datasets.normalize_pixels(train_images[:n], norm))))
+    del train_images, train_labels  # the pipelines hold what they need
     meta = functools.partial(_checkpoint_meta, config, model)
-    with contextlib.closing(_metric_writer(workdir, config, fresh=not history and not epoch_step)
-                           ) as writer, _StopSignals() as stop:
+    with contextlib.closing(_metric_writer(workdir, config, fresh)) as writer, \
+        _StopSignals() as stop:
       progress = logs.Progress(steps_per_epoch * config.num_epochs)
       for epoch in range(len(history), config.num_epochs):
         start_time, first_step = time.perf_counter(), epoch_step  # first_step > 0 when resumed
@@ -313,40 +313,43 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           if stop.received or epoch_step % 100 == 0 and _nonfinite(config, state):
             break
         _stop_if_nonfinite(config, state, saved, steps_per_epoch)
-        if epoch_step < steps_per_epoch:  # a signal: checkpoint mid-epoch and stop
-          saved.save(state, train_metrics, meta(history, epoch_step, None))
-          raise _preempted(stop.received, state, history, epoch_step, steps_per_epoch, workdir)
 
-        train_summary = {k: float(v) for k, v in train_metrics.compute().items()}
-        eval_summary = eval_metrics(steps, state, eval_data)
-        if config.eval.tta and epoch + 1 == config.num_epochs:  # the final result, with TTA
-          eval_summary["tta_accuracy"] = eval_metrics(steps, state, eval_data, tta=True)["accuracy"]
-        lr = float(schedule(updates_per_epoch * (epoch + 1) - 1)) * float(state.plateau.scale)
-        if plateau:  # once per epoch, on the configured metric
-          state = state.replace(plateau=plateau.update(state.plateau, _plateau_value(
-              config, train_summary, eval_summary)))
-        seconds = time.perf_counter() - start_time
-        history.append(_epoch_scalars(epoch, lr, state, train_summary, eval_summary, {
-            "images_per_s": (steps_per_epoch - first_step) * config.batch_size / seconds,
-            "elapsed_s": (history[-1].get("elapsed_s", 0.0) if history else 0.0) + seconds}))
-        _record_epoch(config, workdir, int(state.step), history, writer, saved)
-        if (epoch + 1) % config.checkpoint_every_epochs == 0 or epoch + 1 == config.num_epochs:
-          saved.save(state, Metrics.empty(), meta(history, 0, eval_summary["accuracy"]))
-        epoch_step, train_metrics = 0, None
-        if stop.received and epoch + 1 < config.num_epochs:
-          saved.save(state, Metrics.empty(), meta(history, 0, None))  # unless saved above
-          raise _preempted(stop.received, state, history, 0, steps_per_epoch, workdir)
+        eval_accuracy = None  # a checkpoint's rank: only scheduled ones have one
+        if epoch_step == steps_per_epoch:  # the epoch is complete: evaluate and record it
+          train_summary = {k: float(v) for k, v in train_metrics.compute().items()}
+          eval_summary = eval_metrics(steps, state, eval_data)
+          last = epoch + 1 == config.num_epochs
+          if config.eval.tta and last:  # the final result, with TTA
+            eval_summary["tta_accuracy"] = eval_metrics(steps, state, eval_data,
+                                                        tta=True)["accuracy"]
+          lr = float(schedule(updates_per_epoch * (epoch + 1) - 1)) * float(state.plateau.scale)
+          if plateau:  # once per epoch, on the configured metric
+            state = state.replace(plateau=plateau.update(state.plateau, _plateau_value(
+                config, train_summary, eval_summary)))
+          seconds = time.perf_counter() - start_time
+          history.append(_epoch_scalars(epoch, lr, state, train_summary, eval_summary, {
+              "images_per_s": (steps_per_epoch - first_step) * config.batch_size / seconds,
+              "elapsed_s": (history[-1].get("elapsed_s", 0.0) if history else 0.0) + seconds}))
+          _record_epoch(config, workdir, int(state.step), history, writer, saved)
+          if last or (epoch + 1) % config.checkpoint_every_epochs == 0:
+            eval_accuracy = eval_summary["accuracy"]
+          epoch_step, train_metrics = 0, None
+        if eval_accuracy is not None or stop.received:  # the state is saved here, only here
+          saved.save(state, Metrics.empty() if train_metrics is None else train_metrics,
+                     meta(history, epoch_step, eval_accuracy))
+        if stop.received and len(history) < config.num_epochs:
+          raise _preempted(stop.received, state, history, epoch_step, steps_per_epoch, workdir)
   if history and jax.process_index() == 0:
     plots.plot_curves(history, os.path.join(workdir, plots.CURVES_FILE))
   return state, history
 
 
-def _whole_updates(config, train_data: pipelines.Batches) -> int:
+def _whole_updates(config, train_data: batches.Batches) -> int:
   """Steps per epoch in whole accumulation groups, so no gradient is carried across epochs."""
   accumulation = config.optimizer.accumulation_steps
   steps = train_data.steps_per_epoch // accumulation * accumulation
   if steps == 0:
-    raise data_sources.DataError(
+    raise datasets.DataError(
         f"config.data.train_split={config.data.train_split!r} has {train_data.num_examples} "
         f"examples: fewer than one update of batch_size={config.batch_size} x "
         f"accumulation_steps={accumulation}")
@@ -372,8 +375,9 @@ def _metric_writer(workdir: str, config, fresh: bool):
 def _checkpoint_meta(config, model, history: list[dict], epoch_step: int,
                      eval_accuracy: float | None) -> dict:
   return {"model": models.model_config(config.model.name, model), "source": "train",
-          "epoch": len(history), "epoch_step": epoch_step, "eval_accuracy": eval_accuracy,
-          "config": config.to_json_best_effort(), "history": history}
+          "layout": checkpoints.LAYOUT, "epoch": len(history), "epoch_step": epoch_step,
+          "eval_accuracy": eval_accuracy, "config": config.to_json_best_effort(),
+          "history": history}
 
 
 def _nonfinite(config, state: TrainState) -> bool:

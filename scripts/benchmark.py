@@ -32,7 +32,8 @@ import time
 import jax
 import numpy as np
 
-from resnet_jax import default_config, optim, train
+from resnet_jax import default_config, optim, train, xla_cpu
+from resnet_jax.data import batches
 
 # bf16 dense peak FLOP/s of accelerators whose utilisation we report.
 PEAK_BF16_FLOPS = {"NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H200": 989e12,
@@ -45,14 +46,14 @@ def _jax_setup(model_name: str, batch_size: int, dtype: str, cpu_tuning: bool):
   if not cpu_tuning:
     config.cpu.xla_options, config.cpu.fusion_barriers = {}, False
   model = train.build_model(config)
-  steps = train.Steps(config)
+  steps = train.Steps(config, model)
   state = steps.place_state(train.create_train_state(
       config, model, optim.create_optimizer(config.optimizer, 100, config.num_epochs)[0]))
   rng = np.random.default_rng(0)
-  batch = steps.place_batch({
+  batch = batches.place({
       "image": rng.normal(size=(batch_size, 32, 32, 3)).astype(np.float32),
       "label": rng.integers(0, 10, batch_size).astype(np.int32),
-      "mask": np.ones(batch_size, bool)})
+      "mask": np.ones(batch_size, bool)}, steps.data)
   return steps, state, batch
 
 
@@ -180,7 +181,7 @@ def main() -> None:
       "model": args.model, "dtype": args.dtype, "batch_size": args.batch_size,
       "train_images_per_s": round(rate("jax_train"), 1),
       "eval_images_per_s": round(rate("jax_eval"), 1),
-      "cpu_tuning": not args.no_cpu_tuning and train.on_cpu(),
+      "cpu_tuning": not args.no_cpu_tuning and xla_cpu.on_cpu(),
       "compile_s": round(compile_s, 2),
       "train_flops_per_image": flops_per_image,
       "achieved_flops_per_s": flops_per_image * rate("jax_train"),

@@ -3,7 +3,7 @@
     python scripts/benchmark_input.py [--data_dir DIR] [--batch_size 128] [--pipelines tfdata,device]
 
 Measures images/s of the tf.data train pipeline for each augmentation preset, of
-the numpy eval batches (pipelines.EvalSplit), and of the on-device pipeline (get_batch under jit, on JAX's
+the numpy eval batches (batches.EvalSplit), and of the on-device pipeline (get_batch under jit, on JAX's
 default backend). Without --data_dir it uses 50,000 random images (the ops cost
 the same whatever the pixels). Targets (issue 3): tf.data shallow >= 10,000/s and
 deep >= 3,000/s on the 2-core CPU machine; device path >= 100,000/s on a GPU.
@@ -20,7 +20,10 @@ import time
 import jax
 import numpy as np
 
-from resnet_jax import data_sources, device_pipeline, pipelines, preprocessing
+from resnet_jax.data import augmentations, batches, datasets, device_pipeline, sources
+
+# The seed's Normalize(0.5, 0.5): every normalisation costs the same.
+NORMALIZATION = (np.full(3, 0.5, np.float32), np.full(3, 0.5, np.float32))
 
 
 def _rate(batches, batch_size: int, warmup: int, steps: int) -> float:
@@ -34,21 +37,22 @@ def _rate(batches, batch_size: int, warmup: int, steps: int) -> float:
 
 
 def tfdata_results(images, labels, batch_size, steps):
-  from resnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from resnet_jax.data import tfdata_pipeline  # pylint: disable=g-import-not-at-top
   results = []
   for preset in ("shallow", "deep"):
-    split = input_pipeline.InputSplit(
+    split = tfdata_pipeline.InputSplit(
         images, labels, batch_size=batch_size,
-        augment_settings=preprocessing.augment_settings(preset), normalization="seed")
-    rate = _rate(split.epoch(0), batch_size, warmup=10, steps=min(steps, len(split) - 10))
+        augment_settings=augmentations.preset(preset), normalization=NORMALIZATION)
+    rate = _rate(split.epoch(0), batch_size, warmup=10,
+                 steps=min(steps, split.steps_per_epoch - 10))
     results.append({"pipeline": "tfdata", "mode": "train", "preset": preset,
                     "batch_size": batch_size, "images_per_s": round(rate)})
   return results
 
 
 def eval_results(images, labels, batch_size, steps):
-  split = pipelines.EvalSplit(images, labels, batch_size=batch_size, normalization="seed")
-  rate = _rate(split, batch_size, warmup=10, steps=min(steps, split.steps_per_epoch - 10))
+  split = batches.EvalSplit(images, labels, batch_size=batch_size, normalization=NORMALIZATION)
+  rate = _rate(split.epoch(), batch_size, warmup=10, steps=min(steps, split.steps_per_epoch - 10))
   return [{"pipeline": "numpy", "mode": "eval", "preset": "none", "batch_size": batch_size,
            "images_per_s": round(rate)}]
 
@@ -56,7 +60,7 @@ def eval_results(images, labels, batch_size, steps):
 def device_results(images, labels, batch_size, steps):
   split = device_pipeline.DeviceSplit(
       images, labels, batch_size=batch_size,
-      augment_settings=preprocessing.augment_settings("shallow"), normalization="seed")
+      augment_settings=augmentations.preset("shallow"), normalization=NORMALIZATION)
   order = split.epoch_order(0)
 
   @jax.jit
@@ -81,7 +85,7 @@ def main() -> None:
   parser.add_argument("--pipelines", default="tfdata,device")
   args = parser.parse_args()
   if args.data_dir:
-    images, labels = data_sources.load_cifar10_dir(args.data_dir, "train")
+    images, labels = sources.load_files(args.data_dir, "train", datasets.DATASETS["cifar10"])
   else:
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (50_000, 32, 32, 3), dtype=np.uint8)

@@ -44,9 +44,9 @@ def cifar_archive(tmp_path):
 
 
 def data_config(location: str, **overrides) -> ml_collections.ConfigDict:
-  from resnet_jax import preprocessing  # pylint: disable=g-import-not-at-top
-  config = dict(source="cifar10_dir", dir=location, tfds_data_dir=None,
-                augment=preprocessing.augment_settings("none"), normalization="seed")
+  from resnet_jax.data import augmentations  # pylint: disable=g-import-not-at-top
+  config = dict(dataset="cifar10", source="cifar10_dir", dir=location, tfds_data_dir=None,
+                augment=augmentations.preset("none"), normalization="seed")
   config.update(overrides)
   return ml_collections.ConfigDict(config)
 
@@ -65,17 +65,17 @@ def smoke_config(**changes):
 def on_train_batches(monkeypatch, action) -> None:
   """Passes the n-th training batch of this process (n from 1) through action(n, batch).
 
-  The fault-injection hook: it wraps pipelines.train_batches, which serves the
+  The fault-injection hook: it wraps batches.train_batches, which serves the
   tf.data and the device pipeline alike.
   """
-  from resnet_jax import pipelines  # pylint: disable=g-import-not-at-top
-  make, drawn = pipelines.train_batches, [0]
+  from resnet_jax.data import batches  # pylint: disable=g-import-not-at-top
+  make, drawn = batches.train_batches, [0]
 
   class Wrapped:
     def __init__(self, batches):
       self.batches = batches
 
-    def __getattr__(self, name):  # num_examples, steps_per_epoch, first_images...
+    def __getattr__(self, name):  # num_examples, steps_per_epoch
       return getattr(self.batches, name)
 
     def epoch(self, epoch, start=0):
@@ -83,7 +83,7 @@ def on_train_batches(monkeypatch, action) -> None:
         drawn[0] += 1
         yield action(drawn[0], batch)
 
-  monkeypatch.setattr(pipelines, "train_batches", lambda *args: Wrapped(make(*args)))
+  monkeypatch.setattr(batches, "train_batches", lambda *args: Wrapped(make(*args)))
 
 
 def signal_at_batch(monkeypatch, n: int, signum: int) -> None:

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from resnet_jax import checkpoints, convert_torch, data_sources, evaluate, train
+from resnet_jax import checkpoints, convert_torch, evaluate, train
+from resnet_jax.data import sources
 from tests import torch_reference
 from tests.conftest import REPO, signal_at_batch
 from tests.conftest import smoke_config as _smoke
@@ -72,7 +73,7 @@ def test_eval_mode_writes_the_schema_and_matches_the_training_log(trained):
 
 def test_predict_writes_id_labels_csv(tmp_path, trained):
   workdir, _, _ = trained
-  images, labels = data_sources.load_synthetic("test[:40]", {"train": 512, "test": 256})
+  images, labels = sources.load_synthetic("test[:40]", {"train": 512, "test": 256})
   rows = images.transpose(0, 3, 1, 2).reshape(40, 3072)  # CIFAR's channel-major rows
   for name, payload in [("rows", {b"data": rows}),
                         ("nhwc", {b"data": images, b"ids": [f"img{i}".encode() for i in range(40)]})]:
@@ -99,7 +100,7 @@ def test_converted_pytorch_checkpoint_evaluates_like_pytorch(tmp_path):
   convert_torch.convert_checkpoint("shallow", str(pth), workdir)
   config = _smoke(**{"model": {"name": "shallow"}})
   metrics = evaluate.evaluate_checkpoint(config, workdir)
-  images, labels = data_sources.load_synthetic("test", {"train": 512, "test": 256})
+  images, labels = sources.load_synthetic("test", {"train": 512, "test": 256})
   with torch.no_grad():
     x = torch.from_numpy((images.astype(np.float32) / 255 - 0.5) / 0.5).permute(0, 3, 1, 2)
     expected = (reference.eval()(x).argmax(1).numpy() == labels).mean()
@@ -191,7 +192,7 @@ def test_checkpoint_written_on_four_devices_restores_on_one(tmp_path):
 
 
 def _unlabeled(tmp_path) -> str:
-  images, _ = data_sources.load_synthetic("test[:40]", {"train": 512, "test": 256})
+  images, _ = sources.load_synthetic("test[:40]", {"train": 512, "test": 256})
   path = str(tmp_path / "unlabeled.pkl")
   with open(path, "wb") as f:
     pickle.dump({b"data": images}, f)

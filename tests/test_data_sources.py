@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from resnet_jax import data_sources
+from resnet_jax.data import datasets, sources, splits
 from tests.conftest import SHARED_DATA, data_config
 
-DataError = data_sources.DataError
+DataError = datasets.DataError
 
 
 @pytest.mark.parametrize("split,sl", [("train", slice(None)), ("train[:45]", slice(0, 45)),
@@ -21,7 +21,7 @@ DataError = data_sources.DataError
                                       ("train[:90%]", slice(0, 90)), ("test", slice(None))])
 def test_directory_returns_the_files_examples_in_order(cifar_dir, split, sl):
   directory, arrays = cifar_dir
-  images, labels = data_sources.load_split(data_config(directory), split)
+  images, labels = sources.load_split(data_config(directory), split)
   expected_images, expected_labels = arrays[split.split("[")[0]]
   assert images.dtype == np.uint8 and images.shape[1:] == (32, 32, 3)
   assert labels.dtype == np.int32
@@ -31,7 +31,7 @@ def test_directory_returns_the_files_examples_in_order(cifar_dir, split, sl):
 
 def test_archive_reads_like_the_directory(cifar_archive):
   archive, arrays = cifar_archive
-  images, labels = data_sources.load_split(data_config(archive), "train[10:30]")
+  images, labels = sources.load_split(data_config(archive), "train[10:30]")
   np.testing.assert_array_equal(images, arrays["train"][0][10:30])
   np.testing.assert_array_equal(labels, arrays["train"][1][10:30])
 
@@ -47,14 +47,14 @@ def test_split_strings_agree_with_tfds(spec, n):
     (absolute,) = tfds.core.ReadInstruction.from_spec(spec).to_absolute(info)
   except ValueError:  # TFDS rejects slices beyond the split
     with pytest.raises(DataError, match=f"beyond the {n} in {name}"):
-      data_sources.parse_split(spec, {name: n})
+      splits.parse_split(spec, {name: n})
     return
   start, stop = absolute.from_ or 0, n if absolute.to is None else absolute.to
   if stop <= start:
     with pytest.raises(DataError, match="is empty"):
-      data_sources.parse_split(spec, {name: n})
+      splits.parse_split(spec, {name: n})
   else:
-    assert data_sources.parse_split(spec, {name: n}) == (name, start, stop)
+    assert splits.parse_split(spec, {name: n}) == (name, start, stop)
 
 
 @pytest.mark.parametrize("split,message", [
@@ -67,7 +67,7 @@ def test_split_strings_agree_with_tfds(spec, n):
 ])
 def test_bad_split_strings_are_named(cifar_dir, split, message):
   with pytest.raises(DataError, match=message):
-    data_sources.load_split(data_config(cifar_dir[0]), split)
+    sources.load_split(data_config(cifar_dir[0]), split)
 
 
 def _rewrite(path, changes):
@@ -84,37 +84,37 @@ def test_bad_data_is_named(cifar_dir, tmp_path):
   batch3 = os.path.join(directory, "data_batch_3")
 
   with pytest.raises(DataError, match=r"config.data.dir='/nonexistent/cifar' does not exist"):
-    data_sources.load_split(data_config("/nonexistent/cifar"), "train")
+    sources.load_split(data_config("/nonexistent/cifar"), "train")
 
   with open(batch3, "rb") as f:
     original = f.read()
   with open(batch3, "wb") as f:
     f.write(original[:len(original) // 2])
   with pytest.raises(DataError, match=r"data_batch_3: not a readable CIFAR-10 batch file"):
-    data_sources.load_split(config, "train")
+    sources.load_split(config, "train")
 
   with open(batch3, "wb") as f:
     f.write(b"\x00garbage" * 10)
   with pytest.raises(DataError, match=r"data_batch_3: not a readable CIFAR-10 batch file"):
-    data_sources.load_split(config, "train")
+    sources.load_split(config, "train")
 
   with open(batch3, "wb") as f:
     f.write(original)
   _rewrite(batch3, {b"data": np.zeros((20, 1024), np.uint8)})
   with pytest.raises(DataError, match=r"data_batch_3: b'data' has shape \(20, 1024\)"):
-    data_sources.load_split(config, "train")
+    sources.load_split(config, "train")
 
   with open(batch3, "wb") as f:
     f.write(original)
   _rewrite(batch3, {b"labels": [0] * 19 + [10]})
   with pytest.raises(DataError, match=r"data_batch_3: label 10 out of range \[0, 10\) at index 19"):
-    data_sources.load_split(config, "train")
+    sources.load_split(config, "train")
 
   os.remove(batch3)
   with pytest.raises(DataError, match=r"data_batch_3: missing CIFAR-10 batch file"):
-    data_sources.load_split(config, "train")
+    sources.load_split(config, "train")
   # The test split's file is untouched, so it still loads.
-  assert len(data_sources.load_split(config, "test")[1]) == 20
+  assert len(sources.load_split(config, "test")[1]) == 20
 
 
 def test_bad_archives_are_named(tmp_path, cifar_archive):
@@ -124,27 +124,27 @@ def test_bad_archives_are_named(tmp_path, cifar_archive):
   truncated = tmp_path / "truncated.tar.gz"
   truncated.write_bytes(data[:len(data) // 3])
   with pytest.raises(DataError, match="truncated.tar.gz"):
-    data_sources.load_split(data_config(str(truncated)), "train")
+    sources.load_split(data_config(str(truncated)), "train")
   corrupt = tmp_path / "corrupt.tar.gz"
   corrupt.write_bytes(b"not an archive")
   with pytest.raises(DataError, match=r"corrupt.tar.gz: not a readable tar archive"):
-    data_sources.load_split(data_config(str(corrupt)), "train")
+    sources.load_split(data_config(str(corrupt)), "train")
 
 
 def test_unknown_source_is_named(cifar_dir):
   with pytest.raises(DataError, match=r"config.data.source='kaggle' is not one of"):
-    data_sources.load_split(data_config(cifar_dir[0], source="kaggle"), "train")
+    sources.load_split(data_config(cifar_dir[0], source="kaggle"), "train")
 
 
 def test_tfds_offline_fails_fast_and_names_the_offline_source(tmp_path, monkeypatch):
-  monkeypatch.setattr(data_sources, "_reachable", lambda host: False)
+  monkeypatch.setattr(sources, "_reachable", lambda host: False)
   config = data_config("", source="tfds", tfds_data_dir=str(tmp_path / "tfds"))
   with pytest.raises(DataError, match=r"cannot be downloaded.*source='cifar10_dir'"):
-    data_sources.load_split(config, "train")
+    sources.load_split(config, "train")
 
 
 def test_tfds_download_failure_names_the_offline_source(tmp_path, monkeypatch):
-  monkeypatch.setattr(data_sources, "_reachable", lambda host: True)
+  monkeypatch.setattr(sources, "_reachable", lambda host: True)
 
   def fail(self, *args, **kwargs):
     raise ConnectionError("Max retries exceeded")
@@ -152,7 +152,7 @@ def test_tfds_download_failure_names_the_offline_source(tmp_path, monkeypatch):
   monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", fail)
   config = data_config("", source="tfds", tfds_data_dir=str(tmp_path / "tfds"))
   with pytest.raises(DataError, match=r"downloading it failed \(ConnectionError.*cifar10_dir"):
-    data_sources.load_split(config, "train")
+    sources.load_split(config, "train")
 
 
 @pytest.fixture(scope="module")
@@ -168,9 +168,9 @@ def shared_cifar(tmp_path_factory):
 
 def test_shared_training_data_loads_through_cifar10_dir(shared_cifar):
   config = data_config(shared_cifar)
-  images, labels = data_sources.load_split(config, "train")
+  images, labels = sources.load_split(config, "train")
   assert images.shape == (50_000, 32, 32, 3)
   np.testing.assert_array_equal(np.bincount(labels, minlength=10), [5_000] * 10)
-  held_out = data_sources.load_split(config, "train[45000:]")[1]
+  held_out = sources.load_split(config, "train[45000:]")[1]
   assert len(held_out) == 5_000
   np.testing.assert_array_equal(held_out, labels[45_000:])

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from resnet_jax import device_pipeline, input_pipeline, preprocessing
+from resnet_jax.data import augmentations, datasets, device_pipeline, tfdata_pipeline
+from tests.conftest import data_config
 from tests.test_input_pipeline import _augment as tf_augment
 from tests.test_input_pipeline import (_blend_factors, _centroids, _colour_images, _gray,
                                        _marker_images)
@@ -26,9 +27,16 @@ def _levels(images):
   return np.asarray(jnp.asarray(_uint8(images)).astype(jnp.float32) / np.float32(255))
 
 
+def _norm(name: str = "seed"):
+  return datasets.normalization(data_config("", normalization=name))
+
+
 def _device_augment(images, **fields):
-  settings = preprocessing.augment_settings("none", **fields)
-  out = jax.jit(lambda key, x: device_pipeline.augment(key, x, settings))(
+  """The JAX kernels of augmentations `fields` on one batch (the uint8 levels of `images`)."""
+  settings = augmentations.preset("none", **fields)
+  n = len(images)
+  info = augmentations.BatchInfo(jnp.arange(n), 0, 0, n)
+  out = jax.jit(lambda key, x: augmentations.jax_augment(key, x, settings, info))(
       jax.random.key(0), jnp.asarray(_uint8(images)))
   return np.asarray(out)
 
@@ -68,8 +76,8 @@ def test_device_split_batches_inside_jit_deterministically():
   images = rng.integers(0, 256, (100, 32, 32, 3), dtype=np.uint8)
   labels = rng.integers(0, 10, 100).astype(np.int32)
   split = device_pipeline.DeviceSplit(images, labels, batch_size=32,
-                                      augment_settings=preprocessing.augment_settings("shallow"),
-                                      normalization="seed", seed=1)
+                                      augment_settings=augmentations.preset("shallow"),
+                                      normalization=_norm(), seed=1)
   assert split.steps_per_epoch == 3
   order = split.epoch_order(0)
   assert order.shape == (3, 32) and len(set(np.asarray(order).ravel().tolist())) == 96
@@ -127,19 +135,18 @@ def _alternation(batches, orders, images):
 
 
 def test_alternating_flip_shows_each_image_both_ways_in_two_epochs_on_both_pipelines():
-  from resnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (96, 32, 32, 3), dtype=np.uint8)
   labels = rng.integers(0, 10, 96).astype(np.int32)
-  settings = preprocessing.augment_settings("none", alternating_flip=1)
+  settings = augmentations.preset("none", alternating_flip=1)
   undo = lambda x: np.round((np.asarray(x) * 0.5 + 0.5) * 255).astype(np.uint8)
   device = device_pipeline.DeviceSplit(images, labels, batch_size=32, augment_settings=settings,
-                                       normalization="seed", seed=3)
-  host = input_pipeline.InputSplit(images, labels, batch_size=32, augment_settings=settings,
-                                   normalization="seed", seed=3)
+                                       normalization=_norm(), seed=3)
+  host = tfdata_pipeline.InputSplit(images, labels, batch_size=32, augment_settings=settings,
+                                    normalization=_norm(), seed=3)
   results = []
   for split, order in ((device, lambda e: np.asarray(device.epoch_order(e))),
-                       (host, lambda e: host._plan(e))):  # pylint: disable=protected-access
+                       (host, host.plan)):
     batches = [[undo(b["image"]) for b in split.epoch(e)] for e in (0, 1)]
     results.append(_alternation(batches, [order(0), order(1)], images))
   for flipped in results:
@@ -151,42 +158,53 @@ def test_alternating_flip_shows_each_image_both_ways_in_two_epochs_on_both_pipel
 def test_alternating_flip_excludes_random_horizontal_flips():
   with pytest.raises(ValueError, match=r"alternating_flip=1 replaces random horizontal flips: "
                                        r"set config.data.augment.hflip=0, not 0.5"):
-    preprocessing.augment_settings("shallow", alternating_flip=1)
+    augmentations.preset("shallow", alternating_flip=1)
 
 
 def test_no_augmentation_gives_exactly_the_normalised_pixels():
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
   split = device_pipeline.DeviceSplit(images, np.zeros(64, np.int32), batch_size=32,
-                                      augment_settings=preprocessing.augment_settings("none"),
-                                      normalization="cifar")
+                                      augment_settings=augmentations.preset("none"),
+                                      normalization=_norm("cifar"))
   order = split.epoch_order(0)
   batch = jax.jit(split.get_batch)(split.arrays, order, 1, jax.random.key(0))
   # As before on-device augmentation existed: normalize_pixels of the gathered uint8, in jit.
-  expected = jax.jit(lambda x, i: preprocessing.normalize_pixels(x[i], "cifar"))(images, order[1])
+  expected = jax.jit(lambda x, i: datasets.normalize_pixels(x[i], _norm("cifar")))(images,
+                                                                                  order[1])
   np.testing.assert_array_equal(batch["image"], expected)
 
 
-def test_ops_run_in_tfdata_order_and_cover_every_field():
-  assert [name for name, _ in device_pipeline.OPS] == [name for name, _ in input_pipeline.OPS]
-  covered = [name for name, _ in device_pipeline.OPS] + list(preprocessing.JITTER_OPS)
-  assert set(covered) | {"alternating_flip"} == set(preprocessing.AUGMENT_FIELDS)
+def test_every_op_has_both_kernels_and_draws_a_stream_of_its_own():
+  """One entry per op, each key in one op; adding an op leaves every other op's draws as they
+  were, on both pipelines (its key comes from its name, not its place in the list)."""
+  assert len(set(augmentations.FIELDS)) == len(augmentations.FIELDS)
+  for op in augmentations.OPS.values():
+    assert callable(op.tf_kernel) and callable(op.jax_kernel) and op.fields
+  images = _levels(np.random.default_rng(0).random((64, 32, 32, 3)))
+  for augment in (_device_augment, tf_augment):
+    # A rotation before the crop and a brightness change after it, each too small to move a
+    # pixel or change a level: the crops must be exactly the crops alone.
+    alone = augment(images, crop_padding=4)
+    assert not np.array_equal(alone, images)
+    for extra in ({"rotation": 1e-9}, {"brightness": 1e-9}):
+      np.testing.assert_array_equal(augment(images, crop_padding=4, **extra), alone)
 
 
 # --- rotation and zoom: for a given angle or scale, the pixels tf.data's transform picks ---
 
 
 def _tf_about_centre(images, a, b, c, d):
-  """input_pipeline's transform with fixed per-image coefficients (its ops draw them)."""
+  """The tf.data kernels' transform with fixed per-image coefficients (its ops draw them)."""
   a, b, c, d = (tf.constant(x, tf.float32) for x in (a, b, c, d))
-  return input_pipeline._transform(  # pylint: disable=protected-access
+  return augmentations._tf_transform(  # pylint: disable=protected-access
       tf.constant(images, tf.float32),
-      input_pipeline._about_centre(a, b, c, d, 32.0)).numpy()  # pylint: disable=protected-access
+      augmentations._tf_about_centre(a, b, c, d, 32.0)).numpy()  # pylint: disable=protected-access
 
 
 def _tf_rotate_by(images, radians):
   cos, sin = np.cos(radians).astype(np.float32), np.sin(radians).astype(np.float32)
-  return _tf_about_centre(images, cos, -sin, sin, cos)  # input_pipeline.rotate's matrix
+  return _tf_about_centre(images, cos, -sin, sin, cos)  # the tf rotation kernel's matrix
 
 
 def _tf_zoom_by(images, scales):
@@ -199,7 +217,7 @@ def _tf_zoom_by(images, scales):
 def test_rotation_and_zoom_pick_the_pixels_tfdata_picks(op, value):
   images = np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
   values = np.full(16, math.radians(value) if op == "rotate" else value, np.float32)
-  ours = getattr(device_pipeline, f"{op}_by")(jnp.asarray(images), jnp.asarray(values))
+  ours = getattr(augmentations, f"{op}_by")(jnp.asarray(images), jnp.asarray(values))
   theirs = {"rotate": _tf_rotate_by, "zoom": _tf_zoom_by}[op](images, values)
   assert ours.dtype == jnp.uint8
   # Only sampling points on a rounding tie (45 degrees has some: 0.7% of pixels) may go
@@ -212,7 +230,7 @@ def test_rotation_by_90_degrees_is_rot90_on_both_pipelines():
   for degrees, turns in ((90, 1), (-90, -1)):  # positive: counter-clockwise as displayed
     angles = np.full(4, math.radians(degrees), np.float32)
     expected = np.rot90(images, turns, axes=(1, 2))
-    np.testing.assert_array_equal(device_pipeline.rotate_by(jnp.asarray(images), angles),
+    np.testing.assert_array_equal(augmentations.rotate_by(jnp.asarray(images), angles),
                                   expected)
     np.testing.assert_array_equal(_tf_rotate_by(images, angles), expected)
 
@@ -220,7 +238,7 @@ def test_rotation_by_90_degrees_is_rot90_on_both_pipelines():
 def test_resampling_points_are_computed_at_full_float32_precision():
   """On GPUs a default-precision (TF32) matmul would move nearest-neighbour picks."""
   images, values = jnp.zeros((2, 32, 32, 3), jnp.uint8), jnp.ones(2)
-  for op in (device_pipeline.rotate_by, device_pipeline.zoom_by):
+  for op in (augmentations.rotate_by, augmentations.zoom_by):
     dots = [e for e in jax.make_jaxpr(op)(images, values).jaxpr.eqns
             if e.primitive.name == "dot_general"]
     assert dots and all(e.params["precision"] == (jax.lax.Precision.HIGHEST,) * 2 for e in dots)
@@ -229,14 +247,14 @@ def test_resampling_points_are_computed_at_full_float32_precision():
 def test_neutral_settings_leave_images_unchanged():
   images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
   ones = jnp.ones(8)
-  np.testing.assert_array_equal(device_pipeline.rotate_by(jnp.asarray(images), 0 * ones), images)
-  np.testing.assert_array_equal(device_pipeline.zoom_by(jnp.asarray(images), ones), images)
+  np.testing.assert_array_equal(augmentations.rotate_by(jnp.asarray(images), 0 * ones), images)
+  np.testing.assert_array_equal(augmentations.zoom_by(jnp.asarray(images), ones), images)
   floats = jnp.asarray(images / np.float32(255))
   for name in ("brightness", "contrast", "saturation"):
-    np.testing.assert_array_equal(device_pipeline.jitter_op(name, floats, ones), floats)
+    np.testing.assert_array_equal(augmentations.jax_jitter_op(name, floats, ones), floats)
   # Hue goes through HSV and back in float32 (on tf.data too): exact up to rounding,
   # and exactly the same 8-bit levels.
-  unchanged = device_pipeline.jitter_op("hue", floats, 0 * ones)
+  unchanged = augmentations.jax_jitter_op("hue", floats, 0 * ones)
   np.testing.assert_allclose(unchanged, floats, atol=1e-6)
   np.testing.assert_array_equal(_uint8(np.asarray(unchanged)), images)
 
@@ -268,9 +286,8 @@ def test_rotation_and_zoom_distributions_match_tfdata():
 def test_jitter_ops_compute_what_tfdata_computes(name, factor):
   images = _levels(_colour_images(16, low=0.0, high=1.0))
   factors = np.linspace(1, factor, 16, dtype=np.float32)
-  ours = device_pipeline.jitter_op(name, jnp.asarray(images), jnp.asarray(factors))
-  theirs = input_pipeline._jitter_op(  # pylint: disable=protected-access
-      name, tf.constant(images), tf.constant(factors)).numpy()
+  ours = augmentations.jax_jitter_op(name, jnp.asarray(images), jnp.asarray(factors))
+  theirs = augmentations.tf_jitter_op(name, tf.constant(images), tf.constant(factors)).numpy()
   np.testing.assert_allclose(ours, theirs, atol=2e-6)
 
 
@@ -288,7 +305,7 @@ _FACTORS = {
 }
 
 
-@pytest.mark.parametrize("name", preprocessing.JITTER_OPS)
+@pytest.mark.parametrize("name", augmentations.JITTER_FIELDS)
 def test_jitter_factor_distributions_match_tfdata(name):
   images = _levels(_colour_images(800, low=0.1 if name == "hue" else 0.3,
                                   high=0.9 if name == "hue" else 0.7))

@@ -8,7 +8,9 @@ import numpy as np
 import optax
 import pytest
 
-from resnet_jax import checkpoints, data_sources, models, optim, preprocessing, summary, train
+from resnet_jax import checkpoints, models, optim, summary, train
+from resnet_jax.data import datasets, sources
+from resnet_jax.models import fast_resnet, layers
 from tests.conftest import signal_at_batch
 from tests.conftest import smoke_config as _smoke
 
@@ -33,7 +35,7 @@ def _smooth_images(n: int) -> np.ndarray:
 def test_whitened_patches_have_identity_covariance_where_eigenvalues_exceed_eps():
   images = _smooth_images(300)
   eps = 5e-4
-  kernel = models.whitening_kernel(images, 2, eps)
+  kernel = fast_resnet.whitening_kernel(images, 2, eps)
   assert kernel.shape == (2, 2, 3, 24)
   np.testing.assert_array_equal(kernel[..., 12:], -kernel[..., :12])  # and their negations
   out = jax.lax.conv_general_dilated(images, kernel, (1, 1), "VALID",
@@ -70,7 +72,7 @@ def test_groups_add_their_first_half_back_unless_shortcuts_are_off():
   """shortcuts=False is airbench's plain group: gelu(bn2(conv2(h))) alone, h its first half;
   with them the group is h plus branch_weight times that branch."""
   variables = models.init_variables(models.get_model("fast", widths=(4, 8, 8)), jax.random.key(0))
-  whiten = variables["batch_stats"]["whiten"]  # zeros until fitted: give the groups an input
+  whiten = variables["constants"]["whiten"]  # zeros until fitted: give the groups an input
   whiten["kernel"] = jax.random.normal(jax.random.key(1), whiten["kernel"].shape)
   x = jax.random.normal(jax.random.key(2), (2, 16, 16, 3))
   group1 = {}
@@ -79,7 +81,7 @@ def test_groups_add_their_first_half_back_unless_shortcuts_are_off():
                              branch_weight=branch_weight)
     _, state = model.apply(variables, x, train=False, capture_intermediates=True)
     group1[shortcuts, branch_weight] = state["intermediates"]["group1"]
-  first_half = models.ACTIVATIONS["gelu"](group1[True, 1.0]["bn1"]["__call__"][0])
+  first_half = layers.ACTIVATIONS["gelu"](group1[True, 1.0]["bn1"]["__call__"][0])
   branch = group1[False, 1.0]["__call__"][0]
   assert float(jnp.abs(first_half).max()) > 0.1  # the test means something
   for branch_weight in (1.0, 2.5):
@@ -97,7 +99,7 @@ def test_muon_takes_every_group_convolution_and_nothing_else():
   config = _smoke(**{"optimizer.name": "sgd", "optimizer.weight_decay": 0.0,
                      "optimizer.bn_bias_lr_multiplier": 64.0,
                      "optimizer.whiten_bias_epochs": 1.0, "optimizer.muon.enabled": True})
-  tx, _ = optim.create_optimizer(config.optimizer, 10, 1)
+  tx, _ = optim.create_optimizer(config.optimizer, 10, 1, param_labels=fast_resnet.param_labels)
   updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
   after = optax.apply_updates(params, updates)
   changed = {"/".join(k.key for k in path): np.asarray(new) for (path, new), old in
@@ -118,9 +120,10 @@ def test_whitening_is_fitted_once_stored_and_never_refitted_on_resume(tmp_path, 
   config = _fast_smoke(num_epochs=1, **{"data.pipeline": pipeline,
                                         "optimizer.whiten_bias_epochs": 1.0})
   state, _ = train.train_and_evaluate(config, str(tmp_path))
-  images, _ = data_sources.load_split(config.data, config.data.train_split)
-  expected = models.whitening_kernel(preprocessing.normalize_pixels(images, "seed"))
-  np.testing.assert_allclose(np.asarray(state.batch_stats["whiten"]["kernel"]), expected,
+  images, _ = sources.load_split(config.data, config.data.train_split)
+  expected = fast_resnet.whitening_kernel(
+      datasets.normalize_pixels(images[:5000], datasets.normalization(config.data)))
+  np.testing.assert_allclose(np.asarray(state.constants["whiten"]["kernel"]), expected,
                              rtol=1e-6)
   first_bias = np.asarray(state.params["whiten"]["bias"])
   assert np.abs(first_bias).max() > 0  # trained during epoch 1
@@ -128,16 +131,16 @@ def test_whitening_is_fitted_once_stored_and_never_refitted_on_resume(tmp_path, 
   def refit(*args, **kwargs):
     raise AssertionError("the whitening filters were fitted again on resume")
 
-  monkeypatch.setattr(models, "whitening_kernel", refit)
+  monkeypatch.setattr(fast_resnet, "whitening_kernel", refit)
   config.num_epochs = 2
   state, history = train.train_and_evaluate(config, str(tmp_path))
   assert len(history) == 2
-  np.testing.assert_array_equal(np.asarray(state.batch_stats["whiten"]["kernel"]), expected)
+  np.testing.assert_array_equal(np.asarray(state.constants["whiten"]["kernel"]), expected)
   # Its bias trained for whiten_bias_epochs=1 only; everything else went on.
   np.testing.assert_array_equal(np.asarray(state.params["whiten"]["bias"]), first_bias)
   with checkpoints.reading_manager(str(tmp_path)) as manager:
-    before = checkpoints.restore_variables(manager, 16, models.get_model("fast",
-                                                                         widths=(8, 16, 16)))
+    before = checkpoints.restore_variables(manager, 16, models.get_model("fast", widths=(8, 16, 16)),
+                                           checkpoints.read_meta(manager, 16))
   assert np.abs(np.asarray(before["params"]["fc"]["kernel"])
                 - np.asarray(state.params["fc"]["kernel"])).max() > 0
 
@@ -148,15 +151,15 @@ def test_lookahead_and_muon_training_ends_on_the_average_and_resumes_exactly(tmp
                                         "optimizer.muon.enabled": True})
   state, history = train.train_and_evaluate(config, str(tmp_path / "whole"))
   for a, b in zip(jax.tree.leaves({"params": state.params, "batch_stats": state.batch_stats}),
-                  jax.tree.leaves(state.lookahead)):
+                  jax.tree.leaves(state.averages["lookahead"])):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # the last step's average
   with pytest.MonkeyPatch.context() as patch:
     signal_at_batch(patch, 21, signal.SIGTERM)  # step 5 of epoch 2
     with pytest.raises(train.Preempted):
       train.train_and_evaluate(config, str(tmp_path / "resumed"))
   resumed, resumed_history = train.train_and_evaluate(config, str(tmp_path / "resumed"))
-  for a, b in zip(jax.tree.leaves(jax.device_get(resumed.lookahead)),
-                  jax.tree.leaves(jax.device_get(state.lookahead))):
+  for a, b in zip(jax.tree.leaves(jax.device_get(resumed.averages)),
+                  jax.tree.leaves(jax.device_get(state.averages))):
     np.testing.assert_array_equal(a, b)
   untimed = lambda hs: [{k: v for k, v in h.items() if k not in train.TIMED_SCALARS} for h in hs]
   assert untimed(resumed_history) == untimed(history)

@@ -5,19 +5,26 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from resnet_jax import data_sources, input_pipeline, preprocessing
+from resnet_jax.data import augmentations, datasets, sources, tfdata_pipeline
 from tests.conftest import data_config
 
 
 def _undo(images, normalization="seed"):
-  mean, std = preprocessing.NORMALIZATIONS[normalization]
-  return np.round((images * np.asarray(std) + np.asarray(mean)) * 255).astype(np.int64)
+  mean, std = datasets.normalization(data_config("", normalization=normalization))
+  return np.round((images * std + mean) * 255).astype(np.int64)
+
+
+def _split(config, batch_size: int, seed: int = 0) -> tfdata_pipeline.InputSplit:
+  """The tf.data pipeline over config's train split, as batches.train_batches builds it."""
+  images, labels = sources.load_split(config, "train")
+  return tfdata_pipeline.InputSplit(images, labels, batch_size=batch_size,
+                                    augment_settings=dict(config.augment),
+                                    normalization=datasets.normalization(config), seed=seed)
 
 
 def test_train_order_is_seeded_per_epoch_and_drops_the_remainder(cifar_dir):
   config = data_config(cifar_dir[0])
-  split = input_pipeline.create_split(config, "train", batch_size=32, seed=3)
-  again = input_pipeline.create_split(config, "train", batch_size=32, seed=3)
+  split, again = _split(config, 32, seed=3), _split(config, 32, seed=3)
   epoch0 = [b["label"] for b in split.epoch(0)]
   assert len(epoch0) == 3 and all("mask" not in b for b in split.epoch(0))
   np.testing.assert_array_equal(epoch0, [b["label"] for b in again.epoch(0)])
@@ -30,13 +37,14 @@ def test_train_order_is_seeded_per_epoch_and_drops_the_remainder(cifar_dir):
 
 
 def test_process_shards_are_disjoint_and_make_the_single_process_batch(cifar_dir):
-  images, labels = data_sources.load_split(data_config(cifar_dir[0]), "train")
-  settings = preprocessing.augment_settings("deep")
+  images, labels = sources.load_split(data_config(cifar_dir[0]), "train")
+  settings = augmentations.preset("deep")
 
   def split(index, count):
-    return input_pipeline.InputSplit(images, labels, batch_size=32, augment_settings=settings,
-                                     normalization="seed", seed=5, process_index=index,
-                                     process_count=count)
+    return tfdata_pipeline.InputSplit(
+        images, labels, batch_size=32, augment_settings=settings,
+        normalization=datasets.normalization(data_config("")), seed=5, process_index=index,
+        process_count=count)
 
   whole = list(split(0, 1).epoch(2))
   parts = [list(split(i, 2).epoch(2)) for i in range(2)]
@@ -47,12 +55,10 @@ def test_process_shards_are_disjoint_and_make_the_single_process_batch(cifar_dir
 
 
 def test_mock_tfds_flows_through_the_same_pipeline(cifar_dir, monkeypatch):
-  monkeypatch.setattr(data_sources, "_reachable", lambda host: True)
-  expected = next(iter(input_pipeline.create_split(data_config(cifar_dir[0]), "train",
-                                                   batch_size=16)))
+  monkeypatch.setattr(sources, "_reachable", lambda host: True)
+  expected = next(_split(data_config(cifar_dir[0]), 16).epoch(0))
   with tfds.testing.mock_data(num_examples=64):
-    split = input_pipeline.create_split(data_config("", source="tfds"), "train", batch_size=16)
-    batches = list(split)
+    batches = list(_split(data_config("", source="tfds"), 16).epoch(0))
   assert len(batches) == 4
   for batch in batches:
     for key in ("image", "label"):
@@ -65,10 +71,12 @@ def test_mock_tfds_flows_through_the_same_pipeline(cifar_dir, monkeypatch):
 
 
 def _augment(images, preset="none", seed=0, **fields):
-  settings = preprocessing.augment_settings(preset, **fields)
+  """The tf.data kernels of augmentations `fields` on one batch of float images in [0, 1]."""
+  settings = augmentations.preset(preset, **fields)
   n = len(images)
-  out = input_pipeline.augment(tf.constant(images, tf.float32), tf.constant([seed, 1]),
-                               settings, (0, n, n))
+  info = augmentations.BatchInfo(tf.range(n), 0, seed, n, rows=(0, n, n))
+  out = augmentations.tf_augment(tf.constant(images, tf.float32), tf.constant([seed, 1]),
+                                 settings, info)
   return out.numpy()
 
 

@@ -1,15 +1,18 @@
-"""The model family: seed parameter counts, budget, fields, dtypes, initialisation,
-BatchNorm's hand-written gradient and the fusion barriers."""
+"""The seed's family: parameter counts, budget, fields, dtypes, initialisation; BatchNorm's
+hand-written gradient; the CPU fusion barriers, applied from outside the models."""
 
 import functools
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_jax import layers, models
+from resnet_jax import models, xla_cpu
+from resnet_jax.models import layers
+from tests.conftest import smoke_config
 
 
 @pytest.mark.parametrize("name,count", [("shallow", 2_777_674), ("deep", 4_999_689)])
@@ -134,35 +137,45 @@ def test_batch_norm_custom_gradient_matches_autodiff():
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
 
 
-def test_fusion_barriers_change_the_compiled_step_not_the_results():
+@pytest.mark.parametrize("name,widths", [("shallow", dict(stem_width=8, stage_widths=(8, 16, 32))),
+                                          ("fast", dict(widths=(8, 16, 16)))])
+def test_fusion_barriers_change_the_compiled_step_not_the_results(name, widths):
+  """Each family's blocks end in a barrier inside xla_cpu.fusion_barriers, and nowhere else."""
   images = jnp.asarray(np.random.default_rng(0).normal(size=(4, 32, 32, 3)), jnp.float32)
+  model = models.get_model(name, **widths)
+  variables = models.init_variables(model, jax.random.key(0))
+  blocks = models.family_of(model).blocks
   results = []
   for barriers in (False, True):
-    model = models.get_model("shallow", stem_width=8, stage_widths=(8, 16, 32),
-                             fusion_barriers=barriers)
-    variables = models.init_variables(model, jax.random.key(0))
+    config = smoke_config(**{"cpu.fusion_barriers": barriers})
 
-    def loss(params, model=model, variables=variables):
-      logits, updates = model.apply({**variables, "params": params}, images, train=True,
-                                    mutable=["batch_stats"])
+    def loss(params, config=config):
+      with xla_cpu.fusion_barriers(config, blocks):
+        logits, updates = model.apply({**variables, "params": params}, images, train=True,
+                                      mutable=["batch_stats"])
       return logits.sum(), (logits, updates)
 
     step = jax.jit(jax.grad(loss, has_aux=True))
     hlo = step.lower(variables["params"]).compile().as_text()
-    # One conditional per block output, forward and backward (6 blocks).
-    assert hlo.count("conditional(") == (12 if barriers else 0)
+    # One conditional per block output, forward and backward (shallow: 6 blocks, fast: 3).
+    assert hlo.count("conditional(") == (2 * (6 if name == "shallow" else 3) if barriers else 0)
     results.append(step(variables["params"]))
   for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(results[0]),
                           jax.tree.leaves(results[1])):
     np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-6, err_msg=jax.tree_util.keystr(path))
-  # Inference does not pay for them: they act only in training.
-  model = models.get_model("shallow", stem_width=8, stage_widths=(8, 16, 32), fusion_barriers=True)
-  variables = models.init_variables(model, jax.random.key(0))
+  # Inference does not pay for them: only the train step enters the context.
   hlo = jax.jit(lambda v: model.apply(v, images, train=False)).lower(variables).compile().as_text()
   assert "conditional(" not in hlo
 
 
+def test_every_family_names_its_blocks_and_a_preset():
+  for family in models.FAMILIES:
+    assert family.blocks and family.presets
+    assert all(issubclass(block, nn.Module) for block in family.blocks)
+
+
 def test_fusion_barriers_are_not_part_of_the_saved_description():
-  model = models.get_model("shallow", fusion_barriers=True)
-  assert "fusion_barriers" not in models.model_config("shallow", model)
-  assert models.from_config(models.model_config("shallow", model)) == models.get_model("shallow")
+  """They are a CPU setting (config.cpu.fusion_barriers), not a model field."""
+  assert "fusion_barriers" not in models.model_config("shallow", models.get_model("shallow"))
+  with pytest.raises(ValueError, match=r"unknown model field\(s\) \['fusion_barriers'\]"):
+    models.get_model("shallow", fusion_barriers=True)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from resnet_jax import default_config, optim
+from resnet_jax.models import fast_resnet, resnet
 
 
 def _opt_config(**changes):
@@ -167,7 +168,8 @@ def test_per_example_sgd_with_bn_bias_multiplier_and_triangle_matches_airbench_i
   config = _opt_config(name="sgd", learning_rate=lr, weight_decay=wd, momentum=momentum,
                        nesterov=True, per_examples=1024, bn_bias_lr_multiplier=64.0,
                        schedule="triangle", warmup_epochs=0.2)
-  tx, schedule = optim.create_optimizer(config, 10, 1, batch_size=batch)
+  tx, schedule = optim.create_optimizer(config, 10, 1, batch_size=batch,
+                                        param_labels=resnet.param_labels)
   params = {"bn1": {"bias": jnp.asarray(b0)}, "fc": {"kernel": jnp.asarray(w0)}}
   state = tx.init(params)
   loss = lambda p: scale * jnp.mean(((x @ p["fc"]["kernel"] + p["bn1"]["bias"] - y) ** 2).sum(-1))
@@ -234,7 +236,7 @@ def test_muon_on_conv_kernels_matches_airbench_muon_in_torch():
   lr, momentum, steps = 0.1, 0.6, 3
   config = _opt_config(name="sgd", momentum=0.0, learning_rate=0.5)
   config.muon.update(enabled=True, learning_rate=lr, momentum=momentum, ns_steps=steps)
-  tx, _ = optim.create_optimizer(config, 10, 1)
+  tx, _ = optim.create_optimizer(config, 10, 1, param_labels=resnet.param_labels)
   head = rng.normal(size=(16, 10)).astype(np.float32)
   params = {**{k: {"kernel": jnp.asarray(v)} for k, v in kernels.items()},
             "fc": {"kernel": jnp.asarray(head)}}
@@ -258,7 +260,8 @@ def test_muon_on_conv_kernels_matches_airbench_muon_in_torch():
 def test_whitening_bias_trains_at_its_multiplier_until_its_epochs_end():
   config = _opt_config(name="sgd", momentum=0.0, learning_rate=0.1, bn_bias_lr_multiplier=64.0,
                        whiten_bias_lr_multiplier=64.0, whiten_bias_epochs=0.3)
-  tx, _ = optim.create_optimizer(config, 10, 1)  # the whitening bias trains for 3 steps
+  # The whitening bias trains for 3 steps.
+  tx, _ = optim.create_optimizer(config, 10, 1, param_labels=fast_resnet.param_labels)
   params = {"whiten": {"bias": jnp.zeros(3)}, "bn1": {"bias": jnp.zeros(3)}}
   state = tx.init(params)
   for _ in range(5):
@@ -266,3 +269,9 @@ def test_whitening_bias_trains_at_its_multiplier_until_its_epochs_end():
     params = optax.apply_updates(params, updates)
   np.testing.assert_allclose(params["bn1"]["bias"], -5 * 6.4, rtol=1e-6)
   np.testing.assert_allclose(params["whiten"]["bias"], -3 * 6.4, rtol=1e-6)
+
+
+def test_parameter_groups_need_the_family_labels():
+  with pytest.raises(ValueError, match=r"optimizer groups \['bn_bias'\] need the model's "
+                                       r"param_labels"):
+    optim.create_optimizer(_opt_config(bn_bias_lr_multiplier=64.0), 10, 1)

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from resnet_jax import convert_torch, layers, models
+from resnet_jax import convert_torch, models
+from resnet_jax.models import layers, resnet
 from tests import torch_reference
 
 ATOL = 1e-4
@@ -50,7 +51,7 @@ def test_train_forward_and_running_stats_match_pytorch(name):
   images = _images()
   expected = _torch_forward(torch_model, images)  # updates torch's running stats
   model = models.get_model(name, stem_dropout=0.0,
-                           stage_dropout=(0.0,) * len(models.PRESETS[name]["stage_widths"]))
+                           stage_dropout=(0.0,) * len(resnet.PRESETS[name]["stage_widths"]))
   logits, updates = model.apply(variables, images, train=True, mutable=["batch_stats"])
   np.testing.assert_allclose(np.asarray(logits), expected, atol=ATOL, rtol=0)
   updated = convert_torch.convert_state_dict(torch_model.state_dict(), name)["batch_stats"]
@@ -75,14 +76,14 @@ def test_adaptive_pool_matches_pytorch(n, m, kind):
   x = np.random.default_rng(n * m).normal(size=(2, n, n, 3)).astype(np.float32)
   pool = torch.nn.AdaptiveMaxPool2d(m) if kind == "max" else torch.nn.AdaptiveAvgPool2d(m)
   expected = pool(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy().transpose(0, 2, 3, 1)
-  ours = models.AdaptivePool(m, kind).apply({}, x)
+  ours = layers.AdaptivePool(m, kind).apply({}, x)
   np.testing.assert_allclose(np.asarray(ours), expected, atol=1e-6, rtol=0)
 
 
 def test_gelu_is_exact_erf():
   x = np.linspace(-4, 4, 101, dtype=np.float32)
   expected = torch.nn.GELU()(torch.from_numpy(x)).numpy()
-  np.testing.assert_allclose(np.asarray(models.ACTIVATIONS["gelu"](x)), expected, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(layers.ACTIVATIONS["gelu"](x)), expected, atol=1e-6)
 
 
 def test_batch_norm_training_gradients_match_pytorch():

@@ -44,6 +44,8 @@ import torch
 from configs import deep as deep_config
 from configs import shallow as shallow_config
 from resnet_jax import convert_torch, models, optim, train
+from resnet_jax.data import batches
+from resnet_jax.models import layers, resnet
 from tests import torch_reference
 
 ATOL, RTOL, LOSS_RTOL = 1e-6, 1e-6, 1e-5
@@ -66,7 +68,7 @@ class Decisions:
     self.relu_masks, self.pool_choices, self.sites, self.per_forward = {}, {}, 0, None
     self.calls, self.replayed, self.disagreements = 0, 0, []
 
-  def count_sites(self, model: models.ResNet) -> None:
+  def count_sites(self, model: resnet.ResNet) -> None:
     self.sites = 0
     jax.eval_shape(functools.partial(models.init_variables, model), jax.random.key(0))
     self.per_forward = self.sites
@@ -87,7 +89,7 @@ class Decisions:
 
   def jax_pool_axis(self, pool_axis, x, axis, size, kind):
     if kind == "max":
-      index = models.pool_window_index(x.shape[axis], size)
+      index = layers.pool_window_index(x.shape[axis], size)
       windows = jnp.take(x, index.reshape(-1), axis=axis)
       windows = windows.reshape(x.shape[:axis] + index.shape + x.shape[axis + 1:])
       jax.debug.callback(functools.partial(self.pool_choices.__setitem__, axis),
@@ -97,7 +99,7 @@ class Decisions:
   def torch_max_pool(self, x):
     """Our separable max pool (H, then W) taking our step's choices."""
     for axis in (2, 3):  # NCHW; ours pools NHWC axes 1, 2
-      index = torch.from_numpy(models.pool_window_index(x.shape[axis], 24))
+      index = torch.from_numpy(layers.pool_window_index(x.shape[axis], 24))
       windows = x.index_select(axis, index.reshape(-1))
       windows = windows.reshape(x.shape[:axis] + index.shape + x.shape[axis + 1:])
       ours = torch.from_numpy(np.asarray(self.pool_choices[axis - 1]).transpose(0, 3, 1, 2)
@@ -166,16 +168,16 @@ def _compare(ours: dict, theirs: dict, denominators: dict, lr: float, update: in
 @pytest.mark.parametrize("name", ["shallow", "deep"])
 def test_seed_recipe_trains_as_pytorch_update_by_update(name, monkeypatch):
   decisions = Decisions()
-  monkeypatch.setitem(models.ACTIVATIONS, "relu", decisions.jax_relu)
-  monkeypatch.setattr(models, "_adaptive_pool_axis",
-                      functools.partial(decisions.jax_pool_axis, models._adaptive_pool_axis))
+  monkeypatch.setitem(layers.ACTIVATIONS, "relu", decisions.jax_relu)
+  monkeypatch.setattr(layers, "_adaptive_pool_axis",
+                      functools.partial(decisions.jax_pool_axis, layers._adaptive_pool_axis))
   monkeypatch.setattr(torch.nn.functional, "relu", decisions.torch_relu)
   torch_model, config = _recipe(name)
   if name == "deep":
     torch_model.maxpool.forward = decisions.torch_max_pool
   model = train.build_model(config)
   decisions.count_sites(model)
-  steps = train.Steps(config)
+  steps = train.Steps(config, model)
   torch_optimizer = torch.optim.Adam(torch_model.parameters(), lr=config.optimizer.learning_rate,
                                      weight_decay=config.optimizer.weight_decay)
   scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -202,7 +204,7 @@ def test_seed_recipe_trains_as_pytorch_update_by_update(name, monkeypatch):
     for _ in range(accumulation):
       batch = {"image": rng.normal(size=(micro_batch, 32, 32, 3)).astype(np.float32),
                "label": rng.integers(0, 10, micro_batch).astype(np.int32)}
-      state, metrics = steps.train(state, steps.place_batch(batch))
+      state, metrics = steps.train(state, batches.place(batch, steps.data))
       jax.effects_barrier()  # our choices have arrived
       logits = torch_model(torch.from_numpy(batch["image"].transpose(0, 3, 1, 2).copy()))
       loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(batch["label"]).long())

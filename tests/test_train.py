@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_jax import config_validation, optim, train
+from resnet_jax import config_validation, optim, train, xla_cpu
+from resnet_jax.data import batches
 from tests.conftest import REPO, smoke_config as _smoke
 
 
@@ -52,6 +53,7 @@ def test_accumulation_never_carries_over_an_epoch_and_plateau_scale_is_logged(tm
 _MULTI_DEVICE = textwrap.dedent("""
     import jax, numpy as np
     from resnet_jax import optim, train
+    from resnet_jax.data import batches
     from configs import smoke
     config = smoke.get_config()
     config.batch_size = 8
@@ -62,11 +64,11 @@ _MULTI_DEVICE = textwrap.dedent("""
     model = train.build_model(config)
     results = []
     for devices in (jax.devices()[:1], jax.devices()):
-      steps = train.Steps(config, train.data_mesh(devices))
+      steps = train.Steps(config, model, train.data_mesh(devices))
       tx, _ = optim.create_optimizer(config.optimizer, 10, config.num_epochs)
       state = steps.place_state(train.create_train_state(config, model, tx))
       for _ in range(2):
-        state, metrics = steps.train(state, steps.place_batch(batch))
+        state, metrics = steps.train(state, batches.place(batch, steps.data))
       results.append(jax.device_get((state.params, state.batch_stats)))
     for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1])):
       np.testing.assert_allclose(a, b, atol=2e-5, rtol=2e-5)
@@ -110,7 +112,10 @@ def test_four_cpu_devices_take_the_same_step_as_one():
     ({"cpu.xla_options": {"xla_cpu_no_such_option": "1"}},
      r"config.cpu.xla_options=\{'xla_cpu_no_such_option': '1'\}: .*xla_cpu_no_such_option"),
     ({"model.fusion_barriers": True},
-     r"config.model.fusion_barriers is not a model field; set config.cpu.fusion_barriers"),
+     r"config.model.fusion_barriers is not a model key; set config.cpu.fusion_barriers"),
+    ({"model.num_classes": 100},
+     r"config.model.num_classes=100, but config.data.dataset='cifar10' has 10 classes"),
+    ({"data.dataset": "mnist"}, r"config.data.dataset='mnist' is not one of \['cifar10'\]"),
 ])
 def test_bad_configs_fail_before_compute_naming_key_and_value(changes, message):
   config = _smoke(**changes)
@@ -175,7 +180,7 @@ def test_device_pipeline_trains_the_smoke_config(tmp_path):
 def test_dtype_auto_is_bfloat16_on_accelerators_and_float32_on_cpu(monkeypatch):
   assert _smoke().dtype == "auto" and train.compute_dtype(_smoke()) == "float32"
   assert train.build_model(_smoke()).dtype == "float32"
-  monkeypatch.setattr(train, "on_cpu", lambda: False)  # as on a GPU or TPU
+  monkeypatch.setattr(xla_cpu, "on_cpu", lambda: False)  # as on a GPU or TPU
   assert train.compute_dtype(_smoke()) == "bfloat16"
   assert train.build_model(_smoke()).dtype == "bfloat16"
   assert train.compute_dtype(_smoke(dtype="float32")) == "float32"  # an explicit value wins
@@ -201,12 +206,12 @@ def test_deep_config_trains_with_its_augmentation_on_the_device_pipeline(tmp_pat
 def test_cpu_xla_options_reach_the_compiled_train_step(options, ynn):
   config = _smoke(**{"cpu.xla_options": options})
   model = train.build_model(config)
-  steps = train.Steps(config)
+  steps = train.Steps(config, model)
   tx, _ = optim.create_optimizer(config.optimizer, 10, config.num_epochs)
   state = steps.place_state(train.create_train_state(config, model, tx))
   n = config.batch_size
-  batch = steps.place_batch({"image": np.zeros((n, 32, 32, 3), np.float32),
-                             "label": np.zeros(n, np.int32), "mask": np.ones(n, bool)})
+  batch = batches.place({"image": np.zeros((n, 32, 32, 3), np.float32),
+                         "label": np.zeros(n, np.int32), "mask": np.ones(n, bool)}, steps.data)
   hlo = steps.train.lower(state, batch).compile().as_text()
   assert ("__ynn_fusion" in hlo) == ynn  # jaxlib's default fuses the classifier's dot
 

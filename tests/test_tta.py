@@ -7,7 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from resnet_jax import data_sources, evaluate, train, tta
+from resnet_jax import evaluate, train, tta
+from resnet_jax.data import sources
 from tests.conftest import smoke_config as _smoke
 
 
@@ -41,7 +42,7 @@ def test_eval_and_predict_agree_and_level_0_is_the_logged_accuracy(tmp_path, tra
   metrics = evaluate.evaluate_checkpoint(config, workdir, step=48)
   if level == 0:
     assert metrics["accuracy"] == pytest.approx(history[2]["eval_accuracy"], abs=1e-9)
-  images, labels = data_sources.load_synthetic("test", {"train": 512, "test": 256})
+  images, labels = sources.load_synthetic("test", {"train": 512, "test": 256})
   path = tmp_path / "test.pkl"
   with open(path, "wb") as f:
     pickle.dump({b"data": images}, f)

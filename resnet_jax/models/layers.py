@@ -1,17 +1,138 @@
-"""Speed devices for XLA:CPU that leave what the model computes unchanged.
+"""Layers both model families share, with PyTorch's semantics where it matters for parity.
 
-models.py holds the architecture; these are the pieces it calls whose form is
-chosen for how XLA compiles them, not for what they compute: a training-mode
-BatchNorm with a written-out backward over fast channel sums (every backend),
-and a fusion barrier for block outputs (config.cpu.fusion_barriers, CPU only).
-tests/test_models.py and tests/test_parity.py check each against the plain
-formula and PyTorch; docs/performance.md has the measurements behind them.
+Converted seed weights must compute the same function as in PyTorch, so: explicit
+padding 1 on 3x3 convolutions (the families pass `padding=1`; flax's "SAME" pads
+stride-2 layers asymmetrically), BatchNorm with PyTorch's running-variance update,
+exact-erf GELU, PyTorch's default initialisers, and adaptive pooling with PyTorch's
+window rule. BatchNorm's training-mode form has a written-out backward over fast
+channel sums (every backend); tests/test_models.py and tests/test_parity.py check it
+against autodiff of the plain formula and against PyTorch.
 """
 
 import functools
+import math
+from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+ACTIVATIONS = {
+    "relu": nn.relu,
+    # flax's gelu defaults to the tanh approximation; PyTorch's nn.GELU is exact.
+    "gelu": functools.partial(nn.gelu, approximate=False),
+}
+POOL_TYPES = ("max", "avg")
+KERNEL_INITS = ("torch", "he_normal")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def kernel_initializer(name: str) -> nn.initializers.Initializer:
+  """Kernel initialiser for convolutions and the classifier."""
+  if name == "torch":
+    # PyTorch's default kaiming_uniform(a=sqrt(5)) is U(+-1/sqrt(fan_in)),
+    # i.e. variance 1/(3 fan_in).
+    return nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+  # torchvision's ResNet choice: kaiming_normal(mode="fan_out", relu gain).
+  return nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def torch_bias_init(fan_in: int) -> nn.initializers.Initializer:
+  """PyTorch's default Linear bias: U(+-1/sqrt(fan_in))."""
+  bound = 1 / math.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def pool_windows(n: int, m: int) -> list[tuple[int, int]]:
+  """PyTorch's adaptive windows: output i covers [floor(i*n/m), ceil((i+1)*n/m))."""
+  return [(i * n // m, -(-(i + 1) * n // m)) for i in range(m)]
+
+
+def pool_window_index(n: int, m: int) -> np.ndarray:
+  """[m, width] input positions of each adaptive window, a short window repeating its last."""
+  windows = pool_windows(n, m)
+  width = max(end - start for start, end in windows)
+  return np.array([[min(start + j, end - 1) for j in range(width)] for start, end in windows])
+
+
+def _adaptive_pool_axis(x: jax.Array, axis: int, size: int, kind: str) -> jax.Array:
+  n = x.shape[axis]
+  reduce = jnp.max if kind == "max" else jnp.mean
+  if n % size == 0:  # equal, disjoint windows: a reshape is exact and cheapest
+    return reduce(x.reshape(x.shape[:axis] + (size, n // size) + x.shape[axis + 1:]), axis + 1)
+  # Windows of unequal width (possibly overlapping, e.g. 16 -> 24 up-samples):
+  # gather `width` positions per output, repeating a short window's last one,
+  # which max ignores and the average masks out.
+  windows = pool_windows(n, size)
+  index = pool_window_index(n, size)
+  width = index.shape[1]
+  g = jnp.take(x, index.reshape(-1), axis=axis)
+  g = g.reshape(x.shape[:axis] + (size, width) + x.shape[axis + 1:])
+  if kind == "max":
+    return g.max(axis + 1)
+  counts = np.array([end - start for start, end in windows])
+  weights = (np.arange(width)[None, :] < counts[:, None]) / counts[:, None]
+  weights = weights.reshape(weights.shape + (1,) * (x.ndim - axis - 1)).astype(x.dtype)
+  return (g * weights).sum(axis + 1)
+
+
+class AdaptivePool(nn.Module):
+  """PyTorch's AdaptiveMaxPool2d / AdaptiveAvgPool2d((size, size)) on NHWC input.
+
+  A module (not a function) so that it appears in the layer summary. Both
+  reductions are separable over rectangular windows, so H and W are pooled one
+  after the other.
+  """
+
+  size: int
+  kind: str
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    for axis in (1, 2):
+      x = _adaptive_pool_axis(x, axis, self.size, self.kind)
+    return x
+
+
+class BatchNorm(nn.Module):
+  """BatchNorm2d with PyTorch's semantics.
+
+  Normalises with the biased batch variance but, like PyTorch, tracks the
+  *unbiased* variance in the running average (flax.linen.BatchNorm tracks the
+  biased one, which would break parity of the running statistics). Statistics
+  are computed in float32 whatever the compute dtype. Under jit with a sharded
+  batch the means are over the global batch (sync BN) without an axis name.
+  """
+
+  momentum: float = 0.1  # PyTorch convention: new = (1 - m) * old + m * batch
+  epsilon: float = 1e-5
+  dtype: Any = jnp.float32
+  use_scale: bool = True  # False: no trained scale (a fixed 1), only the bias
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    features = x.shape[-1]
+    scale = (self.param("scale", nn.initializers.ones, (features,)) if self.use_scale
+             else jnp.ones((features,), jnp.float32))
+    bias = self.param("bias", nn.initializers.zeros, (features,))
+    running_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,))
+    running_var = self.variable("batch_stats", "var", jnp.ones, (features,))
+    x = x.astype(jnp.float32)
+    if not train:
+      y = (x - running_mean.value) * (
+          jax.lax.rsqrt(running_var.value + self.epsilon) * scale) + bias
+      return y.astype(self.dtype)
+    y, mean, var = batch_norm_train(x, scale, bias, self.epsilon)
+    if not self.is_initializing():
+      n = x.size // features
+      m = self.momentum
+      running_mean.value = (1 - m) * running_mean.value + m * mean
+      running_var.value = (1 - m) * running_var.value + m * var * n / max(n - 1, 1)
+    return y.astype(self.dtype)
 
 
 def channel_sum(x: jax.Array) -> jax.Array:
@@ -66,20 +187,13 @@ def _batch_norm_train_bwd(epsilon, residuals, cotangents):
 batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
 
 
-def fusion_barrier(x: jax.Array) -> jax.Array:
-  """The identity, as an op XLA does not fuse through.
-
-  XLA:CPU computes each weight gradient as a convolution over a transposed copy
-  of the layer's input, and fuses into that transpose the whole elementwise
-  chain that produced the input: along a stage's residual stream, every earlier
-  block's BatchNorm, ReLU and addition, re-read in transposed (cache-hostile)
-  order: 412 ms of the shallow model's 1.47 s train step at batch 64. A
-  conditional is a fusion boundary, so the block output is computed once and
-  the transpose reads it (docs/performance.md). Both branches return their
-  operand exactly (x * 1 == x for every float), so any predicate works; it must
-  not be a compile-time constant, or XLA inlines the branch and the boundary
-  goes with it, and the branches must differ as written, or jax drops the
-  conditional.
-  """
-  first = x.reshape(-1)[0]
-  return jax.lax.cond(first == first, lambda v: v, lambda v: v * 1, x)
+def parameter_group(path, param) -> str:
+  """The optimizer's group (optim.py) of a parameter at `path`, for modules named as both
+  families name them: "bn_bias" for a BatchNorm's bias (modules named bn*, *_bn),
+  "conv_kernel" for a convolution's kernel, "other" for the rest."""
+  keys = [getattr(entry, "key", "") for entry in path[-2:]]
+  if keys[-1] == "bias" and len(keys) > 1 and "bn" in keys[0]:
+    return "bn_bias"
+  if keys[-1] == "kernel" and param.ndim == 4:
+    return "conv_kernel"
+  return "other"

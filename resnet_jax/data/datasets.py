@@ -1,0 +1,102 @@
+"""The datasets, one entry each, and the normalisation every pipeline applies.
+
+An entry says all that the sources (sources.py), the split strings (splits.py),
+the model's class count and the normalisation need to know of a dataset. No
+TensorFlow and no JAX here.
+"""
+
+import dataclasses
+
+import numpy as np
+
+
+class DataError(ValueError):
+  """Bad data or a bad split string; the message names the file or value."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """One image-classification dataset of 32x32 RGB images.
+
+  Attributes:
+    title: its name in messages ("CIFAR-10").
+    class_names: one per label, in label order.
+    tfds_name: the TFDS builder.
+    split_sizes: split name -> examples.
+    split_files: split name -> the pickled batch files holding it, in order.
+    files_dir, archive: the directory and the .tar.gz archive of those files,
+      as the dataset's own site distributes them.
+    label_key: the key of the labels in each batch file.
+    mean, std: per-channel statistics of its training images, in [0, 1] units.
+  """
+
+  title: str
+  class_names: tuple[str, ...]
+  tfds_name: str
+  split_sizes: dict[str, int]
+  split_files: dict[str, tuple[str, ...]]
+  files_dir: str
+  archive: str
+  label_key: bytes
+  mean: tuple[float, float, float]
+  std: tuple[float, float, float]
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
+
+
+DATASETS = {
+    "cifar10": Dataset(
+        title="CIFAR-10",
+        class_names=("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                     "ship", "truck"),
+        tfds_name="cifar10",
+        split_sizes={"train": 50_000, "test": 10_000},
+        split_files={"train": tuple(f"data_batch_{i}" for i in range(1, 6)),
+                     "test": ("test_batch",)},
+        files_dir="cifar-10-batches-py", archive="cifar-10-python.tar.gz",
+        label_key=b"labels",
+        mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616)),
+}
+DOWNLOAD_PAGE = "https://www.cs.toronto.edu/~kriz/cifar.html"  # CIFAR's own files
+
+# config.data.normalization: the seed's Normalize(0.5, 0.5), or the dataset's own statistics.
+NORMALIZATIONS = ("seed", "cifar")
+
+
+def get(data_config) -> Dataset:
+  """The dataset config.data.dataset names."""
+  return DATASETS[data_config.dataset]
+
+
+def normalization(data_config) -> tuple[np.ndarray, np.ndarray]:
+  """(mean, std) per channel, float32, of config.data.normalization."""
+  if data_config.normalization == "seed":
+    mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+  elif data_config.normalization == "cifar":
+    mean, std = get(data_config).mean, get(data_config).std
+  else:
+    raise ValueError(f"config.data.normalization={data_config.normalization!r} is not one of "
+                     f"{list(NORMALIZATIONS)}")
+  return np.asarray(mean, np.float32), np.asarray(std, np.float32)
+
+
+def to_unit(images):
+  """uint8 pixels (numpy or jax) -> float32 in [0, 1]."""
+  return images.astype(np.float32) / np.float32(255)
+
+
+def normalize(images, stats: tuple[np.ndarray, np.ndarray]):
+  """Float32 images in [0, 1] -> the network's input, (images - mean) / std per channel.
+
+  Works on numpy, jax and TensorFlow arrays alike: tf.data, the device pipeline,
+  evaluation and prediction all normalise through it; `stats` is `normalization`'s.
+  """
+  mean, std = stats
+  return (images - mean) / std
+
+
+def normalize_pixels(images, stats: tuple[np.ndarray, np.ndarray]):
+  """uint8 pixels (numpy or jax) -> the network's input: `normalize` of `to_unit`."""
+  return normalize(to_unit(images), stats)

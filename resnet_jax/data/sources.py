@@ -1,0 +1,180 @@
+"""A dataset's splits as in-memory uint8 arrays, from its own files, from TFDS, or generated.
+
+Sources behind `config.data.source`:
+  "cifar10_dir": `config.data.dir` is the dataset's batch-file directory
+      (`cifar-10-batches-py`) or its archive (`cifar-10-python.tar.gz`): the files
+      CIFAR's site distributes and torchvision and keras cache. Slices follow the
+      files' order (data_batch_1..5 make "train", test_batch makes "test").
+  "tfds": the dataset's TFDS builder, honouring `config.data.tfds_data_dir` and
+      TFDS_DATA_DIR; downloaded and prepared on first use.
+  "synthetic": generated, learnable images for smoke runs and tests.
+
+Each returns (images uint8 [N, 32, 32, 3], labels int32 [N]) of a split string
+(splits.py). CIFAR is 150 MB, so a split is simply held in memory; every pipeline
+starts from these arrays. Only "tfds" imports TensorFlow (lazily).
+"""
+
+import os
+import pickle
+import socket
+import tarfile
+from typing import Callable, Iterator
+
+import numpy as np
+
+from resnet_jax import optional_tf
+from resnet_jax.data import datasets, splits
+from resnet_jax.data.datasets import Dataset, DataError
+
+SOURCES = ("cifar10_dir", "tfds", "synthetic")
+TFDS_DOWNLOAD_HOST = "www.cs.toronto.edu"  # where TFDS's CIFAR builders download from
+
+
+def offline_hint(dataset: Dataset) -> str:
+  return (f"Offline, use {dataset.title}'s own files instead: set "
+          f"config.data.source='cifar10_dir' and config.data.dir to a {dataset.files_dir} "
+          f"directory or {dataset.archive} (from {datasets.DOWNLOAD_PAGE}, or a torchvision "
+          "or keras cache).")
+
+
+def _read_batch(path: str, read: Callable[[], bytes],
+                dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
+  """Decodes one pickled batch file; errors name the file."""
+  label_key = dataset.label_key
+  try:
+    batch = pickle.loads(read(), encoding="bytes")
+  except Exception as e:  # truncated or corrupt pickles raise many types
+    raise DataError(f"{path}: not a readable {dataset.title} batch file "
+                    f"({type(e).__name__}: {e})") from e
+  if not isinstance(batch, dict) or b"data" not in batch or label_key not in batch:
+    raise DataError(f"{path}: expected a dict with b'data' and {label_key!r}")
+  data = np.asarray(batch[b"data"])
+  labels = np.asarray(batch[label_key])
+  if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+    raise DataError(f"{path}: b'data' has shape {data.shape} and dtype {data.dtype}; "
+                    "expected N x 3072 uint8")
+  if labels.shape != (data.shape[0],):
+    raise DataError(f"{path}: {labels.shape[0] if labels.ndim else 0} labels for "
+                    f"{data.shape[0]} images")
+  bad = (labels < 0) | (labels >= dataset.num_classes)
+  if bad.any():
+    raise DataError(f"{path}: label {labels[bad][0]} out of range [0, {dataset.num_classes}) "
+                    f"at index {int(np.argmax(bad))}")
+  images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # channel-major rows -> NHWC
+  return np.ascontiguousarray(images), labels.astype(np.int32)
+
+
+def _files_in_directory(directory: str, files: tuple[str, ...],
+                        dataset: Dataset) -> Iterator[tuple[str, Callable]]:
+  for name in files:
+    path = os.path.join(directory, name)
+    if not os.path.isfile(path):
+      raise DataError(f"{path}: missing {dataset.title} batch file (expected "
+                      f"{', '.join(files)} in {directory})")
+    yield path, lambda path=path: open(path, "rb").read()
+
+
+def _files_in_archive(archive: str, files: tuple[str, ...],
+                      dataset: Dataset) -> Iterator[tuple[str, Callable]]:
+  try:
+    tar = tarfile.open(archive, "r:*")
+    members = {os.path.basename(m.name): m for m in tar.getmembers() if m.isfile()}
+  except (tarfile.TarError, OSError, EOFError) as e:
+    raise DataError(f"{archive}: not a readable tar archive ({e})") from e
+  with tar:
+    for name in files:
+      if name not in members:
+        raise DataError(f"{archive}: no member {name!r} (expected {dataset.files_dir}/{name})")
+      path = f"{archive}:{members[name].name}"
+      yield path, lambda m=members[name]: tar.extractfile(m).read()
+
+
+def load_files(location: str, split: str, dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
+  """The split's examples from the dataset's batch-file directory or .tar.gz archive."""
+  name = splits.check_split(split, dataset)
+  if not location:
+    raise DataError(f"config.data.dir is empty; set it to a {dataset.files_dir} directory or "
+                    f"{dataset.archive}")
+  if os.path.isdir(location):
+    batches = _files_in_directory(location, dataset.split_files[name], dataset)
+  elif os.path.isfile(location):
+    batches = _files_in_archive(location, dataset.split_files[name], dataset)
+  else:
+    raise DataError(f"config.data.dir={location!r} does not exist")
+  images, labels = zip(*(_read_batch(path, read, dataset) for path, read in batches))
+  images, labels = np.concatenate(images), np.concatenate(labels)
+  _, start, stop = splits.parse_split(split, {name: len(labels)})
+  return images[start:stop], labels[start:stop]
+
+
+def _reachable(host: str, timeout: float = 5.0) -> bool:
+  try:
+    socket.create_connection((host, 443), timeout=timeout).close()
+    return True
+  except OSError:
+    return False
+
+
+def load_tfds(split: str, data_dir: str | None,
+              dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
+  """The split from the dataset's TFDS builder, downloading and preparing it when needed."""
+  splits.check_split(split, dataset)  # the same validation and messages as the files
+  optional_tf.tensorflow("config.data.source='tfds'")  # imported quietly, or a clear error
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise optional_tf.MissingTensorFlow(
+        f"config.data.source='tfds' needs tensorflow-datasets ({e}); or use "
+        "config.data.source='cifar10_dir'. " + offline_hint(dataset)) from e
+  data_dir = data_dir or os.environ.get("TFDS_DATA_DIR")
+  builder = tfds.builder(dataset.tfds_name, data_dir=data_dir)
+  where = f"TFDS {dataset.tfds_name} is not prepared in {builder.data_dir}"
+  # Offline, TFDS's downloader retries for minutes before failing: probe first.
+  if not builder.is_prepared() and not _reachable(TFDS_DOWNLOAD_HOST):
+    raise DataError(f"{where} and cannot be downloaded: {TFDS_DOWNLOAD_HOST} is unreachable "
+                    "(no internet?). " + offline_hint(dataset))
+  try:
+    builder.download_and_prepare()
+  except Exception as e:  # download failures surface as many exception types
+    raise DataError(f"{where} and downloading it failed ({type(e).__name__}: {e}). "
+                    + offline_hint(dataset)) from e
+  # Chunks, not batch_size=-1, which needs split sizes that mock data lacks.
+  chunks = list(tfds.as_numpy(builder.as_dataset(split=split).batch(10_000)))
+  return (np.concatenate([c["image"] for c in chunks]).astype(np.uint8),
+          np.concatenate([c["label"] for c in chunks]).astype(np.int32))
+
+
+def load_synthetic(split: str, sizes: dict[str, int],
+                   num_classes: int = 10) -> tuple[np.ndarray, np.ndarray]:
+  """Generated, learnable data of `num_classes` classes (no files, no network).
+
+  Each class has its own mean colour and a bright square at a class-specific
+  place on a grid of at least 4 x 4 cells, under uniform noise: a tiny model
+  learns it within a few epochs.
+  """
+  name, start, stop = splits.parse_split(split, sizes)
+  rng = np.random.default_rng({"train": 0, "test": 1}[name])
+  labels = rng.integers(0, num_classes, sizes[name]).astype(np.int32)
+  colours = np.random.default_rng(10).integers(40, 216, (num_classes, 3))
+  images = colours[labels][:, None, None, :] + rng.integers(-40, 41, (sizes[name], 32, 32, 3))
+  columns = max(4, int(np.ceil(np.sqrt(num_classes))))
+  cell = 28 // columns
+  for c in range(num_classes):
+    y, x = divmod(c, columns)
+    images[labels == c, 4 + cell * y:3 + cell * (y + 1), 4 + cell * x:3 + cell * (x + 1)] = 255
+  images = np.clip(images, 0, 255).astype(np.uint8)
+  return images[start:stop], labels[start:stop]
+
+
+def load_split(data_config, split: str) -> tuple[np.ndarray, np.ndarray]:
+  """(images uint8 [N, 32, 32, 3], labels int32 [N]) of `split` from the configured source."""
+  dataset = datasets.get(data_config)
+  if data_config.source == "cifar10_dir":
+    return load_files(data_config.dir, split, dataset)
+  if data_config.source == "tfds":
+    return load_tfds(split, data_config.get("tfds_data_dir"), dataset)
+  if data_config.source == "synthetic":
+    return load_synthetic(split, {"train": data_config.synthetic_train_size,
+                                  "test": data_config.synthetic_test_size},
+                          dataset.num_classes)
+  raise DataError(f"config.data.source={data_config.source!r} is not one of {list(SOURCES)}")

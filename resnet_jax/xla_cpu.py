@@ -1,0 +1,87 @@
+"""Speed settings for XLA:CPU (`config.cpu`), applied from outside the models.
+
+None changes what a model computes, only how XLA compiles it; on GPU and TPU none
+applies. docs/performance.md has the measurements behind each:
+- `xla_options`: XLA debug options for the jitted train and eval steps;
+- `fusion_barriers`: in the train step, every residual block's output (the
+  `blocks` of its family, models/registry.py) passes through `fusion_barrier`,
+  inserted by flax's method interception, so a new block needs nothing of its own.
+"""
+
+import contextlib
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+
+def on_cpu() -> bool:
+  return jax.default_backend() == "cpu"
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """config.cpu."""
+  return ml_collections.ConfigDict({
+      # YNNPACK's fusions (jaxlib 0.10's default) are slower than Eigen's kernels for
+      # these models' steps on the CPUs measured: "" turns them all off. LLVM -O1 compiles
+      # faster than -O2 for the same speed (the convolutions are precompiled kernels).
+      "xla_options": {"xla_cpu_experimental_ynn_fusion_type": "",
+                      "xla_backend_optimization_level": 1},
+      "fusion_barriers": True,
+  })
+
+
+def compiler_options(config: ml_collections.ConfigDict) -> dict | None:
+  """XLA options for the jitted steps: config.cpu.xla_options, on the CPU backend only."""
+  if not on_cpu():
+    return None
+  return dict(config.cpu.xla_options) or None
+
+
+def check_options(config: ml_collections.ConfigDict) -> None:
+  """Compiles a trivial function with config.cpu.xla_options: XLA names a bad option or value
+  (ValueError naming config.cpu.xla_options)."""
+  options = compiler_options(config)
+  if not options:
+    return
+  try:
+    jax.jit(lambda x: x + 1, compiler_options=options).lower(jnp.zeros(())).compile()
+  except jax.errors.JaxRuntimeError as e:
+    raise ValueError(f"config.cpu.xla_options={options}: {e}") from e
+
+
+def fusion_barrier(x: jax.Array) -> jax.Array:
+  """The identity, as an op XLA does not fuse through.
+
+  XLA:CPU computes each weight gradient as a convolution over a transposed copy
+  of the layer's input, and fuses into that transpose the whole elementwise
+  chain that produced the input: along a stage's residual stream, every earlier
+  block's BatchNorm, ReLU and addition, re-read in transposed (cache-hostile)
+  order. A conditional is a fusion boundary, so the block output is computed once
+  and the transpose reads it (docs/performance.md). Both branches return their
+  operand exactly (x * 1 == x for every float), so any predicate works; it must
+  not be a compile-time constant, or XLA inlines the branch and the boundary
+  goes with it, and the branches must differ as written, or jax drops the
+  conditional.
+  """
+  first = x.reshape(-1)[0]
+  return jax.lax.cond(first == first, lambda v: v, lambda v: v * 1, x)
+
+
+def fusion_barriers(config: ml_collections.ConfigDict, blocks: tuple[type[nn.Module], ...]):
+  """A context in which every call of a `blocks` module returns through `fusion_barrier`,
+  when config.cpu.fusion_barriers is set and the backend is the CPU; else no-op.
+
+  Meant for the train step only: at inference the barriers would cost, not save.
+  """
+  if not (config.cpu.fusion_barriers and on_cpu()):
+    return contextlib.nullcontext()
+
+  def barrier_after_blocks(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    if context.method_name == "__call__" and isinstance(context.module, blocks):
+      return fusion_barrier(out)
+    return out
+
+  return nn.intercept_methods(barrier_after_blocks)

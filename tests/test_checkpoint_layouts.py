@@ -1,0 +1,90 @@
+"""Workdirs written before the checkpoint layout changed still resume, evaluate and predict.
+
+tests/data/v1_workdirs holds two runs written by commit c067652 (layout 1, its
+README says how): a seed-family and a FastResNet run (whitening, lookahead,
+device pipeline, TTA), each stopped by SIGTERM in epoch 2 of 2, beside the final
+variables and history of the same runs uninterrupted.
+"""
+
+import csv
+import json
+import os
+import pickle
+import shutil
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import smoke
+from resnet_jax import checkpoints, evaluate, train
+from resnet_jax.data import augmentations, sources
+from tests.conftest import REPO
+
+V1_WORKDIRS = os.path.join(REPO, "tests", "data", "v1_workdirs")
+
+
+def _config_from_json(saved: dict, config: ml_collections.ConfigDict) -> None:
+  """Applies a run's saved config (config.json) to today's; every saved key must still exist."""
+  for key, value in saved.items():
+    if key == "augment":
+      config[key] = augmentations.preset("none", **value)
+    elif isinstance(value, dict) and isinstance(config[key], ml_collections.ConfigDict):
+      _config_from_json(value, config[key])
+    else:
+      config[key] = tuple(value) if isinstance(value, list) else value
+
+
+@pytest.fixture(params=["resnet", "fast"])
+def v1_run(request, tmp_path):
+  """(a copy of the layout-1 workdir, its config as today's, the history it had logged)."""
+  workdir = str(tmp_path / request.param)
+  shutil.copytree(os.path.join(V1_WORKDIRS, request.param), workdir)
+  config = smoke.get_config()
+  with open(os.path.join(workdir, "config.json")) as f:
+    _config_from_json(json.load(f), config)
+  with open(os.path.join(workdir, "history.json")) as f:
+    return workdir, config, json.load(f)
+
+
+def test_a_layout_1_workdir_evaluates_and_predicts_as_it_logged(v1_run, tmp_path):
+  workdir, config, history = v1_run
+  config.eval.tta = 0  # the logged per-epoch accuracy has none
+  metrics = evaluate.evaluate_checkpoint(config, workdir)
+  assert metrics["step"] == 16  # the one end-of-epoch checkpoint, the best
+  assert metrics["accuracy"] == pytest.approx(history[0]["eval_accuracy"], abs=1e-9)
+  images, labels = sources.load_synthetic("test", {"train": 512, "test": 256})
+  with open(tmp_path / "unlabeled.pkl", "wb") as f:
+    pickle.dump({b"data": images}, f)
+  result = evaluate.predict(config, workdir, str(tmp_path / "unlabeled.pkl"),
+                            str(tmp_path / "p.csv"))
+  with open(tmp_path / "p.csv") as f:
+    predicted = np.array([int(row[1]) for row in list(csv.reader(f))[1:]])
+  assert result["count"] == 256
+  assert (predicted == labels).mean() == pytest.approx(metrics["accuracy"], abs=1e-9)
+
+
+def test_a_layout_1_workdir_resumes_exactly_as_the_run_would_have_gone_on(v1_run):
+  workdir, config, _ = v1_run
+  state, history = train.train_and_evaluate(config, workdir)
+  # Layout 1 kept the whitening filters in batch_stats: compare them there.
+  variables = jax.device_get({"params": state.params,
+                              "batch_stats": {**state.batch_stats, **(state.constants or {})}})
+  got = {jax.tree_util.keystr(path): np.asarray(value)
+         for path, value in jax.tree_util.tree_leaves_with_path(variables)}
+  expected = np.load(os.path.join(workdir, "expected_final_variables.npz"))
+  assert sorted(got) == sorted(expected.files)
+  for key in expected.files:
+    np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
+  with open(os.path.join(workdir, "expected_history.json")) as f:
+    untimed = lambda hs: [{k: v for k, v in h.items() if k not in train.TIMED_SCALARS}
+                          for h in hs]
+    assert untimed(history) == untimed(json.load(f))
+  # The workdir now mixes layouts: both read.
+  with checkpoints.reading_manager(workdir) as manager:
+    layouts = {step: checkpoints.read_meta(manager, step).get("layout", 1)
+               for step in manager.all_steps()}
+  assert layouts == {16: 1, 21: 1, 32: checkpoints.LAYOUT}
+  for step in (16, 32):
+    assert evaluate.evaluate_checkpoint(config, workdir, step=step)["step"] == step
