@@ -1,4 +1,10 @@
-"""Shared fixtures: small generated CIFAR-10-format data."""
+"""Shared fixtures: small generated CIFAR-10-format data, smoke configs and runs, fault hooks.
+
+CI runs the suite on two pytest-xdist workers (README's test command). Tests that run
+`python -m resnet_jax.main` share its default compilation cache (~/.cache/resnet_jax/jax),
+whose files jax does not write atomically, so they are one xdist group (`CLI`): they run
+one at a time, on one worker, never reading an entry another is writing.
+"""
 
 import os
 import pickle
@@ -9,6 +15,7 @@ import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLI = pytest.mark.xdist_group("cli")  # see the module docstring
 SHARED_DATA = os.path.join(REPO, "..", "shared", "data")
 
 
@@ -103,7 +110,18 @@ def poison_batch(monkeypatch, n: int) -> None:
                    if drawn == n else batch)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache(tmp_path_factory):
+  """Jax's persistent compilation cache for the whole session, as training runs use it
+  (config.compilation_cache_dir): the many runs of one config compile their steps once."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from resnet_jax import train  # pylint: disable=g-import-not-at-top
+  # A directory per xdist worker: jax does not write its entries atomically.
+  train.enable_compilation_cache(str(tmp_path_factory.mktemp("jax_cache")))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+
+
+@pytest.fixture(scope="session")
 def trained(tmp_path_factory):
   """A 3-epoch smoke run, uninterrupted: (workdir, state, history)."""
   workdir = str(tmp_path_factory.mktemp("trained"))

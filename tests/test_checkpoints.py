@@ -18,7 +18,7 @@ import torch
 from resnet_jax import checkpoints, convert_torch, evaluate, train
 from resnet_jax.data import sources
 from tests import torch_reference
-from tests.conftest import REPO, signal_at_batch
+from tests.conftest import CLI, REPO, signal_at_batch
 from tests.conftest import smoke_config as _smoke
 
 
@@ -139,6 +139,7 @@ def test_errors_are_clear_and_leave_the_workdir_untouched(tmp_path, trained):
   assert _snapshot(workdir) == before
 
 
+@CLI
 def test_cli_eval_and_plots(trained, tmp_path):
   workdir, _, _ = trained
   result = subprocess.run([sys.executable, "-m", "resnet_jax.main", "--config",

@@ -9,7 +9,9 @@ import subprocess
 import sys
 
 from resnet_jax import logs
-from tests.conftest import REPO, write_cifar_dir
+from tests.conftest import CLI, REPO, write_cifar_dir
+
+pytestmark = CLI
 
 # `python -c` with tensorflow and tensorflow_datasets made unimportable, then main as -m would.
 _WITHOUT_TENSORFLOW = ("import runpy, sys; sys.modules.update(tensorflow=None, "

@@ -10,8 +10,10 @@ import jax
 import numpy as np
 
 from resnet_jax import checkpoints, train
+from tests.conftest import CLI, REPO
 from tests.conftest import smoke_config as _smoke
-from tests.conftest import REPO
+
+pytestmark = CLI
 
 
 def _free_port() -> int:
@@ -31,12 +33,12 @@ def _launch(workdir, epochs: int, heartbeat: int = 100) -> list[subprocess.Popen
 
 
 def test_two_processes_train_like_one(tmp_path):
-  processes = _launch(tmp_path / "two", epochs=2)
+  processes = _launch(tmp_path / "two", epochs=1)
   outputs = [p.communicate(timeout=600)[0] for p in processes]
   assert [p.returncode for p in processes] == [0, 0], outputs[0][-3000:]
   assert "JAX process 1 of 2" in outputs[1]
   _, two, meta = checkpoints.restore_model(str(tmp_path / "two"))
-  state, history = train.train_and_evaluate(_smoke(num_epochs=2), str(tmp_path / "one"))
+  state, history = train.train_and_evaluate(_smoke(num_epochs=1), str(tmp_path / "one"))
   one = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
   for a, b in zip(jax.tree.leaves(dict(two)), jax.tree.leaves(one)):
     np.testing.assert_allclose(a, b, atol=2e-3, rtol=2e-2)  # reduction order differs

@@ -9,7 +9,9 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO, write_cifar_dir
+from tests.conftest import CLI, REPO, write_cifar_dir
+
+pytestmark = CLI
 
 
 def _load():
