@@ -91,9 +91,12 @@ def build_model(config: ml_collections.ConfigDict) -> models.Model:
 
 
 def enable_compilation_cache(directory: str) -> None:
-  """Jax's persistent compilation cache in `directory` ("" leaves it off)."""
+  """Jax's persistent compilation cache in `directory` ("" leaves it off), for every program:
+  a start-up compiles many small ones (initialisers, eager ops) that each fall below jax's
+  default one-second threshold but together cost seconds (docs/performance.md)."""
   if directory:
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(directory))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
 
 def create_train_state(config, model: models.Model, tx: optax.GradientTransformation,
@@ -297,7 +300,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       norm = datasets.normalization(config.data)
       state = steps.place_state(state.replace(**models.fit_to_data(
           model, state.variables, lambda n: datasets.normalize_pixels(train_images[:n], norm))))
-    del train_images, train_labels  # the pipelines hold what they need
     meta = functools.partial(_checkpoint_meta, config, model)
     with contextlib.closing(_metric_writer(workdir, config, fresh)) as writer, \
         _StopSignals() as stop:

@@ -1,9 +1,10 @@
 """Shared fixtures: small generated CIFAR-10-format data, smoke configs and runs, fault hooks.
 
-CI runs the suite on two pytest-xdist workers (README's test command). Tests that run
-`python -m resnet_jax.main` share its default compilation cache (~/.cache/resnet_jax/jax),
-whose files jax does not write atomically, so they are one xdist group (`CLI`): they run
-one at a time, on one worker, never reading an entry another is writing.
+CI runs the suite on two pytest-xdist workers (README's test command). Each worker has
+a home of its own (`HOME`), so that the command lines the tests run keep their default
+compilation cache (~/.cache/resnet_jax/jax) to that worker: jax does not write its
+entries atomically, and a worker runs one test at a time. Nothing is written to the
+real home.
 """
 
 import os
@@ -15,7 +16,6 @@ import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CLI = pytest.mark.xdist_group("cli")  # see the module docstring
 SHARED_DATA = os.path.join(REPO, "..", "shared", "data")
 
 
@@ -111,14 +111,14 @@ def poison_batch(monkeypatch, n: int) -> None:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def compilation_cache(tmp_path_factory):
-  """Jax's persistent compilation cache for the whole session, as training runs use it
-  (config.compilation_cache_dir): the many runs of one config compile their steps once."""
-  import jax  # pylint: disable=g-import-not-at-top
+def worker_home_and_compilation_cache(tmp_path_factory):
+  """This worker's own home (module docstring), and jax's persistent compilation cache in
+  it for the in-process runs too, as the command line uses it (config.compilation_cache_dir):
+  the many runs of one config compile their steps once."""
   from resnet_jax import train  # pylint: disable=g-import-not-at-top
-  # A directory per xdist worker: jax does not write its entries atomically.
-  train.enable_compilation_cache(str(tmp_path_factory.mktemp("jax_cache")))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+  home = tmp_path_factory.mktemp("home")
+  os.environ["HOME"] = str(home)
+  train.enable_compilation_cache(str(home / ".cache" / "resnet_jax" / "jax"))
 
 
 @pytest.fixture(scope="session")
@@ -129,3 +129,4 @@ def trained(tmp_path_factory):
   from resnet_jax import train  # pylint: disable=g-import-not-at-top
   state, history = train.train_and_evaluate(smoke_config(), workdir)
   return workdir, jax.device_get(state), history
+

@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 
 import jax
 import numpy as np
@@ -18,7 +17,7 @@ import torch
 from resnet_jax import checkpoints, convert_torch, evaluate, train
 from resnet_jax.data import sources
 from tests import torch_reference
-from tests.conftest import CLI, REPO, signal_at_batch
+from tests.conftest import REPO, signal_at_batch
 from tests.conftest import smoke_config as _smoke
 
 
@@ -139,7 +138,6 @@ def test_errors_are_clear_and_leave_the_workdir_untouched(tmp_path, trained):
   assert _snapshot(workdir) == before
 
 
-@CLI
 def test_cli_eval_and_plots(trained, tmp_path):
   workdir, _, _ = trained
   result = subprocess.run([sys.executable, "-m", "resnet_jax.main", "--config",
@@ -165,31 +163,6 @@ def test_cli_eval_and_plots(trained, tmp_path):
   plots = subprocess.run([sys.executable, "-m", "resnet_jax.plots", workdir],
                          capture_output=True, text=True, cwd=REPO)
   assert plots.returncode == 0 and os.path.getsize(os.path.join(workdir, "curves.png")) > 1000
-
-
-_WRITE_ON_FOUR = textwrap.dedent("""
-    import sys, jax
-    from resnet_jax import train
-    from configs import smoke
-    assert jax.device_count() == 4
-    config = smoke.get_config()
-    config.num_epochs = 1
-    train.train_and_evaluate(config, sys.argv[1])
-""")
-
-
-def test_checkpoint_written_on_four_devices_restores_on_one(tmp_path):
-  workdir = str(tmp_path)
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
-  result = subprocess.run([sys.executable, "-c", _WRITE_ON_FOUR, workdir], env=env, cwd=REPO,
-                          capture_output=True, text=True)
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert jax.device_count() == 1
-  with open(os.path.join(workdir, "history.json")) as f:
-    logged = json.load(f)[0]["eval_accuracy"]
-  assert evaluate.evaluate_checkpoint(_smoke(), workdir)["accuracy"] == pytest.approx(logged, abs=1e-6)
-  state, history = train.train_and_evaluate(_smoke(num_epochs=2), workdir)  # resume on 1
-  assert int(state.step) == 32 and len(history) == 2
 
 
 def _unlabeled(tmp_path) -> str:

@@ -9,9 +9,7 @@ import subprocess
 import sys
 
 from resnet_jax import logs
-from tests.conftest import CLI, REPO, write_cifar_dir
-
-pytestmark = CLI
+from tests.conftest import REPO, write_cifar_dir
 
 # `python -c` with tensorflow and tensorflow_datasets made unimportable, then main as -m would.
 _WITHOUT_TENSORFLOW = ("import runpy, sys; sys.modules.update(tensorflow=None, "

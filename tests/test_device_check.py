@@ -6,9 +6,8 @@ import os
 import subprocess
 import sys
 
-from tests.conftest import CLI, REPO, write_cifar_dir
+from tests.conftest import REPO, write_cifar_dir
 
-pytestmark = CLI
 
 
 def test_device_check_runs_every_part_in_its_tiny_mode(tmp_path):

@@ -185,3 +185,4 @@ def test_fusion_barriers_are_not_part_of_the_saved_description():
   assert "fusion_barriers" not in models.model_config("shallow", models.get_model("shallow"))
   with pytest.raises(ValueError, match=r"unknown model field\(s\) \['fusion_barriers'\]"):
     models.get_model("shallow", fusion_barriers=True)
+

@@ -10,10 +10,8 @@ import jax
 import numpy as np
 
 from resnet_jax import checkpoints, train
-from tests.conftest import CLI, REPO
+from tests.conftest import REPO
 from tests.conftest import smoke_config as _smoke
-
-pytestmark = CLI
 
 
 def _free_port() -> int:
@@ -48,7 +46,7 @@ def test_two_processes_train_like_one(tmp_path):
 
 
 def test_a_dying_process_stops_the_other_instead_of_hanging(tmp_path):
-  processes = _launch(tmp_path, epochs=500, heartbeat=10)
+  processes = _launch(tmp_path, epochs=500, heartbeat=5)
   deadline = time.time() + 300
   for line in processes[0].stdout:  # wait until training is under way
     if "epoch 1/500" in line or time.time() > deadline:

@@ -43,7 +43,7 @@ import torch
 
 from configs import deep as deep_config
 from configs import shallow as shallow_config
-from resnet_jax import convert_torch, models, optim, train
+from resnet_jax import convert_torch, optim, train
 from resnet_jax.data import batches
 from resnet_jax.models import layers, resnet
 from tests import torch_reference
@@ -70,7 +70,8 @@ class Decisions:
 
   def count_sites(self, model: resnet.ResNet) -> None:
     self.sites = 0
-    jax.eval_shape(functools.partial(models.init_variables, model), jax.random.key(0))
+    # Traced here, not through models.init_variables, whose jitted trace may be cached.
+    jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
     self.per_forward = self.sites
 
   def jax_relu(self, x):

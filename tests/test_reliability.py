@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from resnet_jax import checkpoints, train
-from tests.conftest import CLI, REPO, poison_batch, signal_at_batch
+from tests.conftest import REPO, poison_batch, signal_at_batch
 from tests.conftest import smoke_config as _smoke
 
 
@@ -43,7 +43,6 @@ def test_signal_mid_epoch_checkpoints_and_the_rerun_matches_uninterrupted(
   assert untimed(history) == untimed(full_history)  # epoch 2's metrics span the restart
 
 
-@CLI
 def test_sigterm_to_the_cli_exits_with_a_resume_message(tmp_path):
   process = subprocess.Popen(
       [sys.executable, "-m", "resnet_jax.main", "--config", "configs/smoke.py", "--workdir",
@@ -160,7 +159,6 @@ def test_unwritable_workdir_fails_before_compute(tmp_path):
   assert blocker.read_text() == "not a directory"
 
 
-@CLI
 def test_chaos_script_sigkills_resumes_and_matches(tmp_path):
   result = subprocess.run([sys.executable, "scripts/chaos_resume.py", "--kills", "1",
                            "--epochs", "2", "--workdir", str(tmp_path)], cwd=REPO,

@@ -9,9 +9,7 @@ import sys
 
 import pytest
 
-from tests.conftest import CLI, REPO, write_cifar_dir
-
-pytestmark = CLI
+from tests.conftest import REPO, write_cifar_dir
 
 
 def _load():

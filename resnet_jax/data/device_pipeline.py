@@ -11,7 +11,6 @@ Imports no TensorFlow.
 from typing import Iterator
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from resnet_jax.data import augmentations, datasets

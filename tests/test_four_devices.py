@@ -1,0 +1,81 @@
+"""Four CPU devices (XLA_FLAGS in a subprocess): the same train step as one device, and a
+checkpoint they write restores, evaluates and resumes on one."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import pytest
+
+from resnet_jax import evaluate, train
+from tests.conftest import REPO
+from tests.conftest import smoke_config as _smoke
+
+
+_ON_FOUR_DEVICES = textwrap.dedent("""
+    import sys, jax, numpy as np
+    from resnet_jax import config_validation, optim, train
+    from resnet_jax.data import batches
+    from configs import smoke
+    assert jax.device_count() == 4
+    # One train step on 1 and on 4 devices.
+    config = smoke.get_config()
+    config.batch_size = 8
+    rng = np.random.default_rng(0)
+    batch = {"image": rng.normal(size=(8, 32, 32, 3)).astype(np.float32),
+             "label": rng.integers(0, 10, 8).astype(np.int32)}
+    model = train.build_model(config)
+    results = []
+    for devices in (jax.devices()[:1], jax.devices()):
+      steps = train.Steps(config, model, train.data_mesh(devices))
+      tx, _ = optim.create_optimizer(config.optimizer, 10, config.num_epochs)
+      state = steps.place_state(train.create_train_state(config, model, tx))
+      for _ in range(2):
+        state, metrics = steps.train(state, batches.place(batch, steps.data))
+      results.append(jax.device_get((state.params, state.batch_stats)))
+    for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1])):
+      np.testing.assert_allclose(a, b, atol=2e-5, rtol=2e-5)
+    print("SAME STEP")
+    config.batch_size = 30
+    try:
+      config_validation.validate(config)
+    except config_validation.ConfigError as e:
+      print("REJECTED:", e)
+    # An epoch of the smoke config, checkpointed on 4 devices.
+    config = smoke.get_config()
+    config.num_epochs = 1
+    train.train_and_evaluate(config, sys.argv[1])
+    print("OK")
+""")
+
+
+@pytest.fixture(scope="module")
+def four_device_run(tmp_path_factory):
+  """One process on 4 CPU devices: a train step compared with 1 device's, a batch the 4 do
+  not divide, and a 1-epoch smoke run. (its CompletedProcess, the run's workdir)."""
+  workdir = str(tmp_path_factory.mktemp("on_four_devices"))
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+  result = subprocess.run([sys.executable, "-c", _ON_FOUR_DEVICES, workdir], env=env, cwd=REPO,
+                          capture_output=True, text=True)
+  return result, workdir
+
+
+def test_four_cpu_devices_take_the_same_step_as_one(four_device_run):
+  result, _ = four_device_run
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "REJECTED: config.batch_size=30 is not divisible by the 4 devices" in result.stdout
+  assert "SAME STEP" in result.stdout and result.stdout.strip().endswith("OK")
+
+
+def test_checkpoint_written_on_four_devices_restores_on_one(four_device_run):
+  result, workdir = four_device_run
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert jax.device_count() == 1
+  with open(os.path.join(workdir, "history.json")) as f:
+    logged = json.load(f)[0]["eval_accuracy"]
+  assert evaluate.evaluate_checkpoint(_smoke(), workdir)["accuracy"] == pytest.approx(logged, abs=1e-6)
+  state, history = train.train_and_evaluate(_smoke(num_epochs=2), workdir)  # resume on 1
+  assert int(state.step) == 32 and len(history) == 2
