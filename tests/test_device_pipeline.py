@@ -357,3 +357,46 @@ def test_jitter_order_is_drawn_per_image_on_both_pipelines():
     told = orders[orders >= 0]
     assert len(told) > n / 3
     assert abs(told.mean() - 0.5) < 0.06  # each order for half the images
+
+
+def _cutout_boxes(batch: np.ndarray) -> np.ndarray:
+  """[n, 4] (top, bottom, left, right) of each image's zeroed box, checking it is one box."""
+  erased = np.all(batch == 0, axis=-1)
+  rows, cols = erased.any(2), erased.any(1)
+  np.testing.assert_array_equal(erased, rows[:, :, None] & cols[:, None, :])  # a rectangle
+  first, last = lambda m: m.argmax(1), lambda m: m.shape[1] - m[:, ::-1].argmax(1)
+  return np.stack([first(rows), last(rows), first(cols), last(cols)], 1)
+
+
+def test_cutout_zeroes_a_clipped_square_at_a_uniform_centre_on_both_pipelines():
+  """The square enters the network as zeros (the normalisation mean before normalising),
+  is clipped at the border, and follows a uniform centre; seeded, and resumable mid-epoch."""
+  n, size = 3000, 8
+  images = np.full((n, 32, 32, 3), 255, np.uint8)
+  labels = np.zeros(n, np.int32)
+  settings = augmentations.preset("none", cutout=size)
+  make = {"device": lambda seed: device_pipeline.DeviceSplit(
+              images, labels, batch_size=1000, augment_settings=settings,
+              normalization=_norm("cifar"), seed=seed),
+          "tfdata": lambda seed: tfdata_pipeline.InputSplit(
+              images, labels, batch_size=1000, augment_settings=settings,
+              normalization=_norm("cifar"), seed=seed)}
+  centres = np.arange(32)
+  expected = np.bincount(np.maximum(0, centres - size // 2), minlength=32) / 32
+  for name, split in make.items():
+    batches = [np.asarray(b["image"]) for b in split(1).epoch(0)]
+    kept = batches[0][np.all(batches[0] != 0, axis=-1)]
+    np.testing.assert_allclose(kept, np.broadcast_to(kept[0], kept.shape))  # untouched pixels
+    boxes = _cutout_boxes(np.concatenate(batches))
+    heights, widths = boxes[:, 1] - boxes[:, 0], boxes[:, 3] - boxes[:, 2]
+    assert heights.max() == widths.max() == size and heights.min() == size // 2, name
+    for axis in (0, 2):  # the top and left edges: uniform centres, clipped at 0
+      np.testing.assert_allclose(np.bincount(boxes[:, axis], minlength=32) / n, expected,
+                                 atol=0.02, err_msg=name)
+    np.testing.assert_array_equal(np.asarray(next(split(1).epoch(0, 2))["image"]), batches[2])
+    assert not np.array_equal(np.asarray(next(split(2).epoch(0))["image"]), batches[0])
+
+
+def test_cutout_size_is_a_whole_number_of_pixels():
+  with pytest.raises(ValueError, match=r"config.data.augment.cutout=2.5 must be a whole number"):
+    augmentations.preset("none", cutout=2.5)

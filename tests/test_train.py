@@ -93,8 +93,8 @@ def test_every_shipped_config_validates(name):
 def test_unknown_augmentation_key_is_named():
   config = _smoke()
   config.data.augment.unlock()
-  config.data.augment.cutout = 8
-  with pytest.raises(config_validation.ConfigError, match=r"unknown augmentation\(s\) \['cutout'\]"):
+  config.data.augment.mixup = 0.2
+  with pytest.raises(config_validation.ConfigError, match=r"unknown augmentation\(s\) \['mixup'\]"):
     config_validation.validate(config)
 
 

@@ -21,6 +21,10 @@ with its keys in `config.data.augment` (0 disables it):
   color_jitter      brightness, contrast, saturation, hue: torchvision ColorJitter,
                     factors ~ U(1 - b, 1 + b) etc., hue shift ~ U(-h, h), the
                     enabled ones in a random order per image, clipped to [0, 1]
+  cutout            pixels s: an s x s square centred on a uniformly drawn pixel,
+                    clipped at the border, set to the normalisation mean, so the
+                    network sees zeros there (DeVries & Taylor 2017, who cut out
+                    after normalising): the net learns from partial views
 
 An `Op` holds its keys, their checks, and two kernels with the same distribution
 (tests/test_device_pipeline.py compares them): `tf_kernel` for the tf.data
@@ -57,7 +61,8 @@ class BatchInfo:
 
   indices: the images' example indices in the split; parity: the epoch's
   (epoch % 2); seed, num_examples: the run's seed and the split's size; rows:
-  tf.data only, (start, stop, global batch) of this process's rows.
+  tf.data only, (start, stop, global batch) of this process's rows; mean: the
+  normalisation's per-channel mean in [0, 1], which erased pixels take.
   """
 
   indices: Any
@@ -65,6 +70,7 @@ class BatchInfo:
   seed: int
   num_examples: int
   rows: tuple[int, int, int] | None = None
+  mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
 
 def _tf():
@@ -386,6 +392,42 @@ def _check_jitter(settings) -> None:
     raise ValueError(f"config.data.augment.hue={settings['hue']} must be <= 0.5")
 
 
+# --- cutout: a square of the mean colour at a uniform centre ------------------------------
+
+
+def _square(rows, cols, centres, size: int):
+  """[b, H, W, 1] masks of the size x size squares about `centres` [b, 2] (y, x), clipped
+  by the image's edges; `rows` [H, 1] and `cols` [1, W] count pixels."""
+  top, left = (centres[:, axis][:, None, None] - size // 2 for axis in (0, 1))
+  inside = (rows >= top) & (rows < top + size) & (cols >= left) & (cols < left + size)
+  return inside[..., None]
+
+
+def _tf_cutout(images, seed, size, info):
+  tf = _tf()
+  height, width = images.shape[1], images.shape[2]
+  centres = tf.stack([_tf_uniform(_tf_seed_for(seed, axis), info, (), 0, extent, tf.int32)
+                      for axis, extent in (("y", height), ("x", width))], axis=1)
+  mask = _square(tf.range(height)[:, None], tf.range(width)[None, :], centres, int(size))
+  return tf.where(mask, tf.constant(info.mean, tf.float32), images)
+
+
+def _jax_cutout(key, images, size, info):
+  height, width = images.shape[1:3]
+  centres = jnp.stack([jax.random.randint(_jax_key_for(key, axis), (images.shape[0],), 0, extent)
+                       for axis, extent in (("y", height), ("x", width))], axis=1)
+  mask = _square(jnp.arange(height)[:, None], jnp.arange(width)[None, :], centres, int(size))
+  return jnp.where(mask, jnp.asarray(info.mean, images.dtype), images)
+
+
+def _whole_pixels(field: str):
+  def check(settings):
+    if settings[field] != int(settings[field]):
+      raise ValueError(f"config.data.augment.{field}={settings[field]} must be a whole number "
+                       "of pixels")
+  return check
+
+
 def _nonnegative(settings) -> None:
   """No limit but the one every key has (`check`: >= 0)."""
 
@@ -431,6 +473,8 @@ OPS = {
                        _jax_reflect_crop),
     "color_jitter": Op(JITTER_FIELDS, _check_jitter, _tf_color_jitter, _jax_color_jitter,
                        on_floats=True),
+    "cutout": Op(("cutout",), _whole_pixels("cutout"), _tf_cutout, _jax_cutout,
+                 on_floats=True),
 }
 FIELDS = tuple(field for op in OPS.values() for field in op.fields)
 PRESETS = {

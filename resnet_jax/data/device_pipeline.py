@@ -68,6 +68,7 @@ class DeviceSplit:
     """
     images, labels = arrays
     indices = order[step]
-    info = augmentations.BatchInfo(indices, parity, self.seed, self.num_examples)
+    info = augmentations.BatchInfo(indices, parity, self.seed, self.num_examples,
+                                   mean=tuple(self.normalization[0]))
     images = augmentations.jax_augment(key, images[indices], self.settings, info)
     return {"image": datasets.normalize(images, self.normalization), "label": labels[indices]}

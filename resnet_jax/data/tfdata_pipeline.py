@@ -55,7 +55,8 @@ class InputSplit:
     images, labels = tf.constant(self.images), tf.constant(self.labels)
 
     def load(indices, seed):
-      info = augmentations.BatchInfo(indices, epoch % 2, self.seed, self.num_examples, rows)
+      info = augmentations.BatchInfo(indices, epoch % 2, self.seed, self.num_examples, rows,
+                                     mean=tuple(self.normalization[0]))
       x = tf.cast(tf.gather(images, indices), tf.float32) / 255.0
       x = augmentations.tf_augment(x, seed, self.settings, info)
       return {"image": datasets.normalize(x, self.normalization),
