@@ -39,6 +39,9 @@ def as_saved(items: dict, layout: int) -> dict:
     return items
   model = dict(items["model"])
   constants = model.pop("constants", None)
+  if set(model) - {"params", "batch_stats"}:
+    raise ValueError(f"it was written before the weight average(s) "
+                     f"{sorted(set(model) - {'params', 'batch_stats'})} existed")
   model["batch_stats"] = _merged(model["batch_stats"], constants)
   saved = {**items, "model": model}
   if "train" in items:

@@ -2,13 +2,17 @@
 
 Layout: WORKDIR/checkpoints/<step>/ holds up to three items,
   "model": the model's variables ({"params", "batch_stats"}, and "constants"
-           where the family has them): all that evaluation and prediction need;
+           where the family has them), and the weight average that evaluation
+           uses instead of them, by name ("ema"), when the run keeps one: all that
+           evaluation and prediction need;
   "train": the rest of the train state ("opt_state", "plateau", "step", "rng",
            "averages", ...; training checkpoints only: converted PyTorch weights
            have none);
   "meta":  JSON: "model" (preset name and every field of its family, from which
            the model is rebuilt), "source", "layout" (checkpoint_layouts.py: older
-           workdirs' checkpoints still restore), and for training "epoch",
+           workdirs' checkpoints still restore), and for training "averages" (the
+           weight averages' names), "evaluated_average" (None, or the one in
+           "model"), "epoch",
            "config", "history" (per-epoch scalars) and "eval_accuracy" (None for
            a checkpoint written mid-epoch, on a preemption signal).
 Training numbers checkpoints by train step (meta "epoch" and "epoch_step" say
@@ -123,6 +127,11 @@ def _state_items(state, train_metrics) -> dict:
             if f.metadata.get("pytree_node", True) and getattr(state, f.name) is not None}
   model = {name: fields.pop(name) for name in ("params", "batch_stats", "constants")
            if name in fields}
+  if state.evaluated_average:  # the weights evaluation uses go with the model's
+    averages = dict(fields.pop("averages"))
+    model[state.evaluated_average] = averages.pop(state.evaluated_average)
+    if averages:
+      fields["averages"] = averages
   return {"model": model,
           "train": {**fields, "metrics": flax.serialization.to_state_dict(train_metrics)}}
 
@@ -177,19 +186,37 @@ def restore_training(manager: ocp.CheckpointManager, step: int, state, train_met
   """(state, train metrics) restored from `step` into the structure of the arguments."""
   restored = _restore(manager, step, _abstract(_state_items(state, train_metrics), sharding),
                       layout)
-  metrics_state = restored["train"].pop("metrics")
-  return (state.replace(**restored["model"], **restored["train"]),
+  model, train = dict(restored["model"]), restored["train"]
+  metrics_state = train.pop("metrics")
+  if state.evaluated_average:
+    train["averages"] = {**train.get("averages", {}),
+                         state.evaluated_average: model.pop(state.evaluated_average)}
+  return (state.replace(**model, **train),
           flax.serialization.from_state_dict(train_metrics, metrics_state))
 
 
 def restore_variables(manager: ocp.CheckpointManager, step: int, model: models.Model,
                       meta: dict, sharding=None) -> dict:
-  """The variables of `model` at `step` (whose `meta` says its layout), on `sharding`
-  (default: one device)."""
-  shapes = jax.eval_shape(functools.partial(models.init_variables, model), jax.random.key(0))
+  """The variables of `model` that evaluation uses at `step` (whose `meta` says its layout
+  and evaluated average), on `sharding` (default: one device): the evaluated weight
+  average's params and statistics where the run kept one, else the weights'."""
+  shapes = dict(jax.eval_shape(functools.partial(models.init_variables, model),
+                               jax.random.key(0)))
+  average = meta.get("evaluated_average")
+  if average:
+    shapes[average] = {"params": shapes["params"], "batch_stats": shapes["batch_stats"]}
   sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  target = {"model": _abstract(dict(shapes), sharding)}
-  return _restore(manager, step, target, meta.get("layout", 1))["model"]
+  target = {"model": _abstract(shapes, sharding)}
+  variables = dict(_restore(manager, step, target, meta.get("layout", 1))["model"])
+  if average:
+    variables.update(variables.pop(average))
+  return variables
+
+
+def evaluated_weights(meta: dict) -> str:
+  """Which weights restore_variables gives for a checkpoint's `meta`, in words."""
+  average = meta.get("evaluated_average")
+  return f"the weights' {average} average" if average else "the weights"
 
 
 def restore_model(workdir: str, step: int | None = None) -> tuple[models.Model, dict, dict]:
@@ -235,7 +262,7 @@ class TrainingCheckpoints:
       except Exception as e:  # pylint: disable=broad-except  # orbax raises many types
         self._set_aside(step, e)
         continue
-      self._check_resumable(meta, model_name, model)
+      self._check_resumable(meta, model_name, model, state)
       try:
         state, metrics = restore_training(self.manager, step, state, train_metrics, sharding,
                                           meta.get("layout", 1))
@@ -277,11 +304,17 @@ class TrainingCheckpoints:
         f"writing to {os.path.dirname(self.manager.directory)} failed ({type(error).__name__}: "
         f"{reason}); the complete checkpoints are intact: {sorted(self.manager.all_steps())}")
 
-  def _check_resumable(self, meta: dict, model_name: str, model: models.Model) -> None:
+  def _check_resumable(self, meta: dict, model_name: str, model: models.Model, state) -> None:
     if meta.get("source") != "train":
       raise CheckpointError(
           f"{self.manager.directory} holds {meta.get('source')!r} checkpoints, not a training "
           "run's, so there is nothing to resume; train in a new --workdir")
+    averages = sorted(state.averages or {})
+    if _saved_averages(meta) != averages:
+      raise CheckpointError(
+          f"{self.manager.directory} was trained with weight averages {_saved_averages(meta)}, "
+          f"this config keeps {averages} (config.optimizer.ema_decay, lookahead_every); "
+          "resume with the run's settings or use a new --workdir")
     diff = model_differences(meta["model"], model_name, model)
     if diff == ["dtype"]:  # e.g. dtype "auto" on another backend: resume needs the same one
       raise CheckpointError(
@@ -301,6 +334,14 @@ class TrainingCheckpoints:
     logging.warning("skipping unreadable checkpoint %s (%s: %s); moved it to %s", path,
                     type(error).__name__, str(error)[:300], aside)
     self.manager.reload()
+
+
+def _saved_averages(meta: dict) -> list[str]:
+  """The names of the weight averages a training checkpoint holds (before the EMA, meta
+  did not list them: only lookahead existed)."""
+  if "averages" in meta:
+    return meta["averages"]
+  return ["lookahead"] if json.loads(meta["config"])["optimizer"].get("lookahead_every") else []
 
 
 def check_writable(workdir: str) -> None:

@@ -52,7 +52,7 @@ def _check_optimizer(config) -> None:
   if config.optimizer.per_examples and config.optimizer.name != "sgd":
     raise ConfigError(f"config.optimizer.per_examples={config.optimizer.per_examples} is for "
                       f"optimizer.name='sgd' (airbench's), not {config.optimizer.name!r}")
-  _fraction(config, "optimizer.muon.momentum")
+  _fraction(config, "optimizer.muon.momentum", "optimizer.ema_decay")
   if config.optimizer.weight_decay < 0:
     raise ConfigError(f"config.optimizer.weight_decay={config.optimizer.weight_decay} "
                       "must be >= 0")

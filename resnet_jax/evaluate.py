@@ -4,7 +4,8 @@ eval:    the checkpoints.choose_step checkpoint (--checkpoint_step N, else the
          best by validation accuracy, else the latest) on config.data.eval_split;
          writes DIR/eval/metrics.json ("accuracy", "per_class_accuracy",
          "confusion_matrix", "num_examples", "step", "split", "checkpoint",
-         "chosen" (why that one), "tta": config.eval.tta's level, resnet_jax/tta.py)
+         "chosen" (why that one), "tta": config.eval.tta's level, resnet_jax/tta.py,
+         "weights": the raw weights or, where the run kept one, their EMA)
          and DIR/eval/confusion_matrix.png.
 predict: labels for an unlabeled pickled array file (a dict with b"data" as
          N x 32 x 32 x 3 or N x 3072 uint8, optional b"ids"), written as the
@@ -104,7 +105,8 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
              "num_examples": int(len(labels)), "step": int(step),
              "split": config.data.eval_split, "tta": config.eval.tta,
              "checkpoint": os.path.join(checkpoints.checkpoint_dir(workdir), str(step)),
-             "chosen": why, "source": meta.get("source")}
+             "chosen": why, "source": meta.get("source"),
+             "weights": checkpoints.evaluated_weights(meta)}
   out = os.path.join(workdir, "eval")
   os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, "metrics.json"), "w") as f:
@@ -146,7 +148,7 @@ def predict(config, workdir: str, input_path: str, output_path: str,
   Returns {"count", "checkpoint", "chosen"}: how many rows, from which checkpoint, and why it.
   """
   images, ids = load_unlabeled(input_path)
-  model, variables, step, why, _ = restore_for_config(config, workdir, step)
+  model, variables, step, why, meta = restore_for_config(config, workdir, step)
   probabilities = _predict_fn(model, config.eval.tta, xla_cpu.compiler_options(config))
   norm = datasets.normalization(config.data)
   labels = []
@@ -159,5 +161,5 @@ def predict(config, workdir: str, input_path: str, output_path: str,
     writer = csv.writer(f)
     writer.writerow(["ID", "Labels"])
     writer.writerows(zip(ids, labels.tolist()))
-  return {"count": len(labels), "chosen": why,
+  return {"count": len(labels), "chosen": why, "weights": checkpoints.evaluated_weights(meta),
           "checkpoint": os.path.join(checkpoints.checkpoint_dir(workdir), str(step))}

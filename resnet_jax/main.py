@@ -102,7 +102,8 @@ def main(argv: Sequence[str]) -> None:
     elif FLAGS.mode == "eval":
       metrics = evaluate.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint_step)
       logs.write_log_file(FLAGS.workdir)
-      print(f"checkpoint {metrics['checkpoint']} ({metrics['chosen']})")
+      print(f"checkpoint {metrics['checkpoint']} ({metrics['chosen']}), with "
+            f"{metrics['weights']}")
       print(f"{metrics['split']}: accuracy {metrics['accuracy']:.4f} on "
             f"{metrics['num_examples']} examples; wrote {FLAGS.workdir}/eval/metrics.json")
     else:
@@ -111,7 +112,8 @@ def main(argv: Sequence[str]) -> None:
       result = evaluate.predict(FLAGS.config, FLAGS.workdir, FLAGS.input, FLAGS.output,
                                 FLAGS.checkpoint_step)
       logs.write_log_file(FLAGS.workdir)
-      print(f"checkpoint {result['checkpoint']} ({result['chosen']})")
+      print(f"checkpoint {result['checkpoint']} ({result['chosen']}), with "
+            f"{result['weights']}")
       print(f"wrote {result['count']} predictions to {FLAGS.output}")
   except (config_validation.ConfigError, datasets.DataError, checkpoints.CheckpointError,
           evaluate.InputFileError, train.NonFiniteError, optional_tf.MissingTensorFlow) as e:

@@ -1,12 +1,13 @@
 """Optimizers and learning-rate schedules built from `config.optimizer`, with optax.
 
 `default_config()` lists the section's keys, each beside a word on what reads it;
-the parts of a recipe (Muon, lookahead, the plateau, parameter groups) are
+the parts of a recipe (Muon, lookahead, the EMA, the plateau, parameter groups) are
 documented where they are built below. Schedules count optimizer updates, i.e.
 after accumulation. No TensorFlow here.
 """
 
 import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -44,6 +45,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.whiten_bias_lr_multiplier = 1.0
   config.lookahead_every = 0  # 0, or train steps between lookahead averages (Lookahead)
   config.lookahead_decay = 0.95 ** 5
+  config.ema_decay = 0.0  # 0, or the decay of an average of the weights evaluation uses (EMA)
   # Muon for the convolution kernels (muon_kernels), at its own rate on the same schedule.
   config.muon = ml_collections.ConfigDict(
       {"enabled": False, "learning_rate": 0.24, "momentum": 0.6, "ns_steps": 3})
@@ -219,6 +221,33 @@ class Plateau:
 
 
 @dataclasses.dataclass(frozen=True)
+class EMA:
+  """An exponential moving average of the weights, which evaluation and prediction use.
+
+  After every train step the average takes the weights in with weight 1 - d,
+  d = min(decay, (1 + step) / (10 + step)): TensorFlow's ExponentialMovingAverage
+  warm-up, so the random weights of the first steps fade within tens of steps
+  instead of lasting ~1 / (1 - decay) steps. The BatchNorm running statistics are
+  averaged with the parameters (as timm's ModelEmaV2 does), not recomputed: they
+  are themselves averages over recent steps. Training continues from the raw
+  weights, which the average never changes.
+  """
+
+  decay: float
+  evaluated: ClassVar[bool] = True  # evaluation reports these weights (and the raw ones)
+
+  def init(self, weights):
+    return jax.tree.map(jnp.copy, weights)  # a buffer of its own: the train step donates
+
+  def update(self, step: jax.Array, average, weights, enabled: jax.Array = True):
+    """(average, weights) after the 1-based train step `step`."""
+    d = jnp.minimum(self.decay, (1 + step) / (10 + step))
+    average = jax.tree.map(lambda a, w: jnp.where(enabled, a + (1 - d) * (w - a), a),
+                           average, weights)
+    return average, weights
+
+
+@dataclasses.dataclass(frozen=True)
 class Lookahead:
   """airbench's lookahead: every `every` steps the weights move to an average of themselves.
 
@@ -232,6 +261,7 @@ class Lookahead:
   every: int
   decay: float
   total_steps: int
+  evaluated: ClassVar[bool] = False  # the weights end on it: evaluation uses them
 
   def init(self, weights):
     return jax.tree.map(jnp.copy, weights)  # a buffer of its own: the train step donates
@@ -250,12 +280,22 @@ class Lookahead:
 def weight_averages(opt_config, total_steps: int) -> dict:
   """{name: average} of the weight averages the config asks for, each with
   `init(weights)` and `update(step, average, weights, enabled) -> (average, weights)`,
-  run by the train step after every optimizer step on {"params", "batch_stats"}."""
+  run by the train step after every optimizer step on {"params", "batch_stats"}, and
+  `evaluated`: whether evaluation uses the average instead of the weights."""
   averages = {}
   if opt_config.lookahead_every:
     averages["lookahead"] = Lookahead(opt_config.lookahead_every, opt_config.lookahead_decay,
                                       total_steps)
+  if opt_config.ema_decay:
+    averages["ema"] = EMA(opt_config.ema_decay)
   return averages
+
+
+def evaluated_average(opt_config) -> str | None:
+  """The name of the weight average that evaluation uses, or None: the weights."""
+  evaluated = [name for name, average in weight_averages(opt_config, 1).items()
+               if average.evaluated]
+  return evaluated[0] if evaluated else None
 
 
 def plateau_from_config(opt_config) -> Plateau | None:

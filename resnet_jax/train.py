@@ -50,12 +50,20 @@ class TrainState(train_state.TrainState):
   skipped_steps: jax.Array = None  # int32: steps whose loss or gradient was not finite
   first_nonfinite_step: jax.Array = None  # int32, -1 until a step is not finite
   averages: Any = None  # {name: {"params", "batch_stats"}}: optim.weight_averages' state
+  # The average evaluation uses instead of the weights (the EMA), or None.
+  evaluated_average: str | None = flax.struct.field(pytree_node=False, default=None)
 
   @property
   def variables(self) -> dict:
     """The model's variables: what `apply_fn` takes and a checkpoint's "model" item holds."""
     variables = {"params": self.params, "batch_stats": self.batch_stats}
     return variables if self.constants is None else {**variables, "constants": self.constants}
+
+  def evaluated(self) -> "TrainState":
+    """This state with the weights evaluation uses: its evaluated average's, or its own."""
+    if self.evaluated_average is None:
+      return self
+    return self.replace(**self.averages[self.evaluated_average])
 
 
 class NonFiniteError(RuntimeError):
@@ -114,7 +122,8 @@ def create_train_state(config, model: models.Model, tx: optax.GradientTransforma
       batch_stats=variables["batch_stats"], constants=variables.get("constants"),
       plateau=(plateau or optim.Plateau()).init(), rng=dropout_rng,
       skipped_steps=jnp.zeros((), jnp.int32), first_nonfinite_step=jnp.full((), -1, jnp.int32),
-      averages={name: average.init(trained) for name, average in averages.items()} or None)
+      averages={name: average.init(trained) for name, average in averages.items()} or None,
+      evaluated_average=optim.evaluated_average(config.optimizer))
 
 
 def make_train_step(config, model: models.Model, total_steps: int) -> Callable:
@@ -223,13 +232,14 @@ class Steps:
 
 
 def eval_metrics(steps: Steps, state: TrainState, eval_data: batches.Batches,
-                 tta: bool = False) -> dict[str, float]:
-  """Loss and accuracy of `state` over one pass of `eval_data` (training's validation),
-  with config.eval.tta's test-time augmentation when `tta`."""
-  step = steps.eval_tta if tta else steps.eval
+                 tta: bool = False, raw: bool = False) -> dict[str, float]:
+  """Loss and accuracy of `state`'s evaluated weights (its raw ones when `raw`) over one
+  pass of `eval_data` (training's validation), with config.eval.tta's test-time
+  augmentation when `tta`."""
+  step, evaluated = steps.eval_tta if tta else steps.eval, state if raw else state.evaluated()
   total = Metrics.empty()
   for batch in eval_data.epoch(0):
-    total = total.merge(step(state, batch))
+    total = total.merge(step(evaluated, batch))
   return {k: float(v) for k, v in total.compute().items()}
 
 
@@ -320,6 +330,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         if epoch_step == steps_per_epoch:  # the epoch is complete: evaluate and record it
           train_summary = {k: float(v) for k, v in train_metrics.compute().items()}
           eval_summary = eval_metrics(steps, state, eval_data)
+          if state.evaluated_average:  # the raw weights beside their average
+            raw = eval_metrics(steps, state, eval_data, raw=True)
+            eval_summary.update({f"raw_{k}": v for k, v in raw.items()})
           last = epoch + 1 == config.num_epochs
           if config.eval.tta and last:  # the final result, with TTA
             eval_summary["tta_accuracy"] = eval_metrics(steps, state, eval_data,
@@ -377,7 +390,9 @@ def _metric_writer(workdir: str, config, fresh: bool):
 def _checkpoint_meta(config, model, history: list[dict], epoch_step: int,
                      eval_accuracy: float | None) -> dict:
   return {"model": models.model_config(config.model.name, model), "source": "train",
-          "layout": checkpoints.LAYOUT, "epoch": len(history), "epoch_step": epoch_step,
+          "layout": checkpoints.LAYOUT, "evaluated_average": optim.evaluated_average(
+              config.optimizer), "averages": sorted(optim.weight_averages(config.optimizer, 1)),
+          "epoch": len(history), "epoch_step": epoch_step,
           "eval_accuracy": eval_accuracy, "config": config.to_json_best_effort(),
           "history": history}
 
@@ -435,6 +450,10 @@ def _record_epoch(config, workdir: str, step: int, history: list[dict], writer, 
                "%.0f images/s", scalars["epoch"], config.num_epochs, scalars["train_loss"],
                scalars["train_accuracy"], scalars["eval_loss"], scalars["eval_accuracy"],
                scalars["learning_rate"], scalars["images_per_s"])
+  if "eval_raw_accuracy" in scalars:
+    logging.info("(eval above: the weights' %s average; the raw weights: loss %.4f acc %.4f)",
+                 optim.evaluated_average(config.optimizer), scalars["eval_raw_loss"],
+                 scalars["eval_raw_accuracy"])
   if "eval_tta_accuracy" in scalars:
     logging.info("final evaluation with test-time augmentation (level %d): accuracy %.4f",
                  config.eval.tta, scalars["eval_tta_accuracy"])

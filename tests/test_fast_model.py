@@ -1,5 +1,6 @@
 """The compact FastResNet family: presets, whitening, dirac init, its optimizer groups."""
 
+import pickle
 import signal
 
 import jax
@@ -8,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from resnet_jax import checkpoints, models, optim, summary, train
+from resnet_jax import checkpoints, evaluate, models, optim, summary, train
 from resnet_jax.data import datasets, sources
 from resnet_jax.models import fast_resnet, layers
 from tests.conftest import signal_at_batch
@@ -145,21 +146,54 @@ def test_whitening_is_fitted_once_stored_and_never_refitted_on_resume(tmp_path, 
                 - np.asarray(state.params["fc"]["kernel"])).max() > 0
 
 
-def test_lookahead_and_muon_training_ends_on_the_average_and_resumes_exactly(tmp_path):
+def test_lookahead_ema_and_muon_train_resume_exactly_and_eval_uses_the_ema(tmp_path):
+  """Lookahead: training ends on its average. The EMA (config.optimizer.ema_decay): each
+  epoch reports it and the raw weights beside it; the checkpoint's "model" item carries it;
+  --mode eval and predict use it and say so. Both resume exactly from a preemption, and a
+  config with other weight averages cannot resume the run and changes nothing."""
   config = _fast_smoke(num_epochs=2, **{"optimizer.lookahead_every": 5,
+                                        "optimizer.ema_decay": 0.9,
                                         "optimizer.name": "sgd", "optimizer.momentum": 0.85,
                                         "optimizer.muon.enabled": True})
-  state, history = train.train_and_evaluate(config, str(tmp_path / "whole"))
+  workdir = str(tmp_path / "whole")
+  state, history = train.train_and_evaluate(config, workdir)
   for a, b in zip(jax.tree.leaves({"params": state.params, "batch_stats": state.batch_stats}),
                   jax.tree.leaves(state.averages["lookahead"])):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # the last step's average
+  assert {"eval_raw_accuracy", "eval_raw_loss"} <= set(history[-1])
+  assert history[-1]["eval_loss"] != history[-1]["eval_raw_loss"]
   with pytest.MonkeyPatch.context() as patch:
     signal_at_batch(patch, 21, signal.SIGTERM)  # step 5 of epoch 2
     with pytest.raises(train.Preempted):
       train.train_and_evaluate(config, str(tmp_path / "resumed"))
   resumed, resumed_history = train.train_and_evaluate(config, str(tmp_path / "resumed"))
-  for a, b in zip(jax.tree.leaves(jax.device_get(resumed.averages)),
-                  jax.tree.leaves(jax.device_get(state.averages))):
+  for a, b in zip(jax.tree.leaves(jax.device_get((resumed.params, resumed.averages))),
+                  jax.tree.leaves(jax.device_get((state.params, state.averages)))):
     np.testing.assert_array_equal(a, b)
   untimed = lambda hs: [{k: v for k, v in h.items() if k not in train.TIMED_SCALARS} for h in hs]
   assert untimed(resumed_history) == untimed(history)
+
+  metrics = evaluate.evaluate_checkpoint(config, workdir)
+  assert metrics["weights"] == "the weights' ema average"
+  assert metrics["accuracy"] == pytest.approx(history[-1]["eval_accuracy"], abs=1e-6)
+  _, variables, _ = checkpoints.restore_model(workdir)
+  assert sorted(variables) == ["batch_stats", "constants", "params"]
+  for a, b in zip(jax.tree.leaves((variables["params"], variables["batch_stats"])),
+                  jax.tree.leaves((state.averages["ema"]["params"],
+                                   state.averages["ema"]["batch_stats"]))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  images, _ = sources.load_synthetic("test[:8]", {"train": 512, "test": 256})
+  with open(tmp_path / "in.pkl", "wb") as f:
+    pickle.dump({b"data": images}, f)
+  result = evaluate.predict(config, workdir, str(tmp_path / "in.pkl"), str(tmp_path / "out.csv"))
+  assert result["weights"] == "the weights' ema average" and result["count"] == 8
+
+  saved = lambda: {p: p.stat().st_mtime_ns for p in (tmp_path / "whole").rglob("*")
+                   if "checkpoints" in p.parts or p.name == "history.json"}
+  before = saved()
+  config.optimizer.ema_decay, config.num_epochs = 0.0, 3
+  with pytest.raises(checkpoints.CheckpointError,
+                     match=r"trained with weight averages \['ema', 'lookahead'\], this config "
+                           r"keeps \['lookahead'\]"):
+    train.train_and_evaluate(config, workdir)
+  assert saved() == before

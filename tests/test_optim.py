@@ -207,6 +207,30 @@ def test_lookahead_follows_airbench():
   np.testing.assert_allclose(average["w"], ema, rtol=1e-5, atol=1e-6)
 
 
+def test_ema_follows_tensorflows_exponential_moving_average_with_num_updates():
+  """optim.EMA against tf.train.ExponentialMovingAverage(decay, num_updates=step): the
+  decay warms up as min(decay, (1 + step) / (10 + step)); the weights are never touched,
+  and a step that is not applied leaves the average alone."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  ema, rng = optim.EMA(0.99), np.random.default_rng(0)
+  weights = {"w": jnp.asarray(rng.normal(size=4), jnp.float32)}
+  average = ema.init(weights)
+  variable, step = tf.Variable(np.asarray(weights["w"])), tf.Variable(0, dtype=tf.int64)
+  reference = tf.train.ExponentialMovingAverage(0.99, num_updates=step)
+  reference.apply([variable])
+  for n in range(1, 301):
+    weights = {"w": weights["w"] + jnp.asarray(rng.normal(size=4), jnp.float32)}
+    before = weights
+    average, weights = ema.update(jnp.asarray(n), average, weights)
+    assert weights is before
+    step.assign(n)
+    variable.assign(np.asarray(weights["w"]))
+    reference.apply([variable])
+  np.testing.assert_allclose(average["w"], reference.average(variable).numpy(), rtol=1e-5)
+  skipped, _ = ema.update(jnp.asarray(301), average, {"w": weights["w"] + 1}, enabled=False)
+  np.testing.assert_array_equal(skipped["w"], average["w"])
+
+
 def _airbench_muon_step(p, g, buf, lr, momentum, ns_steps):
   """airbench94_muon's Muon.step for one conv weight [out, in, h, w], retyped in float32."""
   buf.mul_(momentum).add_(g)

@@ -66,6 +66,7 @@ def test_accumulation_never_carries_over_an_epoch_and_plateau_scale_is_logged(tm
      r"config.optimizer.bn_bias_lr_multiplier=0.0 must be positive"),
     ({"optimizer.muon.ns_steps": 0}, r"config.optimizer.muon.ns_steps=0 must be positive"),
     ({"optimizer.muon.momentum": 1.0}, r"config.optimizer.muon.momentum=1.0 is not in \[0, 1\)"),
+    ({"optimizer.ema_decay": 1.0}, r"config.optimizer.ema_decay=1.0 is not in \[0, 1\)"),
     ({"model.stage_widths": (64, 128, 1024)}, r"over its budget max_params=5,000,000"),
     ({"model.inner_activation": "tanh"}, r"config.model.inner_activation='tanh'"),
     ({"cpu.xla_options": {"xla_cpu_no_such_option": "1"}},
