@@ -149,8 +149,12 @@ def save_training(manager: ocp.CheckpointManager, step: int, state, train_metric
 
 def model_differences(saved: dict, name: str, model: models.Model,
                       ignore: tuple[str, ...] = ()) -> list[str]:
-  """Fields in which a checkpoint's "model" description differs from (name, model)."""
+  """Fields in which a checkpoint's "model" description differs from (name, model).
+
+  A field the description lacks was added to the family later: it has its default.
+  """
   expected = json.loads(json.dumps(models.model_config(name, model)))  # tuples -> lists
+  saved = json.loads(json.dumps(models.model_config(saved["name"], models.from_config(saved))))
   return sorted(k for k in set(expected) | set(saved)
                 if k not in ignore and expected.get(k) != saved.get(k))
 

@@ -16,7 +16,8 @@ from tests.conftest import signal_at_batch
 from tests.conftest import smoke_config as _smoke
 
 
-@pytest.mark.parametrize("name,count", [("fast", 1_971_352), ("fast_large", 4_604_440)])
+@pytest.mark.parametrize("name,count", [("fast", 1_971_352), ("fast_large", 4_604_440),
+                                        ("frontier", 4_844_152)])
 def test_presets_have_their_parameter_counts_within_the_budget(name, count):
   model = models.get_model(name)
   assert models.count_params(model) == count <= model.max_params
@@ -88,6 +89,33 @@ def test_groups_add_their_first_half_back_unless_shortcuts_are_off():
   for branch_weight in (1.0, 2.5):
     np.testing.assert_allclose(group1[True, branch_weight]["__call__"][0],
                                first_half + branch_weight * branch, atol=1e-5)
+
+
+def test_a_deeper_branch_chains_its_convolutions_behind_the_same_identity_path():
+  """branch_depth=2 (airbench96's group): h + gelu(bn3(conv3(gelu(bn2(conv2(h)))))), the
+  third convolution dirac like the second."""
+  model = models.get_model("fast", widths=(4, 8, 8), branch_depth=2)
+  variables = models.init_variables(model, jax.random.key(0))
+  whiten = variables["constants"]["whiten"]
+  whiten["kernel"] = jax.random.normal(jax.random.key(1), whiten["kernel"].shape)
+  group = variables["params"]["group1"]
+  assert sorted(group) == ["bn1", "bn2", "bn3", "conv1", "conv2", "conv3"]
+  np.testing.assert_array_equal(group["conv3"]["kernel"], group["conv2"]["kernel"])  # dirac
+  x = jax.random.normal(jax.random.key(2), (2, 16, 16, 3))
+  _, state = model.apply(variables, x, train=False, capture_intermediates=True)
+  inside = state["intermediates"]["group1"]
+  gelu = layers.ACTIVATIONS["gelu"]
+  first_half = gelu(inside["bn1"]["__call__"][0])
+  assert float(jnp.abs(first_half).max()) > 0.1
+  conv = lambda name, h: jax.lax.conv_general_dilated(
+      h, group[name]["kernel"], (1, 1), ((1, 1), (1, 1)),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  np.testing.assert_allclose(inside["conv2"]["__call__"][0], conv("conv2", first_half),
+                             atol=1e-5)
+  np.testing.assert_allclose(inside["conv3"]["__call__"][0],
+                             conv("conv3", gelu(inside["bn2"]["__call__"][0])), atol=1e-5)
+  branch = gelu(inside["bn3"]["__call__"][0])
+  np.testing.assert_allclose(inside["__call__"][0], first_half + branch, atol=1e-5)
 
 
 def test_muon_takes_every_group_convolution_and_nothing_else():

@@ -1,11 +1,11 @@
 """FastResNet: a compact residual net after airbench94 (Keller Jordan's fast CIFAR-10 recipe).
 
-Presets "fast" (airbench94's widths) and "fast_large" (airbench95's). What only
-this family needs lives here: its frozen whitening filters (the "constants"
-collection: saved with the model, never trained), their fit to the training
-images before a fresh run's first step (`fit_to_data`, reached through
-models.fit_to_data), and the optimizer group of its whitening bias
-(`param_labels`).
+Presets "fast" (airbench94's widths), "fast_large" (airbench95's) and "frontier"
+(airbench96's depth at half its parameters). What only this family needs lives
+here: its frozen whitening filters (the "constants" collection: saved with the
+model, never trained), their fit to the training images before a fresh run's
+first step (`fit_to_data`, reached through models.fit_to_data), and the optimizer
+group of its whitening bias (`param_labels`).
 """
 
 import functools
@@ -38,11 +38,13 @@ def dirac_init(key, shape, dtype=jnp.float32):
 
 
 class FastGroup(nn.Module):
-  """conv -> max-pool -> BN -> GELU, then an identity path around conv -> BN -> GELU.
+  """conv -> max-pool -> BN -> GELU, then an identity path around `branch_depth` times
+  conv -> BN -> GELU.
 
-  airbench's block, whose second convolution has no shortcut (`shortcut=False`).
-  `branch_weight` scales the branch against the path (1: the plain sum).
-  Both convolutions start dirac (`dirac_init`): the second as the identity, so at
+  airbench94's block has a branch of one convolution and no shortcut
+  (`shortcut=False`); airbench96's, a branch of two around an identity path.
+  `branch_weight` scales the branch against the path (1: the plain sum). Every
+  convolution starts dirac (`dirac_init`): the branch's as the identity, so at
   initialisation the group is its first half plus twice that.
   """
 
@@ -51,6 +53,7 @@ class FastGroup(nn.Module):
   conv: Callable
   shortcut: bool = True
   branch_weight: float = 1.0
+  branch_depth: int = 1
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -58,7 +61,9 @@ class FastGroup(nn.Module):
     x = self.conv(self.features, name="conv1")(x)
     x = nn.max_pool(x, (2, 2), (2, 2))
     x = gelu(self.norm(name="bn1")(x, train))
-    y = gelu(self.norm(name="bn2")(self.conv(self.features, name="conv2")(x), train))
+    y = x
+    for i in range(2, 2 + self.branch_depth):
+      y = gelu(self.norm(name=f"bn{i}")(self.conv(self.features, name=f"conv{i}")(y), train))
     return x + self.branch_weight * y if self.shortcut else y
 
 
@@ -97,7 +102,8 @@ class FastResNet(nn.Module):
 
   `shortcuts=False` drops the groups' identity paths: airbench's plain net, kept
   to measure what the paths cost or bring (docs/recipes.md). `branch_weight`
-  weighs each group's branch against its path: h + branch_weight * f(h).
+  weighs each group's branch against its path: h + branch_weight * f(h), where f
+  is `branch_depth` convolutions (1: airbench94's, 2: airbench96's).
   num_classes, dtype and max_params mean what they mean for resnet.ResNet.
   """
 
@@ -109,6 +115,7 @@ class FastResNet(nn.Module):
   logit_scale: float = 1 / 9
   shortcuts: bool = True
   branch_weight: float = 1.0
+  branch_depth: int = 1
   num_classes: int = 10
   dtype: str = "float32"
   max_params: int = 5_000_000
@@ -123,7 +130,8 @@ class FastResNet(nn.Module):
                              epsilon=self.bn_epsilon, dtype=dtype, use_scale=self.bn_scale)
     for i, width in enumerate(self.widths, start=1):
       x = FastGroup(width, norm=norm, conv=conv, shortcut=self.shortcuts,
-                    branch_weight=self.branch_weight, name=f"group{i}")(x, train)
+                    branch_weight=self.branch_weight, branch_depth=self.branch_depth,
+                    name=f"group{i}")(x, train)
     x = x.max(axis=(1, 2))  # airbench's final MaxPool2d(3) over the 3x3 map
     x = nn.Dense(self.num_classes, use_bias=False, dtype=dtype,
                  kernel_init=layers.kernel_initializer("torch"), name="fc")(x)
@@ -135,6 +143,8 @@ PRESETS = {
     "fast": dict(widths=(64, 256, 256)),
     # airbench95's widths, under the 5M budget.
     "fast_large": dict(widths=(128, 384, 384)),
+    # airbench96's depth (two convolutions a branch) at widths that fit the 5M budget.
+    "frontier": dict(widths=(128, 256, 352), branch_depth=2),
 }
 
 
