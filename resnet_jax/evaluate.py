@@ -7,9 +7,11 @@ eval:    the checkpoints.choose_step checkpoint (--checkpoint_step N, else the
          "chosen" (why that one), "tta": config.eval.tta's level, resnet_jax/tta.py,
          "weights": the raw weights or, where the run kept one, their EMA)
          and DIR/eval/confusion_matrix.png.
-predict: labels for an unlabeled pickled array file (a dict with b"data" as
-         N x 32 x 32 x 3 or N x 3072 uint8, optional b"ids"), written as the
-         seed's Kaggle-style CSV with columns ID,Labels.
+predict: labels for an unlabeled image file (a pickled dict with b"data" as
+         N x 32 x 32 x 3 or N x 3072 uint8 and optional b"ids", read without
+         running any code it names; an .npz with "data" and optional "ids"; or
+         an .npy of the images), written as the seed's Kaggle-style CSV with
+         columns ID,Labels.
 
 Checkpoints converted from PyTorch (resnet_jax.convert_torch) work the same way.
 Nothing is written to the workdir unless the whole command succeeds.
@@ -19,7 +21,6 @@ import csv
 import functools
 import json
 import os
-import pickle
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +28,7 @@ import matplotlib
 import numpy as np
 
 from resnet_jax import checkpoints, config_validation, models, train, tta, xla_cpu
-from resnet_jax.data import batches, datasets, sources
+from resnet_jax.data import batches, datasets, pickles, sources
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -117,28 +118,48 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
   return metrics
 
 
-def load_unlabeled(path: str) -> tuple[np.ndarray, list]:
-  """(images uint8 [N, 32, 32, 3], ids) from a pickled dict with b"data" and optional b"ids"."""
-  if not os.path.isfile(path):
-    raise InputFileError(f"{path}: no such file")
+def _unlabeled_arrays(path: str) -> tuple[object, object, str]:
+  """(data, ids or None, the data's name) as the file holds them: a pickled dict with
+  b"data" (and b"ids"), an .npz with "data" (and "ids"), or an .npy of the images alone;
+  nothing in it runs."""
   try:
+    if path.endswith(".npy"):
+      return np.load(path, allow_pickle=False), None, "the array"
+    if path.endswith(".npz"):
+      with np.load(path, allow_pickle=False) as arrays:
+        if "data" not in arrays:
+          raise InputFileError(f"{path}: expected an array named 'data' (and optional 'ids'); "
+                               f"found {sorted(arrays)}")
+        return arrays["data"], arrays["ids"] if "ids" in arrays else None, "'data'"
     with open(path, "rb") as f:
-      obj = pickle.load(f, encoding="bytes")
-  except Exception as e:  # corrupt pickles raise many types
-    raise InputFileError(f"{path}: not a readable pickle ({type(e).__name__}: {e})") from e
+      obj = pickles.loads(f.read(), path)
+  except (InputFileError, pickles.UnsafePickleError):
+    raise
+  except Exception as e:  # corrupt files raise many types
+    raise InputFileError(f"{path}: not a readable pickle, .npy or .npz "
+                         f"({type(e).__name__}: {e})") from e
   if not isinstance(obj, dict) or b"data" not in obj:
     raise InputFileError(f"{path}: expected a dict with b'data'")
-  data = np.asarray(obj[b"data"])
+  return obj[b"data"], obj.get(b"ids"), "b'data'"
+
+
+def load_unlabeled(path: str) -> tuple[np.ndarray, list]:
+  """(images uint8 [N, 32, 32, 3], ids) from predict's input file (`_unlabeled_arrays`)."""
+  if not os.path.isfile(path):
+    raise InputFileError(f"{path}: no such file")
+  data, ids, what = _unlabeled_arrays(path)
+  data = np.asarray(data)
   if data.dtype != np.uint8 or not (data.ndim == 4 and data.shape[1:] == (32, 32, 3)
                                     or data.ndim == 2 and data.shape[1] == 3072):
-    raise InputFileError(f"{path}: b'data' has shape {data.shape} and dtype {data.dtype}; "
+    raise InputFileError(f"{path}: {what} has shape {data.shape} and dtype {data.dtype}; "
                          "expected N x 32 x 32 x 3 or N x 3072 uint8")
   if data.ndim == 2:  # CIFAR's channel-major rows
     data = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-  ids = list(obj.get(b"ids", range(len(data))))
+  ids = list(range(len(data)) if ids is None else ids)
   if len(ids) != len(data):
     raise InputFileError(f"{path}: {len(ids)} ids for {len(data)} images")
-  return data, [i.decode() if isinstance(i, bytes) else i for i in ids]
+  return data, [i.decode() if isinstance(i, bytes) else i.item() if isinstance(i, np.generic)
+                else i for i in ids]
 
 
 def predict(config, workdir: str, input_path: str, output_path: str,

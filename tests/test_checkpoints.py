@@ -15,9 +15,10 @@ import pytest
 import torch
 
 from resnet_jax import checkpoints, convert_torch, evaluate, train
-from resnet_jax.data import sources
+from resnet_jax.data import pickles, sources
 from tests import torch_reference
 from tests.conftest import REPO, signal_at_batch
+from tests.test_data_sources import _Planted
 from tests.conftest import smoke_config as _smoke
 
 
@@ -87,6 +88,28 @@ def test_predict_writes_id_labels_csv(tmp_path, trained):
     predicted = np.array([int(r[1]) for r in table[1:]])
     assert (predicted == labels).mean() > 0.9
     assert table[1][0] == ("0" if name == "rows" else "img0")
+
+
+def test_predict_reads_npy_and_npz_and_refuses_a_pickle_that_would_run_code(tmp_path):
+  images, _ = sources.load_synthetic("test[:6]", {"train": 512, "test": 256})
+  np.save(tmp_path / "in.npy", images)
+  np.savez(tmp_path / "in.npz", data=images.transpose(0, 3, 1, 2).reshape(6, 3072),
+           ids=np.array([f"img{i}" for i in range(6)]))
+  for name, ids in (("in.npy", list(range(6))), ("in.npz", [f"img{i}" for i in range(6)])):
+    data, read_ids = evaluate.load_unlabeled(str(tmp_path / name))
+    np.testing.assert_array_equal(data, images)
+    assert read_ids == ids
+  np.savez(tmp_path / "nodata.npz", images=images)
+  with pytest.raises(evaluate.InputFileError, match=r"nodata.npz: expected an array named "
+                                                    r"'data' .* found \['images'\]"):
+    evaluate.load_unlabeled(str(tmp_path / "nodata.npz"))
+  planted = tmp_path / "planted"
+  with open(tmp_path / "evil.pkl", "wb") as f:
+    pickle.dump({b"data": images, b"ids": _Planted(str(planted))}, f)
+  with pytest.raises(pickles.UnsafePickleError, match=r"evil.pkl: refused, the pickle names io.open"):
+    evaluate.predict(_smoke(), str(tmp_path / "no_workdir"), str(tmp_path / "evil.pkl"),
+                     str(tmp_path / "out.csv"))
+  assert not planted.exists() and not (tmp_path / "out.csv").exists()
 
 
 def test_converted_pytorch_checkpoint_evaluates_like_pytorch(tmp_path):

@@ -117,6 +117,28 @@ def test_bad_data_is_named(cifar_dir, tmp_path):
   assert len(sources.load_split(config, "test")[1]) == 20
 
 
+class _Planted:
+  """Pickled, it names io.open: plain pickle.load would create `path` on loading."""
+
+  def __init__(self, path):
+    self.path = path
+
+  def __reduce__(self):
+    return open, (self.path, "w")
+
+
+def test_a_batch_file_that_would_run_code_is_refused_and_nothing_runs(cifar_dir, tmp_path):
+  directory, _ = cifar_dir
+  planted = tmp_path / "planted"
+  with open(os.path.join(directory, "data_batch_2"), "wb") as f:
+    pickle.dump({b"data": np.zeros((20, 3072), np.uint8), b"labels": [0] * 20,
+                 b"extra": _Planted(str(planted))}, f)
+  with pytest.raises(DataError, match=r"data_batch_2: refused, the pickle names "
+                                      r"io.open, which could run code"):
+    sources.load_split(data_config(directory), "train")
+  assert not planted.exists()
+
+
 def test_bad_archives_are_named(tmp_path, cifar_archive):
   archive, _ = cifar_archive
   with open(archive, "rb") as f:

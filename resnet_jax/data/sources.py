@@ -15,7 +15,6 @@ starts from these arrays. Only "tfds" imports TensorFlow (lazily).
 """
 
 import os
-import pickle
 import socket
 import tarfile
 from typing import Callable, Iterator
@@ -23,7 +22,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from resnet_jax import optional_tf
-from resnet_jax.data import datasets, splits
+from resnet_jax.data import datasets, pickles, splits
 from resnet_jax.data.datasets import Dataset, DataError
 
 SOURCES = ("cifar10_dir", "tfds", "synthetic")
@@ -42,7 +41,9 @@ def _read_batch(path: str, read: Callable[[], bytes],
   """Decodes one pickled batch file; errors name the file."""
   label_key = dataset.label_key
   try:
-    batch = pickle.loads(read(), encoding="bytes")
+    batch = pickles.loads(read(), path)
+  except pickles.UnsafePickleError:
+    raise
   except Exception as e:  # truncated or corrupt pickles raise many types
     raise DataError(f"{path}: not a readable {dataset.title} batch file "
                     f"({type(e).__name__}: {e})") from e
