@@ -8,7 +8,7 @@ Departures from the notebook, and why:
   evaluated test images with the training augmentations.
 - Data default to TFDS cifar10 with the test split for evaluation. Offline or
   without the test split, use the files and a hold-out:
-  --config.data.source=cifar10_dir --config.data.dir=data/cifar-10-batches-py
+  --config.data.source=files --config.data.dir=data/cifar-10-batches-py
   --config.data.train_split='train[:45000]' --config.data.eval_split='train[45000:]'
 """
 

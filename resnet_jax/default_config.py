@@ -59,7 +59,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.data = ml_collections.ConfigDict()
   config.data.dataset = "cifar10"  # data/datasets.py: DATASETS
-  config.data.source = "tfds"  # data/sources.py: "tfds", "cifar10_dir" (+ dir), "synthetic"
+  config.data.source = "tfds"  # data/sources.py: "tfds", "files" (+ dir), "synthetic"
   config.data.dir = ""
   config.data.tfds_data_dir = ml_collections.config_dict.placeholder(str)
   config.data.train_split = "train"  # TFDS split strings (data/splits.py)

@@ -3,10 +3,12 @@
 eval:    the checkpoints.choose_step checkpoint (--checkpoint_step N, else the
          best by validation accuracy, else the latest) on config.data.eval_split;
          writes DIR/eval/metrics.json ("accuracy", "per_class_accuracy",
-         "confusion_matrix", "num_examples", "step", "split", "checkpoint",
+         "confusion_matrix", "top_confusions" (the 20 most frequent mistakes),
+         "num_examples", "step", "split", "checkpoint",
          "chosen" (why that one), "tta": config.eval.tta's level, resnet_jax/tta.py,
          "weights": the raw weights or, where the run kept one, their EMA)
-         and DIR/eval/confusion_matrix.png.
+         and DIR/eval/confusion_matrix.png, or for more than 20 classes
+         (CIFAR-100) DIR/eval/top_confusions.png.
 predict: labels for an unlabeled image file (a pickled dict with b"data" as
          N x 32 x 32 x 3 or N x 3072 uint8 and optional b"ids", read without
          running any code it names; an .npz with "data" and optional "ids"; or
@@ -71,6 +73,34 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: i
   return matrix
 
 
+# Up to this many classes the figure is the confusion matrix with its counts; beyond it
+# (CIFAR-100) cells and labels would be unreadable, so it shows the top confusions.
+MATRIX_CLASSES = 20
+TOP_CONFUSIONS = 20
+
+
+def top_confusions(matrix: np.ndarray, names, n: int = TOP_CONFUSIONS) -> list[dict]:
+  """The `n` most frequent mistakes, most frequent first: {"true", "predicted", "count"}."""
+  mistakes = matrix.copy()
+  np.fill_diagonal(mistakes, 0)
+  order = np.argsort(-mistakes, axis=None, kind="stable")[:n]
+  return [{"true": names[i], "predicted": names[j], "count": int(mistakes[i, j])}
+          for i, j in zip(*np.unravel_index(order, mistakes.shape)) if mistakes[i, j]]
+
+
+def _plot_top_confusions(confusions: list[dict], path: str, title: str) -> None:
+  figure, ax = plt.subplots(figsize=(7, 6))
+  rows = confusions[::-1]  # the most frequent at the top
+  ax.barh(range(len(rows)), [c["count"] for c in rows])
+  ax.set_yticks(range(len(rows)), [f"{c['true']} -> {c['predicted']}" for c in rows],
+                fontsize=8)
+  ax.set_xlabel("images")
+  ax.set_title(f"{title}\ntop {len(rows)} confusions (true -> predicted)")
+  figure.tight_layout()
+  figure.savefig(path, dpi=100)
+  plt.close(figure)
+
+
 def _plot_confusion(matrix: np.ndarray, names, path: str, title: str) -> None:
   figure, ax = plt.subplots(figsize=(7, 6))
   image = ax.imshow(matrix, cmap="Blues")
@@ -101,8 +131,10 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
   labels, predictions = np.concatenate(labels), np.concatenate(predictions)
   matrix = confusion_matrix(labels, predictions, model.num_classes)
   per_class = matrix.diagonal() / np.maximum(matrix.sum(1), 1)
+  names = datasets.get(config.data).class_names
   metrics = {"accuracy": float((labels == predictions).mean()),
              "per_class_accuracy": per_class.tolist(), "confusion_matrix": matrix.tolist(),
+             "top_confusions": top_confusions(matrix, names),
              "num_examples": int(len(labels)), "step": int(step),
              "split": config.data.eval_split, "tta": config.eval.tta,
              "checkpoint": os.path.join(checkpoints.checkpoint_dir(workdir), str(step)),
@@ -112,9 +144,12 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
   os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, "metrics.json"), "w") as f:
     json.dump(metrics, f, indent=1)
-  _plot_confusion(matrix, datasets.get(config.data).class_names,
-                  os.path.join(out, "confusion_matrix.png"),
-                  f"{config.data.eval_split}, step {step}: accuracy {metrics['accuracy']:.4f}")
+  title = f"{config.data.eval_split}, step {step}: accuracy {metrics['accuracy']:.4f}"
+  if len(names) <= MATRIX_CLASSES:
+    _plot_confusion(matrix, names, os.path.join(out, "confusion_matrix.png"), title)
+  else:
+    _plot_top_confusions(metrics["top_confusions"], os.path.join(out, "top_confusions.png"),
+                         title)
   return metrics
 
 
@@ -163,8 +198,9 @@ def load_unlabeled(path: str) -> tuple[np.ndarray, list]:
 
 
 def predict(config, workdir: str, input_path: str, output_path: str,
-            step: int | None = None) -> dict:
-  """Writes ID,Labels predictions for `input_path` to `output_path`.
+            step: int | None = None, class_names: bool = False) -> dict:
+  """Writes ID,Labels predictions for `input_path` to `output_path` (labels 0..classes-1,
+  and a Name column with the dataset's class names when `class_names`).
 
   Returns {"count", "checkpoint", "chosen"}: how many rows, from which checkpoint, and why it.
   """
@@ -180,7 +216,9 @@ def predict(config, workdir: str, input_path: str, output_path: str,
   os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
   with open(output_path, "w", newline="") as f:
     writer = csv.writer(f)
-    writer.writerow(["ID", "Labels"])
-    writer.writerows(zip(ids, labels.tolist()))
+    names = datasets.get(config.data).class_names
+    writer.writerow(["ID", "Labels", "Name"] if class_names else ["ID", "Labels"])
+    writer.writerows((i, label, names[label]) if class_names else (i, label)
+                     for i, label in zip(ids, labels.tolist()))
   return {"count": len(labels), "chosen": why, "weights": checkpoints.evaluated_weights(meta),
           "checkpoint": os.path.join(checkpoints.checkpoint_dir(workdir), str(step))}

@@ -4,7 +4,8 @@ Modes:
   train    (default) trains, resuming from the latest checkpoint in DIR
   eval     evaluates a checkpoint on config.data.eval_split: --checkpoint_step, else the
            best by validation accuracy, else the latest
-  predict  --input FILE --output CSV: labels for an unlabeled pickled array file
+  predict  --input FILE --output CSV: labels for unlabeled images (a pickle, .npz or .npy);
+           --class_names adds each label's name
 
 Config values are overridden as --config.a.b=value (ml_collections config_flags).
 The console shows the run's own lines, warnings and errors; DIR/log.txt has
@@ -28,8 +29,11 @@ config_flags.DEFINE_config_file("config", None, "Training configuration file.",
 flags.DEFINE_string("workdir", None, "Directory for TensorBoard summaries and checkpoints.")
 flags.DEFINE_enum("mode", "train", ["train", "eval", "predict"], "What to do.")
 flags.DEFINE_integer("checkpoint_step", None, "eval/predict: this checkpoint instead of the best.")
-flags.DEFINE_string("input", None, "predict: pickled dict with b'data' (N x 32 x 32 x 3 uint8).")
+flags.DEFINE_string("input", None, "predict: pickled dict with b'data' (N x 32 x 32 x 3 uint8), "
+                    "or an .npz with 'data', or an .npy of the images.")
 flags.DEFINE_string("output", None, "predict: CSV file to write (ID,Labels).")
+flags.DEFINE_bool("class_names", False, "predict: a third column, Name, with each label's class "
+                  "name (the dataset's).")
 flags.DEFINE_string("coordinator_address", None,
                     "Multi-process: host:port of process 0 (jax.distributed.initialize).")
 flags.DEFINE_integer("num_processes", None, "Multi-process: how many processes in all.")
@@ -110,7 +114,7 @@ def main(argv: Sequence[str]) -> None:
       if not FLAGS.input or not FLAGS.output:
         raise app.UsageError("--mode predict needs --input FILE and --output CSV")
       result = evaluate.predict(FLAGS.config, FLAGS.workdir, FLAGS.input, FLAGS.output,
-                                FLAGS.checkpoint_step)
+                                FLAGS.checkpoint_step, class_names=FLAGS.class_names)
       logs.write_log_file(FLAGS.workdir)
       print(f"checkpoint {result['checkpoint']} ({result['chosen']}), with "
             f"{result['weights']}")

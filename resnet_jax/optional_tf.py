@@ -2,7 +2,7 @@
 
 tf.data input (config.data.pipeline="tfdata"), TFDS (config.data.source="tfds")
 and clu's TensorBoard writer use TensorFlow. Training on the device pipeline
-from a cifar10_dir, evaluation (numpy batches), --mode eval and --mode predict
+from CIFAR's files, evaluation (numpy batches), --mode eval and --mode predict
 do not, so a JAX install without TensorFlow (many GPU and TPU machines) runs them.
 """
 
@@ -42,5 +42,5 @@ def tensorflow(purpose: str):
     raise MissingTensorFlow(
         f"{purpose} needs TensorFlow, which cannot be imported here: install it "
         "(pip install tensorflow), or train with config.data.pipeline='device' and "
-        "config.data.source='cifar10_dir', which need none")
+        "config.data.source='files', which need none")
   return tf

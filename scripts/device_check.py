@@ -105,7 +105,7 @@ def recipe(name: str, data_dir: str, out: str, tiny: bool, log, flags: tuple[str
   workdir = workdir or os.path.join(out, name)
   train_split, eval_split = SPLITS["tiny" if tiny else "full"]
   command = [sys.executable, "-m", "resnet_jax.main", "--config", f"configs/{name}.py",
-             "--workdir", workdir, "--config.data.source=cifar10_dir",
+             "--workdir", workdir, "--config.data.source=files",
              f"--config.data.dir={data_dir}", "--config.data.pipeline=device",
              f"--config.data.train_split={train_split}", f"--config.data.eval_split={eval_split}",
              *flags]

@@ -36,6 +36,30 @@ def write_cifar_dir(root, per_batch: int = 20, seed: int = 0) -> tuple[str, dict
   return directory, {k: (np.concatenate(v[0]), np.concatenate(v[1])) for k, v in arrays.items()}
 
 
+def write_cifar100_dir(root, per_split: int = 60, seed: int = 0) -> tuple[str, dict]:
+  """A cifar-100-python directory as CIFAR's site ships it (pickled "train", "test" with
+  b"data", b"fine_labels", b"coarse_labels", b"filenames"; "meta"), random images;
+  returns it and the NHWC arrays with the fine labels."""
+  rng = np.random.default_rng(seed)
+  directory = os.path.join(root, "cifar-100-python")
+  os.makedirs(directory)
+  arrays = {}
+  for split in ("train", "test"):
+    data = rng.integers(0, 256, size=(per_split, 3072), dtype=np.uint8)
+    fine = [int(x) for x in rng.integers(0, 100, size=per_split)]
+    with open(os.path.join(directory, split), "wb") as f:
+      pickle.dump({b"filenames": [f"img_{i}.png".encode() for i in range(per_split)],
+                   b"batch_label": f"{split}ing batch 1 of 1".encode(),
+                   b"fine_labels": fine, b"coarse_labels": [x // 5 for x in fine],
+                   b"data": data}, f, protocol=2)
+    arrays[split] = (data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1),
+                     np.asarray(fine, np.int32))
+  with open(os.path.join(directory, "meta"), "wb") as f:
+    pickle.dump({b"fine_label_names": [b"apple"] * 100,
+                 b"coarse_label_names": [b"fruit"] * 20}, f, protocol=2)
+  return directory, arrays
+
+
 @pytest.fixture
 def cifar_dir(tmp_path):
   return write_cifar_dir(str(tmp_path))
@@ -52,7 +76,7 @@ def cifar_archive(tmp_path):
 
 def data_config(location: str, **overrides) -> ml_collections.ConfigDict:
   from resnet_jax.data import augmentations  # pylint: disable=g-import-not-at-top
-  config = dict(dataset="cifar10", source="cifar10_dir", dir=location, tfds_data_dir=None,
+  config = dict(dataset="cifar10", source="files", dir=location, tfds_data_dir=None,
                 augment=augmentations.preset("none"), normalization="seed")
   config.update(overrides)
   return ml_collections.ConfigDict(config)

@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from resnet_jax import checkpoints, convert_torch, evaluate, train
-from resnet_jax.data import pickles, sources
+from resnet_jax.data import datasets, pickles, sources
 from tests import torch_reference
-from tests.conftest import REPO, signal_at_batch
+from tests.conftest import REPO, signal_at_batch, write_cifar100_dir
 from tests.test_data_sources import _Planted
 from tests.conftest import smoke_config as _smoke
 
@@ -256,3 +256,31 @@ def test_every_kind_of_checkpoint_through_every_command(tmp_path, trained):
     else:
       state, history = train.train_and_evaluate(_smoke(num_epochs=4), workdir)
       assert int(state.step) == 64 and [h["epoch"] for h in history] == [1, 2, 3, 4]
+
+
+def test_cifar100_trains_evaluates_and_predicts_with_100_classes(tmp_path):
+  """The model follows the dataset's 100 classes; eval shows the top confusions; predict
+  writes labels 0-99 with their names; a 10-class config cannot use the workdir."""
+  directory, arrays = write_cifar100_dir(str(tmp_path))
+  config = _smoke(num_epochs=1, **{"data.dataset": "cifar100", "data.source": "files",
+                                   "data.dir": directory, "data.eval_split": "test",
+                                   "data.normalization": "cifar"})
+  workdir = str(tmp_path / "run")
+  state, _ = train.train_and_evaluate(config, workdir)
+  assert state.params["fc"]["kernel"].shape[-1] == 100
+  metrics = evaluate.evaluate_checkpoint(config, workdir)
+  assert len(metrics["per_class_accuracy"]) == 100 and metrics["num_examples"] == 60
+  assert 0 < len(metrics["top_confusions"]) <= evaluate.TOP_CONFUSIONS
+  assert sorted(os.listdir(os.path.join(workdir, "eval"))) == ["metrics.json",
+                                                               "top_confusions.png"]
+  np.save(tmp_path / "in.npy", arrays["test"][0])
+  evaluate.predict(config, workdir, str(tmp_path / "in.npy"), str(tmp_path / "out.csv"),
+                   class_names=True)
+  with open(tmp_path / "out.csv") as f:
+    table = list(csv.reader(f))
+  names = datasets.DATASETS["cifar100"].class_names
+  assert table[0] == ["ID", "Labels", "Name"] and len(table) == 61
+  assert all(0 <= int(label) < 100 and name == names[int(label)] for _, label, name in table[1:])
+  with pytest.raises(checkpoints.CheckpointError, match=r"in \['num_classes'\]: "
+                                                        r"num_classes=100 vs 10"):
+    evaluate.evaluate_checkpoint(_smoke(), workdir)

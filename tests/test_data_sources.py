@@ -4,6 +4,7 @@ import os
 import pickle
 import subprocess
 import sys
+import tarfile
 import types
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from resnet_jax.data import datasets, sources, splits
-from tests.conftest import SHARED_DATA, data_config
+from tests.conftest import SHARED_DATA, data_config, write_cifar100_dir, write_cifar_dir
 
 DataError = datasets.DataError
 
@@ -139,6 +140,35 @@ def test_a_batch_file_that_would_run_code_is_refused_and_nothing_runs(cifar_dir,
   assert not planted.exists()
 
 
+def test_cifar100_files_give_the_fine_labels_from_the_directory_and_the_archive(tmp_path):
+  directory, arrays = write_cifar100_dir(str(tmp_path))
+  archive = str(tmp_path / "cifar-100-python.tar.gz")
+  with tarfile.open(archive, "w:gz") as tar:
+    tar.add(directory, arcname="cifar-100-python")
+  for location in (directory, archive):
+    config = data_config(location, dataset="cifar100")
+    for split, (start, stop) in (("train", (0, 60)), ("train[50:]", (50, 60)), ("test", (0, 60))):
+      images, labels = sources.load_split(config, split)
+      expected = arrays[split.split("[")[0]]
+      np.testing.assert_array_equal(images, expected[0][start:stop])
+      np.testing.assert_array_equal(labels, expected[1][start:stop])
+  assert datasets.get(data_config("", dataset="cifar100")).num_classes == 100
+  with pytest.raises(DataError, match=r"train: missing CIFAR-100 batch file \(expected train "
+                                      r"in .*cifar-10-batches-py\)"):
+    sources.load_split(data_config(write_cifar_dir(str(tmp_path / "ten"))[0],
+                                   dataset="cifar100"), "train")
+  _rewrite(os.path.join(directory, "test"), {b"fine_labels": [100] * 60})
+  with pytest.raises(DataError, match=r"test: label 100 out of range \[0, 100\) at index 0"):
+    sources.load_split(data_config(directory, dataset="cifar100"), "test")
+
+
+def test_synthetic_data_serves_any_class_count():
+  images, labels = sources.load_synthetic("train", {"train": 2000, "test": 10}, num_classes=100)
+  assert sorted(set(labels.tolist())) == list(range(100))
+  squares = {c: np.argwhere(images[labels == c][0].min(-1) == 255).min(0) for c in range(100)}
+  assert len({tuple(corner) for corner in squares.values()}) == 100  # a place per class
+
+
 def test_bad_archives_are_named(tmp_path, cifar_archive):
   archive, _ = cifar_archive
   with open(archive, "rb") as f:
@@ -161,7 +191,7 @@ def test_unknown_source_is_named(cifar_dir):
 def test_tfds_offline_fails_fast_and_names_the_offline_source(tmp_path, monkeypatch):
   monkeypatch.setattr(sources, "_reachable", lambda host: False)
   config = data_config("", source="tfds", tfds_data_dir=str(tmp_path / "tfds"))
-  with pytest.raises(DataError, match=r"cannot be downloaded.*source='cifar10_dir'"):
+  with pytest.raises(DataError, match=r"cannot be downloaded.*source='files'"):
     sources.load_split(config, "train")
 
 
@@ -173,7 +203,7 @@ def test_tfds_download_failure_names_the_offline_source(tmp_path, monkeypatch):
 
   monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", fail)
   config = data_config("", source="tfds", tfds_data_dir=str(tmp_path / "tfds"))
-  with pytest.raises(DataError, match=r"downloading it failed \(ConnectionError.*cifar10_dir"):
+  with pytest.raises(DataError, match=r"downloading it failed \(ConnectionError.*source='files'"):
     sources.load_split(config, "train")
 
 

@@ -75,7 +75,11 @@ def test_accumulation_never_carries_over_an_epoch_and_plateau_scale_is_logged(tm
      r"config.model.fusion_barriers is not a model key; set config.cpu.fusion_barriers"),
     ({"model.num_classes": 100},
      r"config.model.num_classes=100, but config.data.dataset='cifar10' has 10 classes"),
-    ({"data.dataset": "mnist"}, r"config.data.dataset='mnist' is not one of \['cifar10'\]"),
+    ({"data.dataset": "mnist"},
+     r"config.data.dataset='mnist' is not one of \['cifar10', 'cifar100'\]"),
+    ({"data.dataset": "cifar100", "model.num_classes": 10},
+     r"config.model.num_classes=10, but config.data.dataset='cifar100' has 100 classes"),
+    ({"data.source": "kaggle"}, r"config.data.source='kaggle' is not one of \['files', "),
 ])
 def test_bad_configs_fail_before_compute_naming_key_and_value(changes, message):
   config = _smoke(**changes)

@@ -58,6 +58,27 @@ DATASETS = {
         files_dir="cifar-10-batches-py", archive="cifar-10-python.tar.gz",
         label_key=b"labels",
         mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616)),
+    # The 100 fine labels (the archive's meta "fine_label_names" order); the 20 coarse
+    # superclasses are not used.
+    "cifar100": Dataset(
+        title="CIFAR-100",
+        class_names=tuple("""
+            apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy
+            bridge bus butterfly camel can castle caterpillar cattle chair chimpanzee clock
+            cloud cockroach couch crab crocodile cup dinosaur dolphin elephant flatfish forest
+            fox girl hamster house kangaroo keyboard lamp lawn_mower leopard lion lizard
+            lobster man maple_tree motorcycle mountain mouse mushroom oak_tree orange orchid
+            otter palm_tree pear pickup_truck pine_tree plain plate poppy porcupine possum
+            rabbit raccoon ray road rocket rose sea seal shark shrew skunk skyscraper snail
+            snake spider squirrel streetcar sunflower sweet_pepper table tank telephone
+            television tiger tractor train trout tulip turtle wardrobe whale willow_tree wolf
+            woman worm""".split()),
+        tfds_name="cifar100",
+        split_sizes={"train": 50_000, "test": 10_000},
+        split_files={"train": ("train",), "test": ("test",)},
+        files_dir="cifar-100-python", archive="cifar-100-python.tar.gz",
+        label_key=b"fine_labels",
+        mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762)),
 }
 DOWNLOAD_PAGE = "https://www.cs.toronto.edu/~kriz/cifar.html"  # CIFAR's own files
 

@@ -1,10 +1,12 @@
 """A dataset's splits as in-memory uint8 arrays, from its own files, from TFDS, or generated.
 
 Sources behind `config.data.source`:
-  "cifar10_dir": `config.data.dir` is the dataset's batch-file directory
-      (`cifar-10-batches-py`) or its archive (`cifar-10-python.tar.gz`): the files
-      CIFAR's site distributes and torchvision and keras cache. Slices follow the
-      files' order (data_batch_1..5 make "train", test_batch makes "test").
+  "files": `config.data.dir` is the dataset's batch-file directory
+      (`cifar-10-batches-py`, `cifar-100-python`) or its archive
+      (`cifar-10-python.tar.gz`, `cifar-100-python.tar.gz`): the files CIFAR's site
+      distributes and torchvision and keras cache. Slices follow the files' order
+      (CIFAR-10's data_batch_1..5 make "train", test_batch makes "test").
+      "cifar10_dir", its name before CIFAR-100, still works.
   "tfds": the dataset's TFDS builder, honouring `config.data.tfds_data_dir` and
       TFDS_DATA_DIR; downloaded and prepared on first use.
   "synthetic": generated, learnable images for smoke runs and tests.
@@ -25,13 +27,13 @@ from resnet_jax import optional_tf
 from resnet_jax.data import datasets, pickles, splits
 from resnet_jax.data.datasets import Dataset, DataError
 
-SOURCES = ("cifar10_dir", "tfds", "synthetic")
+SOURCES = ("files", "cifar10_dir", "tfds", "synthetic")  # cifar10_dir: files, by its old name
 TFDS_DOWNLOAD_HOST = "www.cs.toronto.edu"  # where TFDS's CIFAR builders download from
 
 
 def offline_hint(dataset: Dataset) -> str:
   return (f"Offline, use {dataset.title}'s own files instead: set "
-          f"config.data.source='cifar10_dir' and config.data.dir to a {dataset.files_dir} "
+          f"config.data.source='files' and config.data.dir to a {dataset.files_dir} "
           f"directory or {dataset.archive} (from {datasets.DOWNLOAD_PAGE}, or a torchvision "
           "or keras cache).")
 
@@ -126,7 +128,7 @@ def load_tfds(split: str, data_dir: str | None,
   except ImportError as e:
     raise optional_tf.MissingTensorFlow(
         f"config.data.source='tfds' needs tensorflow-datasets ({e}); or use "
-        "config.data.source='cifar10_dir'. " + offline_hint(dataset)) from e
+        "config.data.source='files'. " + offline_hint(dataset)) from e
   data_dir = data_dir or os.environ.get("TFDS_DATA_DIR")
   builder = tfds.builder(dataset.tfds_name, data_dir=data_dir)
   where = f"TFDS {dataset.tfds_name} is not prepared in {builder.data_dir}"
@@ -170,7 +172,7 @@ def load_synthetic(split: str, sizes: dict[str, int],
 def load_split(data_config, split: str) -> tuple[np.ndarray, np.ndarray]:
   """(images uint8 [N, 32, 32, 3], labels int32 [N]) of `split` from the configured source."""
   dataset = datasets.get(data_config)
-  if data_config.source == "cifar10_dir":
+  if data_config.source in ("files", "cifar10_dir"):
     return load_files(data_config.dir, split, dataset)
   if data_config.source == "tfds":
     return load_tfds(split, data_config.get("tfds_data_dir"), dataset)
