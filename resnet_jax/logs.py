@@ -25,9 +25,12 @@ LOG_FILE_ONLY = {"log_file_only": True}
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
-# Warnings that describe what this package chose to do, not a problem: Orbax warns
-# whenever a manager is opened read-only, as eval and predict do to protect checkpoints.
-_EXPECTED_WARNINGS = ("Given directory is read only",)
+# Warnings that describe what this package chose to do, not a problem, and ask nothing
+# of the user: Orbax warns whenever a manager is opened read-only, as eval and predict
+# do to protect checkpoints, and whenever a checkpoint has no metric, as one saved
+# mid-epoch on a stop signal has none. They go to the log file only.
+_EXPECTED_WARNINGS = ("Given directory is read only",
+                      "Requested `tracked_metric`; did not provide metrics.")
 
 
 class _RunLines(logging.Filter):

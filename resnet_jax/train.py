@@ -19,7 +19,6 @@ import functools
 import itertools
 import os
 import signal
-import sys
 import threading
 import time
 from typing import Any, Callable
@@ -417,8 +416,7 @@ def _preempted(signal_name: str, state, history, epoch_step: int, steps_per_epoc
   message = (f"{signal_name}: stopped at step {int(state.step)} (epoch {len(history) + 1}, "
              f"step {epoch_step} of {steps_per_epoch}) and saved a checkpoint to "
              f"{checkpoints.checkpoint_dir(workdir)}; rerun the same command to resume")
-  logging.warning(message)
-  print(message, file=sys.stderr)
+  logging.warning(message)  # the console shows warnings once; main exits with the code
   return Preempted(code)
 
 

@@ -2,6 +2,7 @@
 whole train / eval / predict cycle where TensorFlow cannot be imported."""
 
 import glob
+import logging
 import os
 import pickle
 import re
@@ -91,3 +92,17 @@ def test_progress_reports_rate_and_eta_once_a_minute(monkeypatch):
   now[0] += 3600
   progress(361)  # 300 steps in an hour: 639 left at 1/12 step/s
   assert lines[-1] == "step 361/1000 (36.1%), 0.08 steps/s, ETA 2h08m"
+
+
+def test_warnings_that_ask_nothing_of_the_user_stay_in_the_log_file():
+  """Orbax's notes on what the package chose (read-only managers for eval, no metric for a
+  mid-epoch save) are not shown on the console; any other warning is."""
+  console = logs._RunLines()  # pylint: disable=protected-access
+
+  def warning(message):
+    return logging.LogRecord("absl", logging.WARNING, "/site-packages/orbax/manager.py", 1,
+                             message, None, None)
+
+  assert not console.filter(warning("Requested `tracked_metric`; did not provide metrics."))
+  assert not console.filter(warning("Given directory is read only, /tmp/x"))
+  assert console.filter(warning("Disk almost full"))

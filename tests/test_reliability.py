@@ -55,6 +55,8 @@ def test_sigterm_to_the_cli_exits_with_a_resume_message(tmp_path):
   _, rest = process.communicate(timeout=120)
   assert process.returncode == 143
   assert "SIGTERM: stopped at step" in rest and "rerun the same command to resume" in rest
+  assert rest.count("stopped at step") == 1, rest  # each line once
+  assert "tracked_metric" not in rest, rest  # Orbax's note on the mid-epoch save: log only
   assert os.listdir(tmp_path / "checkpoints")
 
 
