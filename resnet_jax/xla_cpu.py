@@ -9,11 +9,13 @@ applies. docs/performance.md has the measurements behind each:
 """
 
 import contextlib
+import functools
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+from absl import logging
 
 
 def on_cpu() -> bool:
@@ -32,11 +34,38 @@ def default_config() -> ml_collections.ConfigDict:
   })
 
 
+def _compiles_with(options: tuple[tuple[str, object], ...]) -> bool:
+  try:
+    jax.jit(lambda x: x + 1, compiler_options=dict(options)).lower(jnp.zeros(())).compile()
+    return True
+  except jax.errors.JaxRuntimeError:
+    return False
+
+
+@functools.cache
+def _usable(options: tuple[tuple[str, object], ...]) -> tuple[tuple[str, object], ...]:
+  """`options` without those of the project's own defaults that this jaxlib lacks (older
+  ones lack the newer options), each dropped with one warning; a user's option stays,
+  for check_options to name if XLA rejects it."""
+  if _compiles_with(options):
+    return options
+  defaults = default_config().xla_options
+  kept = []
+  for key, value in options:
+    if defaults.get(key) == value and not _compiles_with(((key, value),)):
+      logging.warning("config.cpu.xla_options: this jaxlib (%s) has no XLA option %s, one of "
+                      "the project's CPU speed defaults; compiling without it",
+                      jax.lib.__version__, key)
+    else:
+      kept.append((key, value))
+  return tuple(kept)
+
+
 def compiler_options(config: ml_collections.ConfigDict) -> dict | None:
   """XLA options for the jitted steps: config.cpu.xla_options, on the CPU backend only."""
   if not on_cpu():
     return None
-  return dict(config.cpu.xla_options) or None
+  return dict(_usable(tuple(sorted(config.cpu.xla_options.items())))) or None
 
 
 def check_options(config: ml_collections.ConfigDict) -> None:

@@ -2,6 +2,7 @@
 
 import glob
 import importlib
+import logging
 import os
 import pathlib
 import subprocess
@@ -10,6 +11,7 @@ import textwrap
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -178,6 +180,26 @@ def test_cpu_xla_options_reach_the_compiled_train_step(options, ynn):
                          "label": np.zeros(n, np.int32), "mask": np.ones(n, bool)}, steps.data)
   hlo = steps.train.lower(state, batch).compile().as_text()
   assert ("__ynn_fusion" in hlo) == ynn  # jaxlib's default fuses the classifier's dot
+
+
+def test_a_cpu_default_that_this_jaxlib_lacks_is_skipped_with_one_warning(monkeypatch, caplog):
+  """Older jaxlibs (Colab's) lack some of config.cpu's options: the project's own defaults
+  are then left out with a warning; the same option set by a user still stops the run."""
+  lacking = {"xla_cpu_option_of_a_later_jaxlib": "1"}
+  defaults = xla_cpu.default_config()
+  monkeypatch.setattr(xla_cpu, "default_config", lambda: ml_collections.ConfigDict(
+      {**defaults.to_dict(), "xla_options": {**defaults.xla_options, **lacking}}))
+  xla_cpu._usable.cache_clear()  # pylint: disable=protected-access
+  config = _smoke(**{"cpu.xla_options": {**defaults.xla_options, **lacking}})
+  with caplog.at_level(logging.WARNING):
+    assert xla_cpu.compiler_options(config) == dict(defaults.xla_options)
+    xla_cpu.compiler_options(config)
+    config_validation.validate(config)
+  skipped = [r for r in caplog.records if "xla_cpu_option_of_a_later_jaxlib" in r.getMessage()]
+  assert len(skipped) == 1 and "compiling without it" in skipped[0].getMessage()
+  config = _smoke(**{"cpu.xla_options": {"xla_cpu_option_of_a_later_jaxlib": "2"}})  # a user's
+  with pytest.raises(config_validation.ConfigError, match=r"xla_cpu_option_of_a_later_jaxlib"):
+    config_validation.validate(config)
 
 
 def test_an_unusable_compilation_cache_warns_and_compiling_goes_on(tmp_path):
