@@ -99,6 +99,20 @@ def test_he_normal_initialisation_is_selectable():
   np.testing.assert_allclose(kernel.std(), math.sqrt(2 / (3 * 3 * 256)), rtol=0.02)
 
 
+@pytest.mark.parametrize("name,fields", [("shallow", {**NARROW, "stage_widths": (8, 8, 16)}),
+                                         ("deep", NARROW), ("fast", {"widths": (8, 16, 16)})])
+def test_initialisation_is_one_program_with_the_values_of_eager_init(name, fields):
+  """init_variables compiles one program (at xla_cpu.init_options()) instead of an eager
+  op per parameter shape; the values are bitwise flax's eager model.init."""
+  model = models.get_model(name, **fields)
+  rng = jax.random.PRNGKey(3)
+  jitted = models.init_variables(model, rng)
+  eager = model.init(rng, jnp.zeros((1, 32, 32, 3)), train=False)
+  assert jax.tree.structure(jitted) == jax.tree.structure(eager)
+  for a, b in zip(jax.tree.leaves(jitted), jax.tree.leaves(eager)):
+    np.testing.assert_array_equal(a, b)
+
+
 def test_dropout_is_active_only_in_training():
   model = models.get_model("deep", **NARROW)
   variables = models.init_variables(model, jax.random.key(0))
