@@ -138,11 +138,18 @@ def poison_batch(monkeypatch, n: int) -> None:
 def worker_home_and_compilation_cache(tmp_path_factory):
   """This worker's own home (module docstring), and jax's persistent compilation cache in
   it for the in-process runs too, as the command line uses it (config.compilation_cache_dir):
-  the many runs of one config compile their steps once."""
+  the many runs of one config compile their steps once. PyTorch on one thread."""
   from resnet_jax import train  # pylint: disable=g-import-not-at-top
   home = tmp_path_factory.mktemp("home")
   os.environ["HOME"] = str(home)
   train.enable_compilation_cache(str(home / ".cache" / "resnet_jax" / "jax"))
+  # PyTorch's OpenMP threads (two, one a core) spin while they wait for each other, and
+  # beside another worker they wait a lot: the deep model's parity took 195 s with two
+  # threads and 71 s with one, beside a training run (2026-12-01). One thread per worker,
+  # here and in the scripts the tests start (which inherit the variable).
+  os.environ["OMP_NUM_THREADS"] = "1"
+  import torch  # pylint: disable=g-import-not-at-top
+  torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
