@@ -9,6 +9,7 @@ import torch
 
 from resnet_jax import default_config, optim
 from resnet_jax.models import fast_resnet, resnet
+from tests import airbench_reference as airbench
 
 
 def _opt_config(**changes):
@@ -231,24 +232,6 @@ def test_ema_follows_tensorflows_exponential_moving_average_with_num_updates():
   np.testing.assert_array_equal(skipped["w"], average["w"])
 
 
-def _airbench_muon_step(p, g, buf, lr, momentum, ns_steps):
-  """airbench94_muon's Muon.step for one conv weight [out, in, h, w], retyped in float32."""
-  buf.mul_(momentum).add_(g)
-  g = g.add(buf, alpha=momentum)
-  p.mul_(len(p) ** 0.5 / p.norm())
-  x = g.reshape(len(g), -1)
-  x = x / (x.norm() + 1e-7)
-  if x.size(0) > x.size(1):
-    x = x.T
-  a, b, c = (3.4445, -4.7750, 2.0315)
-  for _ in range(ns_steps):
-    gram = x @ x.T
-    x = a * x + (b * gram + c * gram @ gram) @ x
-  if g.size(0) > g[0].numel():
-    x = x.T
-  p.add_(x.reshape(g.shape), alpha=-lr)
-
-
 def test_muon_on_conv_kernels_matches_airbench_muon_in_torch():
   """Both kernel shapes (out < in*h*w, and out > in*h*w, where Newton-Schulz works on the
   transpose) follow airbench's Muon; the dense head stays on SGD."""
@@ -275,7 +258,7 @@ def test_muon_on_conv_kernels_matches_airbench_muon_in_torch():
     to_torch = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(3, 2, 0, 1)))
     p, buf = to_torch(kernel), torch.zeros(to_torch(kernel).shape)
     for g in grads:
-      _airbench_muon_step(p, to_torch(g[name]), buf, lr, momentum, steps)
+      airbench.muon_step(p, to_torch(g[name]), buf, lr, momentum, steps)
     np.testing.assert_allclose(np.asarray(params[name]["kernel"]).transpose(3, 2, 0, 1),
                                p.numpy(), rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(params["fc"]["kernel"], head - 3 * 0.5, rtol=1e-6)
