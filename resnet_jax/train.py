@@ -416,7 +416,7 @@ def _preempted(signal_name: str, state, history, epoch_step: int, steps_per_epoc
   message = (f"{signal_name}: stopped at step {int(state.step)} (epoch {len(history) + 1}, "
              f"step {epoch_step} of {steps_per_epoch}) and saved a checkpoint to "
              f"{checkpoints.checkpoint_dir(workdir)}; rerun the same command to resume")
-  logging.warning(message)  # the console shows warnings once; main exits with the code
+  logging.warning(message)  # once: the console shows every warning (logs.py)
   return Preempted(code)
 
 
