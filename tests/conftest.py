@@ -134,6 +134,20 @@ def poison_batch(monkeypatch, n: int) -> None:
                    if drawn == n else batch)
 
 
+# The files whose tests take longest in all (a minute or more each on the CI machine,
+# 2026-12-01), longest first. With --dist loadfile a worker takes a whole file, so
+# handing these out first lets the two workers finish together, instead of one running
+# a long file alone at the end. The other files keep their order, after these.
+LONGEST_FIRST = ("test_device_check.py", "test_reliability.py", "test_checkpoints.py",
+                 "test_multiprocess.py", "test_fast_model.py", "test_train.py",
+                 "test_parity_training.py")
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable
+
+
 @pytest.fixture(scope="session", autouse=True)
 def worker_home_and_compilation_cache(tmp_path_factory):
   """This worker's own home (module docstring), and jax's persistent compilation cache in

@@ -63,7 +63,8 @@ def test_bad_fields_name_the_field_and_value(overrides, message):
 
 
 def test_unknown_preset_is_named():
-  with pytest.raises(ValueError, match=r"'medium' is not one of \['deep', 'shallow', 'fast', 'fast_large'\]"):
+  with pytest.raises(ValueError, match=r"'medium' is not one of \['deep', 'shallow', 'fast', "
+                                       r"'fast_large', 'frontier'\]"):
     models.get_model("medium")
 
 
