@@ -1,7 +1,7 @@
 """Training and evaluation speed of a seed model, printed as one JSON object.
 
     python scripts/benchmark.py --model shallow --batch_size 128 --dtype float32 [--compare_torch]
-        [--no_cpu_tuning] [--compilation_cache_dir DIR] [--flops_only]
+        [--no_cpu_tuning] [--compilation_cache_dir DIR] [--flops_only] [--tiny]
 
 Times the jitted train step (forward, backward, Adam update, on random data already
 on the device) and the eval forward on JAX's default backend, and reports
@@ -17,6 +17,9 @@ The JAX steps use the project's defaults, XLA:CPU speed settings included
 (config.cpu, docs/performance.md); --no_cpu_tuning measures without them. With
 --compilation_cache_dir it compiles the train step a second time through jax's
 persistent compilation cache and reports that time as cached_compile_s.
+--tiny times the model's layout at a few channels and one block a stage (PyTorch's
+model stays the seed's): seconds on a CPU, for tests of this script and of
+scripts/device_check.py; its numbers measure nothing.
 """
 
 import argparse
@@ -38,11 +41,17 @@ from resnet_jax.data import batches
 # bf16 dense peak FLOP/s of accelerators whose utilisation we report.
 PEAK_BF16_FLOPS = {"NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H200": 989e12,
                    "NVIDIA A100-SXM4-80GB": 312e12, "NVIDIA A100-SXM4-40GB": 312e12}
+# --tiny's models: the full-width steps take 5-20 s each to compile on a CPU.
+TINY_FIELDS = {"shallow": dict(stem_width=8, stage_widths=(8, 16, 32), stage_blocks=(1, 1, 1)),
+               "deep": dict(stem_width=8, stage_widths=(8, 8, 16, 16),
+                            stage_blocks=(1, 1, 1, 1))}
 
 
-def _jax_setup(model_name: str, batch_size: int, dtype: str, cpu_tuning: bool):
+def _jax_setup(model_name: str, batch_size: int, dtype: str, cpu_tuning: bool, tiny: bool):
   config = default_config.get_config()
   config.model.name, config.dtype, config.batch_size = model_name, dtype, batch_size
+  if tiny:
+    config.model.update(TINY_FIELDS[model_name])
   if not cpu_tuning:
     config.cpu.xla_options, config.cpu.fusion_barriers = {}, False
   model = train.build_model(config)
@@ -73,7 +82,7 @@ def _train_flops_per_image(lowered, args) -> float:
     raise RuntimeError("XLA:CPU gave no FLOP count for the train step")
   counted = subprocess.run(
       [sys.executable, os.path.abspath(__file__), "--model", args.model, "--dtype", args.dtype,
-       "--batch_size", str(args.batch_size), "--flops_only"],
+       "--batch_size", str(args.batch_size), "--flops_only", *(["--tiny"] if args.tiny else [])],
       env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True, check=True)
   return float(counted.stdout.split()[-1])
 
@@ -132,11 +141,13 @@ def main() -> None:
                       help="also time a compile served by jax's persistent cache here")
   parser.add_argument("--flops_only", action="store_true",
                       help="print the train step's FLOPs per image and exit (no timing)")
+  parser.add_argument("--tiny", action="store_true",
+                      help="a toy width of the model, for tests of this script")
   args = parser.parse_args()
 
   train.enable_compilation_cache(args.compilation_cache_dir)
   steps, state, batch = _jax_setup(args.model, args.batch_size, args.dtype,
-                                   cpu_tuning=not args.no_cpu_tuning)
+                                   cpu_tuning=not args.no_cpu_tuning, tiny=args.tiny)
   start = time.perf_counter()  # first-step compile: tracing, lowering and XLA
   lowered = steps.train.lower(state, batch)
   if args.flops_only:
@@ -178,7 +189,8 @@ def main() -> None:
       "command": " ".join(shlex.quote(a) for a in ["scripts/benchmark.py"] + sys.argv[1:]),
       "backend": jax.default_backend(), "device": device.device_kind,
       "devices": jax.device_count(), "cpus": os.cpu_count(), "platform": platform.platform(),
-      "model": args.model, "dtype": args.dtype, "batch_size": args.batch_size,
+      "model": args.model, "tiny": args.tiny, "dtype": args.dtype,
+      "batch_size": args.batch_size,
       "train_images_per_s": round(rate("jax_train"), 1),
       "eval_images_per_s": round(rate("jax_eval"), 1),
       "cpu_tuning": not args.no_cpu_tuning and xla_cpu.on_cpu(),

@@ -88,7 +88,7 @@ def _cifar_dir(data: str, out: str, log) -> str:
 
 
 def benchmark(model: str, tiny: bool, log) -> dict:
-  size = ["--batch_size", "8", "--steps", "1", "--rounds", "1"] if tiny else \
+  size = ["--batch_size", "8", "--steps", "1", "--rounds", "1", "--tiny"] if tiny else \
       ["--batch_size", "256", "--steps", "20", "--rounds", "3"]
   code, stdout = _run([sys.executable, "scripts/benchmark.py", "--model", model, "--dtype",
                        "bfloat16", "--compare_torch", *size], log, timeout=600)
