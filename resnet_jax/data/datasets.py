@@ -26,6 +26,7 @@ class Dataset:
     split_files: split name -> the pickled batch files holding it, in order.
     files_dir, archive: the directory and the .tar.gz archive of those files,
       as the dataset's own site distributes them.
+    archive_md5: the archive's MD5, as that site publishes it (download.py checks it).
     label_key: the key of the labels in each batch file.
     mean, std: per-channel statistics of its training images, in [0, 1] units.
   """
@@ -37,6 +38,7 @@ class Dataset:
   split_files: dict[str, tuple[str, ...]]
   files_dir: str
   archive: str
+  archive_md5: str
   label_key: bytes
   mean: tuple[float, float, float]
   std: tuple[float, float, float]
@@ -56,6 +58,7 @@ DATASETS = {
         split_files={"train": tuple(f"data_batch_{i}" for i in range(1, 6)),
                      "test": ("test_batch",)},
         files_dir="cifar-10-batches-py", archive="cifar-10-python.tar.gz",
+        archive_md5="c58f30108f718f92721af3b95e74349a",
         label_key=b"labels",
         mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616)),
     # The 100 fine labels (the archive's meta "fine_label_names" order); the 20 coarse
@@ -77,10 +80,12 @@ DATASETS = {
         split_sizes={"train": 50_000, "test": 10_000},
         split_files={"train": ("train",), "test": ("test",)},
         files_dir="cifar-100-python", archive="cifar-100-python.tar.gz",
+        archive_md5="eb9058c3a382ffc7106e4002c42a8d85",
         label_key=b"fine_labels",
         mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762)),
 }
 DOWNLOAD_PAGE = "https://www.cs.toronto.edu/~kriz/cifar.html"  # CIFAR's own files
+DOWNLOAD_URL = "https://www.cs.toronto.edu/~kriz/"  # + Dataset.archive
 
 # config.data.normalization: the seed's Normalize(0.5, 0.5), or the dataset's own statistics.
 NORMALIZATIONS = ("seed", "cifar")
