@@ -95,6 +95,12 @@ def configure(libraries_to_console: bool = False) -> None:
   if not libraries_to_console and not any(isinstance(f, _RunLines) for f in console.filters):
     console.addFilter(_RunLines())
     console.setFormatter(_ConsoleFormat())
+    # jax 0.7 gives its loggers a stderr handler of their own at import (its logging level's
+    # default lets INFO through): its records still reach the log file, through the root.
+    for name in ("jax", "jaxlib"):
+      for handler in logging.getLogger(name).handlers[:]:
+        if getattr(handler, "stream", None) is sys.stderr:
+          logging.getLogger(name).removeHandler(handler)
   if _log_file is None:
     _log_file = _LogFile()
     logging.getLogger().addHandler(_log_file)

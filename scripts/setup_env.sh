@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Creates a virtual environment (default .venv, or $VENV) and installs resnet_jax
-# into it, editable, with the exact versions in constraints.txt.
+# into it, editable, with its `tf` extra (tf.data input, TFDS) and the exact
+# versions in constraints.txt.
 #   bash scripts/setup_env.sh          # the package
 #   bash scripts/setup_env.sh test     # plus the test extra (pytest, CPU torch)
 # Does nothing (offline, in a second) when that venv already has this install of
@@ -9,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${VENV:-.venv}
-extras=${1:+[$1]}
+extras="[tf${1:+,$1}]"
 stamp="$venv/.resnet_jax-installed"
 inputs=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
 installed() {  # this pyproject and constraints, with extra $1 (or any, for none), are in $venv

@@ -162,7 +162,10 @@ def worker_home_and_compilation_cache(tmp_path_factory):
   # threads and 71 s with one, beside a training run (2026-12-01). One thread per worker,
   # here and in the scripts the tests start (which inherit the variable).
   os.environ["OMP_NUM_THREADS"] = "1"
-  import torch  # pylint: disable=g-import-not-at-top
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError:  # an install without the test extra's PyTorch (.ci/minimum_versions.sh)
+    return
   torch.set_num_threads(1)
 
 

@@ -25,7 +25,10 @@ def _main(*args: str, tensorflow: bool = True) -> subprocess.CompletedProcess:
 
 
 def _console_lines(result: subprocess.CompletedProcess) -> list[str]:
-  return [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+  """The lines a user sees, but the one a jaxlib older than the CPU defaults prints
+  (tests/test_train.py tests it): a run on Colab's jax 0.7.2 shows it once."""
+  return [line for line in (result.stdout + result.stderr).splitlines()
+          if line.strip() and "one of the project's CPU speed defaults" not in line]
 
 
 def test_a_smoke_run_shows_its_own_lines_and_logs_the_libraries(tmp_path):

@@ -22,9 +22,10 @@ def _uint8(images):
 
 
 def _levels(images):
-  """Float images on 8-bit levels as the device pipeline makes them (XLA's x / 255 can
-  differ from numpy's in the last bit): the inputs to compare its outputs with."""
-  return np.asarray(jnp.asarray(_uint8(images)).astype(jnp.float32) / np.float32(255))
+  """Float images on 8-bit levels as the device pipeline makes them, under jit (XLA's x / 255
+  can differ from numpy's, and jax 0.7's from its own outside jit, in the last bit): the
+  inputs to compare its outputs with."""
+  return np.asarray(jax.jit(lambda x: x.astype(jnp.float32) / np.float32(255))(_uint8(images)))
 
 
 def _norm(name: str = "seed"):

@@ -183,7 +183,8 @@ def test_fusion_barriers_change_the_compiled_step_not_the_results(name, widths):
     results.append(step(variables["params"]))
   for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(results[0]),
                           jax.tree.leaves(results[1])):
-    np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-6, err_msg=jax.tree_util.keystr(path))
+    # Float32 rounding: XLA may order a fused sum otherwise (1.6e-6 seen on jax 0.7.2).
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5, err_msg=jax.tree_util.keystr(path))
   # Inference does not pay for them: only the train step enters the context.
   hlo = jax.jit(lambda v: model.apply(v, images, train=False)).lower(variables).compile().as_text()
   assert "conditional(" not in hlo
