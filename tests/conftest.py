@@ -1,6 +1,6 @@
 """Shared fixtures: small generated CIFAR-10-format data, smoke configs and runs, fault hooks.
 
-CI runs the suite on two pytest-xdist workers (README's test command). Each worker has
+CI runs the suite on three pytest-xdist workers (README's test command). Each worker has
 a home of its own (`HOME`), so that the command lines the tests run keep their default
 compilation cache (~/.cache/resnet_jax/jax) to that worker: jax does not write its
 entries atomically, and a worker runs one test at a time. Nothing is written to the
@@ -136,7 +136,7 @@ def poison_batch(monkeypatch, n: int) -> None:
 
 # The files whose tests take longest in all (a minute or more each on the CI machine,
 # 2026-12-01), longest first. With --dist loadfile a worker takes a whole file, so
-# handing these out first lets the two workers finish together, instead of one running
+# handing these out first lets the workers finish together, instead of one running
 # a long file alone at the end. The other files keep their order, after these.
 LONGEST_FIRST = ("test_device_check.py", "test_reliability.py", "test_checkpoints.py",
                  "test_multiprocess.py", "test_fast_model.py", "test_train.py",
