@@ -41,12 +41,15 @@ def init_options() -> tuple[tuple[str, object], ...] | None:
   return (("xla_backend_optimization_level", 1),) if on_cpu() else None
 
 
-def _compiles_with(options: tuple[tuple[str, object], ...]) -> bool:
+@functools.cache
+def _compile_error(options: tuple[tuple[str, object], ...]) -> str | None:
+  """XLA's complaint about a trivial function compiled with `options`, or None. Cached:
+  _usable and check_options ask about the same options, and each compile costs."""
   try:
     jax.jit(lambda x: x + 1, compiler_options=dict(options)).lower(jnp.zeros(())).compile()
-    return True
-  except jax.errors.JaxRuntimeError:
-    return False
+    return None
+  except jax.errors.JaxRuntimeError as e:
+    return str(e)
 
 
 @functools.cache
@@ -54,12 +57,12 @@ def _usable(options: tuple[tuple[str, object], ...]) -> tuple[tuple[str, object]
   """`options` without those of the project's own defaults that this jaxlib lacks (older
   ones lack the newer options), each dropped with one warning; a user's option stays,
   for check_options to name if XLA rejects it."""
-  if _compiles_with(options):
+  if _compile_error(options) is None:
     return options
   defaults = default_config().xla_options
   kept = []
   for key, value in options:
-    if defaults.get(key) == value and not _compiles_with(((key, value),)):
+    if defaults.get(key) == value and _compile_error(((key, value),)) is not None:
       logging.warning("config.cpu.xla_options: this jaxlib (%s) has no XLA option %s, one of "
                       "the project's CPU speed defaults; compiling without it",
                       jax.lib.__version__, key)
@@ -79,12 +82,9 @@ def check_options(config: ml_collections.ConfigDict) -> None:
   """Compiles a trivial function with config.cpu.xla_options: XLA names a bad option or value
   (ValueError naming config.cpu.xla_options)."""
   options = compiler_options(config)
-  if not options:
-    return
-  try:
-    jax.jit(lambda x: x + 1, compiler_options=options).lower(jnp.zeros(())).compile()
-  except jax.errors.JaxRuntimeError as e:
-    raise ValueError(f"config.cpu.xla_options={options}: {e}") from e
+  error = options and _compile_error(tuple(sorted(options.items())))
+  if error:
+    raise ValueError(f"config.cpu.xla_options={options}: {error}")
 
 
 def fusion_barrier(x: jax.Array) -> jax.Array:

@@ -171,7 +171,7 @@ def test_deep_config_trains_with_its_augmentation_on_the_device_pipeline(tmp_pat
 _YNN = (("xla_cpu_experimental_ynn_fusion_type", ""),)
 
 
-@pytest.mark.skipif(not xla_cpu._compiles_with(_YNN),  # pylint: disable=protected-access
+@pytest.mark.skipif(xla_cpu._compile_error(_YNN) is not None,  # pylint: disable=protected-access
                     reason=f"jaxlib {jax.lib.__version__} has no YNNPACK fusions")
 @pytest.mark.parametrize("options,ynn", [({"xla_cpu_experimental_ynn_fusion_type": ""}, False),
                                          ({}, True)])
