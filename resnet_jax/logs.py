@@ -99,7 +99,7 @@ def configure(libraries_to_console: bool = False) -> None:
     # default lets INFO through): its records still reach the log file, through the root.
     for name in ("jax", "jaxlib"):
       for handler in logging.getLogger(name).handlers[:]:
-        if getattr(handler, "stream", None) is sys.stderr:
+        if type(handler) is logging.StreamHandler:  # pylint: disable=unidiomatic-typecheck
           logging.getLogger(name).removeHandler(handler)
   if _log_file is None:
     _log_file = _LogFile()

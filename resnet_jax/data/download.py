@@ -64,6 +64,7 @@ def fetch(dataset: Dataset, directory: str, url: str | None = None, md5: str | N
     if found != md5:
       raise DataError(f"{path}: MD5 {found}, not {md5} (that of {dataset.title}'s "
                       f"{dataset.archive}); move it away to download the archive again")
+    progress(f"{path}: already here, MD5 {md5} checked")
     return path
   url = url or datasets.DOWNLOAD_URL + dataset.archive
   os.makedirs(directory, exist_ok=True)
