@@ -19,8 +19,9 @@ where TTA is measured, so its time to the target is its whole wall time or none.
 OUT/race.json: per run the command, wall seconds from process start, seconds before
 the first step, the training loop's seconds, the first and the median later epoch
 (their difference: compiling, for JAX), images/s, the accuracies; the machine; and
-the ratio of the JAX runs' wall times to PyTorch's. --tiny: a toy width, 200 images,
-one epoch, for the test suite.
+the ratio of the JAX runs' wall times to PyTorch's. OUT must be new or empty: runs left
+there would resume instead of starting. --tiny: a toy width, 200 images, one epoch, for
+the test suite.
 """
 
 import argparse
@@ -136,8 +137,8 @@ def main() -> None:
     raise SystemExit(f"error: --data {args.data} does not exist")
   if args.torch_worker:
     return torch_worker(args)
-  if os.path.exists(os.path.join(args.out, "race.json")):
-    raise SystemExit(f"error: {args.out}/race.json exists; choose another --out")
+  if os.path.isdir(args.out) and os.listdir(args.out):  # its runs would resume, not start
+    raise SystemExit(f"error: --out {args.out} is not empty; a race starts from nothing")
   os.makedirs(args.out, exist_ok=True)
   cache = os.path.join(args.out, "jax_cache")
   shutil.rmtree(cache, ignore_errors=True)  # cold: nothing compiled before

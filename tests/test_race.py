@@ -26,4 +26,5 @@ def test_race_runs_both_sides_and_reports_their_times_and_accuracies(tmp_path):
       report["runs"]["jax_cold"]["wall_s"] / report["runs"]["torch"]["wall_s"], 2)
   assert json.loads(result.stdout) == report["wall_over_torch"]
   again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
-  assert again.returncode != 0 and "race.json exists" in again.stderr  # nothing overwritten
+  assert again.returncode != 0 and "is not empty" in again.stderr  # no run resumed as a race
+  assert json.loads((out / "race.json").read_text()) == report
