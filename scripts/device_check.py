@@ -100,8 +100,9 @@ def benchmark(model: str, tiny: bool, log) -> dict:
 
 
 def recipe(name: str, data_dir: str, out: str, tiny: bool, log, flags: tuple[str, ...] = (),
-           workdir: str | None = None) -> dict:
-  """Trains configs/<name>.py (and `flags`) on the hold-out split; its history summarised."""
+           workdir: str | None = None, timeout: float = 900) -> dict:
+  """Trains configs/<name>.py (and `flags`) on the hold-out split; its history summarised.
+  `timeout`: seconds it may take (a GPU's run takes minutes; a CPU's, an hour)."""
   workdir = workdir or os.path.join(out, name)
   train_split, eval_split = SPLITS["tiny" if tiny else "full"]
   command = [sys.executable, "-m", "resnet_jax.main", "--config", f"configs/{name}.py",
@@ -113,7 +114,7 @@ def recipe(name: str, data_dir: str, out: str, tiny: bool, log, flags: tuple[str
     command += ["--config.num_epochs=1", "--config.batch_size=32",
                 "--config.eval_batch_size=32", *TINY_MODELS[name]]
   start = time.perf_counter()
-  code, _ = _run(command, log, timeout=900)
+  code, _ = _run(command, log, timeout=timeout)
   wall_s = time.perf_counter() - start
   if code:
     raise RuntimeError(f"training configs/{name}.py exited with {code}")

@@ -16,12 +16,13 @@ both sides), each in a process of its own, timed by this one from its start:
 Each side's recipe runs as it is: ours evaluates the hold-out after every epoch (in
 its epoch times), airbench only at the end. A run reaches `--target` only at its end,
 where TTA is measured, so its time to the target is its whole wall time or none.
-OUT/race.json: per run the command, wall seconds from process start, seconds before
-the first step, the training loop's seconds, the first and the median later epoch
-(their difference: compiling, for JAX), images/s, the accuracies; the machine; and
-the ratio of the JAX runs' wall times to PyTorch's. OUT must be new or empty: runs left
-there would resume instead of starting. --tiny: a toy width, 200 images, one epoch, for
-the test suite.
+OUT/race.json: per run the command (its output: OUT/race.log), wall seconds from
+process start, seconds before the first step, the training loop's seconds, the first
+and the median later epoch (their difference: compiling, for JAX), images/s, the
+accuracies; the machine; and the ratio of the JAX runs' wall times to PyTorch's. OUT
+must be new or empty: runs left there would resume instead of starting. --tiny: a toy
+width, 64 images, one epoch, for the test suite (scripts/device_check.py's tiny split
+and fast_muon model).
 """
 
 import argparse
@@ -29,64 +30,46 @@ import json
 import os
 import platform
 import shlex
-import shutil
 import statistics
-import subprocess
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SPLITS = {"full": ("train[:45000]", "train[45000:]"), "tiny": ("train[:200]", "train[200:300]")}
-TINY = {"widths": (8, 16, 16), "batch_size": 100, "epochs": 1}
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import device_check  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+TIMEOUT_S = 4 * 3600  # one side's run; about 40 minutes for JAX's alone on 2 CPU cores
+TINY = {"widths": (8, 16, 16), "batch_size": 32, "epochs": 1}  # device_check's tiny fast_muon
 
 
-def _jax_run(args, name: str, cache: str) -> dict:
-  train_split, eval_split = SPLITS["tiny" if args.tiny else "full"]
-  workdir = os.path.join(args.out, name)
-  command = [sys.executable, "-m", "resnet_jax.main", "--config", "configs/fast_muon.py",
-             "--workdir", workdir, "--config.data.source=files", f"--config.data.dir={args.data}",
-             f"--config.data.train_split={train_split}", f"--config.data.eval_split={eval_split}",
-             f"--config.compilation_cache_dir={cache}"]
-  if args.tiny:
-    command += [f"--config.model.widths={TINY['widths']}".replace(" ", ""),
-                f"--config.batch_size={TINY['batch_size']}",
-                f"--config.eval_batch_size={TINY['batch_size']}",
-                f"--config.num_epochs={TINY['epochs']}"]
-  wall_s = _timed(command, os.path.join(args.out, f"{name}.log"))
-  with open(os.path.join(workdir, "history.json")) as f:
-    history = json.load(f)
-  ends = [h["elapsed_s"] for h in history]
+def _jax_run(args, name: str, cache: str, log) -> dict:
+  result = device_check.recipe(
+      "fast_muon", args.data, args.out, args.tiny, log, workdir=os.path.join(args.out, name),
+      flags=(f"--config.compilation_cache_dir={cache}",), timeout=TIMEOUT_S)
+  ends = [h["elapsed_s"] for h in result["per_epoch"]]
   epochs = [b - a for a, b in zip([0.0] + ends, ends)]
-  return _summary(command, wall_s, epochs, history[-1]["eval_accuracy"],
-                  history[-1].get("eval_tta_accuracy"),
-                  max(h["images_per_s"] for h in history), args.target)
+  return _summary(result["command"], result["wall_s"], epochs, result["eval_accuracy"],
+                  result["eval_tta_accuracy"], result["images_per_s"], args.target)
 
 
-def _torch_run(args) -> dict:
+def _torch_run(args, log) -> dict:
   command = [sys.executable, os.path.abspath(__file__), "--torch_worker", "--data", args.data,
              "--out", args.out, *(["--tiny"] if args.tiny else [])]
-  wall_s = _timed(command, os.path.join(args.out, "torch.log"))
+  start = time.perf_counter()
+  code, _ = device_check._run(command, log, timeout=TIMEOUT_S)  # pylint: disable=protected-access
+  wall_s = time.perf_counter() - start
+  if code:
+    raise SystemExit(f"error: the PyTorch side exited with {code}; see {args.out}/race.log")
   with open(os.path.join(args.out, "torch_worker.json")) as f:
     worker = json.load(f)
-  return _summary(command, wall_s, worker["epoch_s"], worker["eval_accuracy"],
+  return _summary(shlex.join(command[1:]), wall_s, worker["epoch_s"], worker["eval_accuracy"],
                   worker["eval_tta_accuracy"], worker["images_per_s"], args.target)
-
-
-def _timed(command: list[str], log_path: str) -> float:
-  """Runs `command` in the repo, its output into `log_path`; its wall seconds."""
-  start = time.perf_counter()
-  with open(log_path, "w") as log:
-    code = subprocess.run(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode
-  if code:
-    raise SystemExit(f"error: {shlex.join(command[1:4])} ... exited with {code}; see {log_path}")
-  return time.perf_counter() - start
 
 
 def _summary(command, wall_s, epoch_s, accuracy, tta_accuracy, images_per_s, target) -> dict:
   loop_s = sum(epoch_s)
   later = statistics.median(epoch_s[1:]) if len(epoch_s) > 1 else None
   reached = tta_accuracy is not None and tta_accuracy >= target
-  return {"command": shlex.join(command[1:]), "wall_s": round(wall_s, 1),
+  return {"command": command, "wall_s": round(wall_s, 1),
           "before_first_step_s": round(wall_s - loop_s, 1), "loop_s": round(loop_s, 1),
           "first_epoch_s": round(epoch_s[0], 1),
           "median_later_epoch_s": None if later is None else round(later, 1),
@@ -99,15 +82,14 @@ def _summary(command, wall_s, epoch_s, accuracy, tta_accuracy, images_per_s, tar
 def torch_worker(args) -> None:
   """The PyTorch side, in its own process: trains, evaluates, writes torch_worker.json."""
   import torch  # pylint: disable=g-import-not-at-top
-  sys.path.insert(0, REPO)
+  sys.path.insert(0, device_check.REPO)
   from resnet_jax.data import datasets, sources  # pylint: disable=g-import-not-at-top
   from tests import airbench_reference as airbench  # pylint: disable=g-import-not-at-top
-  train_split, eval_split = SPLITS["tiny" if args.tiny else "full"]
+  train_split, eval_split = device_check.SPLITS["tiny" if args.tiny else "full"]
   cifar10 = datasets.DATASETS["cifar10"]
   images, labels = sources.load_files(args.data, train_split, cifar10)
   eval_images, eval_labels = sources.load_files(args.data, eval_split, cifar10)
-  size = dict(widths=TINY["widths"], batch_size=TINY["batch_size"],
-              epochs=TINY["epochs"]) if args.tiny else {}
+  size = TINY if args.tiny else {}  # airbench.train's keywords
   ends = [time.perf_counter()]
   model = airbench.train(images, labels, autocast=True, **size,
                          on_epoch=lambda epoch, model: ends.append(time.perf_counter()))
@@ -140,12 +122,12 @@ def main() -> None:
   if os.path.isdir(args.out) and os.listdir(args.out):  # its runs would resume, not start
     raise SystemExit(f"error: --out {args.out} is not empty; a race starts from nothing")
   os.makedirs(args.out, exist_ok=True)
-  cache = os.path.join(args.out, "jax_cache")
-  shutil.rmtree(cache, ignore_errors=True)  # cold: nothing compiled before
-  runs = {"jax_cold": _jax_run(args, "jax_cold", cache)}
-  if not args.skip_warm:
-    runs["jax_warm"] = _jax_run(args, "jax_warm", cache)
-  runs["torch"] = _torch_run(args)
+  cache = os.path.join(args.out, "jax_cache")  # cold: a new folder, nothing compiled before
+  with open(os.path.join(args.out, "race.log"), "a") as log:
+    runs = {"jax_cold": _jax_run(args, "jax_cold", cache, log)}
+    if not args.skip_warm:
+      runs["jax_warm"] = _jax_run(args, "jax_warm", cache, log)
+    runs["torch"] = _torch_run(args, log)
   report = {"command": shlex.join(["scripts/race.py"] + sys.argv[1:]), "tiny": args.tiny,
             "target": args.target, "machine": {"platform": platform.platform(),
                                                "cpus": os.cpu_count()},
