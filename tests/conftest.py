@@ -7,6 +7,7 @@ entries atomically, and a worker runs one test at a time. Nothing is written to 
 real home.
 """
 
+import importlib.util
 import os
 import pickle
 import tarfile
@@ -17,6 +18,14 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(REPO, "..", "shared", "data")
+
+
+def load_script(name: str):
+  """scripts/<name>.py as a module, for tests of its functions."""
+  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "scripts", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def write_cifar_dir(root, per_batch: int = 20, seed: int = 0) -> tuple[str, dict]:

@@ -1,12 +1,11 @@
 """scripts/device_check.py, shrunk to seconds (--tiny): known to work before a GPU runs it."""
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 
-from tests.conftest import REPO, write_cifar_dir
+from tests.conftest import REPO, load_script, write_cifar_dir
 
 
 def test_device_check_runs_every_part_in_its_tiny_mode(tmp_path):
@@ -46,10 +45,7 @@ def test_the_benchmark_counts_the_flops_of_the_seed_models_train_step():
 
 def test_a_zip_is_unpacked_into_the_folder_the_recipes_read(tmp_path):
   """The shared make_cifar10_batches.py ZIP OUT_DIR writes the batches into OUT_DIR itself."""
-  spec = importlib.util.spec_from_file_location(
-      "device_check", os.path.join(REPO, "scripts", "device_check.py"))
-  device_check = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(device_check)
+  device_check = load_script("device_check")
   shared = tmp_path / "shared"
   shared.mkdir()
   (shared / "cifar10-train-jpeg-q75.zip").write_bytes(b"")

@@ -1,23 +1,13 @@
 """scripts/seed_sweep.py: variants times seeds, each run's result and each variant's spread."""
 
-import importlib.util
 import json
-import os
 import statistics
 import subprocess
 import sys
 
 import pytest
 
-from tests.conftest import REPO, write_cifar_dir
-
-
-def _load():
-  spec = importlib.util.spec_from_file_location(
-      "seed_sweep", os.path.join(REPO, "scripts", "seed_sweep.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from tests.conftest import REPO, load_script, write_cifar_dir
 
 
 def _sweep(tmp_path, *args):
@@ -71,5 +61,5 @@ def test_an_unknown_or_untiny_config_is_named(tmp_path, args, message):
 
 
 def test_no_variant_means_one_named_base():
-  assert _load().parse_variants([]) == {"base": []}
-  assert _load().parse_variants(["w3=--a=1 --b='x y'"]) == {"w3": ["--a=1", "--b=x y"]}
+  assert load_script("seed_sweep").parse_variants([]) == {"base": []}
+  assert load_script("seed_sweep").parse_variants(["w3=--a=1 --b='x y'"]) == {"w3": ["--a=1", "--b=x y"]}
