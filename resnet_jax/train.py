@@ -116,18 +116,11 @@ def create_train_state(config, model: models.Model, tx: optax.GradientTransforma
   variables = models.init_variables(model, init_rng)
   averages = optim.weight_averages(config.optimizer, total_steps)
   trained = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
-
-  @jax.jit  # one program for all the zeros: eagerly, each leaf shape's would compile its own
-  def optimizer_side(params):  # the optimizer, plateau and non-finite record
-    return (tx.init(params), (plateau or optim.Plateau()).init(), jnp.zeros((), jnp.int32),
-            jnp.full((), -1, jnp.int32))
-
-  opt_state, plateau_state, skipped, first_nonfinite = optimizer_side(variables["params"])
-  return TrainState(
-      step=0, apply_fn=model.apply, params=variables["params"], tx=tx, opt_state=opt_state,
+  return TrainState.create(
+      apply_fn=model.apply, params=variables["params"], tx=tx,
       batch_stats=variables["batch_stats"], constants=variables.get("constants"),
-      plateau=plateau_state, rng=dropout_rng, skipped_steps=skipped,
-      first_nonfinite_step=first_nonfinite,
+      plateau=(plateau or optim.Plateau()).init(), rng=dropout_rng,
+      skipped_steps=jnp.zeros((), jnp.int32), first_nonfinite_step=jnp.full((), -1, jnp.int32),
       averages={name: average.init(trained) for name, average in averages.items()} or None,
       evaluated_average=optim.evaluated_average(config.optimizer))
 
