@@ -16,9 +16,9 @@ PyTorch's is each op's self time on the calling thread (its kernels' threads ins
 OUT/profile.json: per side the wall ms per step, each kind's ms per step and share
 ("no op running": the rest of the wall), and the ten costliest ops; OUT/jax_trace
 holds JAX's trace (TensorBoard's profile plugin or Perfetto open it). The trace keeps
-at most a million events, about three steps of fast_muon's batch on 2 CPU cores
-(its thread pool's events fill it); a longer one is an error. --tiny: toy widths and
-batch 32, for the test suite.
+at most a million events: one step of fast_muon's batch on 2 CPU cores made about
+350,000 (most of them its thread pool's), three lost some; a cut trace is an error.
+--tiny: toy widths and batch 32, for the test suite.
 """
 
 import argparse
@@ -46,7 +46,7 @@ TRACE_EVENT_LIMIT = 1_000_000  # jax.profiler's Perfetto trace keeps at most thi
 # (kind, pattern on the lower-cased op name), first match wins. XLA names a fusion
 # after what it holds (transpose_copy_fusion); PyTorch's backward ops carry their
 # forward's name (ConvolutionBackward0, NativeBatchNormBackward0).
-KINDS = (("convolution", r"conv"), ("pooling", r"pool|reduce-window|select-and-scatter"),
+KINDS = (("convolution", r"conv(?!ert)"), ("pooling", r"pool|reduce-window|select-and-scatter"),
          ("batchnorm", r"batch_norm|batchnorm"), ("matmul", r"\bdot|mm\b|matmul|linear"),
          ("transpose and copy", r"transpose|copy|permute|contiguous|clone|_to\b|aten::to\b"),
          ("reduction", r"reduce|sum|mean"), ("elementwise and other", r""))

@@ -12,7 +12,8 @@ from tests.conftest import load_script
 
 @pytest.mark.parametrize("name, kind", [
     ("conv_general_dilated.28", "convolution"), ("ConvolutionBackward0", "convolution"),
-    ("aten::mkldnn_convolution", "convolution"), ("reduce-window.2", "pooling"),
+    ("aten::mkldnn_convolution", "convolution"), ("convert_bitcast_fusion.2", "elementwise and other"),
+    ("reduce-window.2", "pooling"),
     ("aten::max_pool2d_with_indices", "pooling"), ("aten::native_batch_norm", "batchnorm"),
     ("NativeBatchNormBackward0", "batchnorm"), ("dot.3", "matmul"), ("aten::addmm", "matmul"),
     ("aten::mm", "matmul"), ("transpose_copy_fusion.1", "transpose and copy"),
