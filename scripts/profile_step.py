@@ -41,7 +41,8 @@ from configs import fast_muon
 from resnet_jax import models, optim, train
 from resnet_jax.data import batches
 
-TINY = {"widths": (8, 16, 16), "batch_size": 32}
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from race import TINY  # the race's toy fast_muon, on both sides
 TRACE_EVENT_LIMIT = 1_000_000  # jax.profiler's Perfetto trace keeps at most this many
 # (kind, pattern on the lower-cased op name), first match wins. XLA names a fusion
 # after what it holds (transpose_copy_fusion); PyTorch's backward ops carry their
@@ -136,16 +137,16 @@ def profile_jax(args) -> dict:
 def profile_torch(args) -> dict:
   import torch
   from tests import airbench_reference as airbench
-  size = TINY if args.tiny else {"batch_size": 2000}
+  size = TINY if args.tiny else {"batch_size": 2000, "epochs": 1}
   rng = np.random.default_rng(0)
   n = size["batch_size"] * args.steps
   images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
   labels = np.arange(n) % 10
-  airbench.train(images[:2 * size["batch_size"]], labels[:2 * size["batch_size"]], epochs=1,
+  airbench.train(images[:2 * size["batch_size"]], labels[:2 * size["batch_size"]],
                  autocast=True, **size)  # warm-up: oneDNN's kernels chosen, threads started
   with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
     start = time.perf_counter()
-    airbench.train(images, labels, epochs=1, autocast=True, **size)
+    airbench.train(images, labels, autocast=True, **size)
     wall_s = time.perf_counter() - start
   ops = {e.key: e.self_cpu_time_total for e in prof.key_averages()}
   return table(ops, args.steps, wall_s)
