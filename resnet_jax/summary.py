@@ -35,10 +35,12 @@ def layer_rows(model: models.Model) -> list[tuple[str, str, tuple[int, ...], int
       return True
     return False
 
-  variables = models.init_variables(model, jax.random.key(0))
-  images = jnp.zeros((1, *models.IMAGE_SHAPE), jnp.float32)
-  _, state = model.apply(variables, images, train=False, capture_intermediates=record,
-                         mutable=["intermediates"])
+  # Shapes only (jax.eval_shape): nothing is initialised, compiled or computed.
+  variables = jax.eval_shape(lambda: models.init_variables(model, jax.random.key(0)))
+  images = jax.ShapeDtypeStruct((1, *models.IMAGE_SHAPE), jnp.float32)
+  _, state = jax.eval_shape(
+      lambda v, x: model.apply(v, x, train=False, capture_intermediates=record,
+                               mutable=["intermediates"]), variables, images)
   rows = []
   for path, kind in calls:
     output, params = state["intermediates"], variables["params"]
