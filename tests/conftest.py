@@ -83,6 +83,16 @@ def cifar_archive(tmp_path):
   return archive, arrays
 
 
+def write_unlabeled(tmp_path) -> str:
+  """A pickle of 40 synthetic test images without labels, as --mode predict reads; its path."""
+  from resnet_jax.data import sources  # pylint: disable=g-import-not-at-top
+  images, _ = sources.load_synthetic("test[:40]", {"train": 512, "test": 256})
+  path = str(tmp_path / "unlabeled.pkl")
+  with open(path, "wb") as f:
+    pickle.dump({b"data": images}, f)
+  return path
+
+
 def data_config(location: str, **overrides) -> ml_collections.ConfigDict:
   from resnet_jax.data import augmentations  # pylint: disable=g-import-not-at-top
   config = dict(dataset="cifar10", source="files", dir=location, tfds_data_dir=None,

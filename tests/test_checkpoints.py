@@ -17,7 +17,7 @@ import torch
 from resnet_jax import checkpoints, convert_torch, evaluate, train
 from resnet_jax.data import datasets, pickles, sources
 from tests import torch_reference
-from tests.conftest import REPO, signal_at_batch, write_cifar100_dir
+from tests.conftest import REPO, signal_at_batch, write_cifar100_dir, write_unlabeled
 from tests.test_data_sources import _Planted
 from tests.conftest import smoke_config as _smoke
 
@@ -171,7 +171,7 @@ def test_cli_eval_and_plots(trained, tmp_path):
   assert f"checkpoint {workdir}/checkpoints/32 (as requested)" in result.stdout
   predicted = subprocess.run([sys.executable, "-m", "resnet_jax.main", "--config",
                               "configs/smoke.py", "--workdir", workdir, "--mode", "predict",
-                              "--input", _unlabeled(tmp_path), "--output",
+                              "--input", write_unlabeled(tmp_path), "--output",
                               str(tmp_path / "p.csv")], capture_output=True, text=True, cwd=REPO)
   assert predicted.returncode == 0, predicted.stderr[-2000:]
   assert f"checkpoint {workdir}/checkpoints/" in predicted.stdout
@@ -188,37 +188,12 @@ def test_cli_eval_and_plots(trained, tmp_path):
   assert plots.returncode == 0 and os.path.getsize(os.path.join(workdir, "curves.png")) > 1000
 
 
-def _unlabeled(tmp_path) -> str:
-  images, _ = sources.load_synthetic("test[:40]", {"train": 512, "test": 256})
-  path = str(tmp_path / "unlabeled.pkl")
-  with open(path, "wb") as f:
-    pickle.dump({b"data": images}, f)
-  return path
-
-
 def _preempt(config, workdir: str, step: int) -> None:
   """Trains until a SIGTERM that arrives during `step` (counted from 1) stops the run."""
   with pytest.MonkeyPatch.context() as patch:
     signal_at_batch(patch, step, signal.SIGTERM)
     with pytest.raises(train.Preempted):
       train.train_and_evaluate(config, workdir)
-
-
-@pytest.mark.parametrize("pipeline", ["tfdata", "device"])
-def test_eval_and_predict_after_a_preempted_and_resumed_run(tmp_path, pipeline):
-  workdir = str(tmp_path / "run")
-  config = _smoke(**{"data.pipeline": pipeline})
-  _preempt(config, workdir, 21)  # step 5 of epoch 2
-  _, history = train.train_and_evaluate(config, workdir)
-  # The mid-epoch checkpoint (no accuracy) is among the last 3 kept: it broke eval.
-  assert "21" in os.listdir(os.path.join(workdir, "checkpoints"))
-  best = max(history, key=lambda h: (h["eval_accuracy"], h["epoch"]))
-  metrics = evaluate.evaluate_checkpoint(config, workdir)
-  assert metrics["step"] == 16 * best["epoch"]
-  assert metrics["chosen"] == f"best validation accuracy, {best['eval_accuracy']:.4f}"
-  assert metrics["accuracy"] == pytest.approx(best["eval_accuracy"], abs=1e-6)
-  result = evaluate.predict(config, workdir, _unlabeled(tmp_path), str(tmp_path / "p.csv"))
-  assert result["count"] == 40 and result["checkpoint"] == metrics["checkpoint"]
 
 
 def _snapshot_checkpoints(workdir: str) -> dict:
@@ -235,7 +210,7 @@ def test_every_kind_of_checkpoint_through_every_command(tmp_path, trained):
   shutil.copytree(trained[0], kinds["end_of_epoch"])
   _preempt(_smoke(), kinds["mid_epoch"], 5)  # its only checkpoint: step 5 of epoch 1
   convert_torch.convert_checkpoint("shallow", pth, kinds["converted"])
-  unlabeled = _unlabeled(tmp_path)
+  unlabeled = write_unlabeled(tmp_path)
   for kind, workdir in kinds.items():
     config = _smoke(**{"model": {"name": "shallow"}}) if kind == "converted" else _smoke()
     expected_step = {"end_of_epoch": None, "mid_epoch": 5, "converted": 0}[kind]

@@ -12,8 +12,8 @@ import jax
 import numpy as np
 import pytest
 
-from resnet_jax import checkpoints, train
-from tests.conftest import REPO, poison_batch, signal_at_batch
+from resnet_jax import checkpoints, evaluate, train
+from tests.conftest import REPO, poison_batch, signal_at_batch, write_unlabeled
 from tests.conftest import smoke_config as _smoke
 
 
@@ -41,6 +41,17 @@ def test_signal_mid_epoch_checkpoints_and_the_rerun_matches_uninterrupted(
     np.testing.assert_array_equal(ours, theirs)
   untimed = lambda hs: [{k: v for k, v in h.items() if k not in train.TIMED_SCALARS} for h in hs]
   assert untimed(history) == untimed(full_history)  # epoch 2's metrics span the restart
+  # The resumed run's workdir evaluates and predicts: the mid-epoch checkpoint (no accuracy)
+  # is among the last 3 kept, and once broke choosing the best.
+  assert "21" in os.listdir(workdir / "checkpoints")
+  best = max(history, key=lambda h: (h["eval_accuracy"], h["epoch"]))
+  metrics = evaluate.evaluate_checkpoint(config, str(workdir))
+  assert metrics["step"] == 16 * best["epoch"]
+  assert metrics["chosen"] == f"best validation accuracy, {best['eval_accuracy']:.4f}"
+  assert metrics["accuracy"] == pytest.approx(best["eval_accuracy"], abs=1e-6)
+  result = evaluate.predict(config, str(workdir), write_unlabeled(tmp_path),
+                            str(tmp_path / "p.csv"))
+  assert result["count"] == 40 and result["checkpoint"] == metrics["checkpoint"]
 
 
 def test_sigterm_to_the_cli_exits_with_a_resume_message(tmp_path):
