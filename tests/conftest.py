@@ -153,17 +153,18 @@ def poison_batch(monkeypatch, n: int) -> None:
                    if drawn == n else batch)
 
 
-# Every file, by the seconds its tests took in all on the CI machine (2026-12-02, three
-# workers on two cores), longest first. With --dist loadfile a worker takes a whole file,
-# so handing the long ones out first lets the workers finish together instead of one
-# running a long file alone at the end. A file not listed (a new one) comes last.
+# Every file, by the seconds its tests took in all (docs/measurements/cpu/
+# suite_durations_36d4eab_n3_2026-12-02.txt: three workers on the 2-core CI machine),
+# longest first. With --dist loadfile a worker takes a whole file, so handing the long
+# ones out first lets the workers finish together instead of one running a long file
+# alone at the end. A file not listed (a new one) comes last.
 LONGEST_FIRST = (
-    "test_reliability.py", "test_checkpoints.py", "test_device_check.py", "test_train.py",
-    "test_models.py", "test_fast_model.py", "test_multiprocess.py", "test_parity_training.py",
+    "test_reliability.py", "test_checkpoints.py", "test_models.py", "test_device_check.py",
+    "test_train.py", "test_fast_model.py", "test_multiprocess.py", "test_parity_training.py",
     "test_device_pipeline.py", "test_console.py", "test_four_devices.py",
     "test_checkpoint_layouts.py", "test_seed_sweep.py", "test_tta.py", "test_race.py",
-    "test_convert_torch.py", "test_parity.py", "test_optim.py", "test_data_sources.py",
-    "test_profile_step.py", "test_summary.py", "test_input_pipeline.py",
+    "test_convert_torch.py", "test_parity.py", "test_summary.py", "test_optim.py",
+    "test_data_sources.py", "test_profile_step.py", "test_input_pipeline.py",
     "test_airbench_reference.py", "test_download.py", "test_pipelines.py")
 
 
