@@ -97,13 +97,20 @@ def _thunk_us(trace_dir: str) -> dict[str, float]:
     raise SystemExit(f"error: the trace in {trace_dir} hit the profiler's {TRACE_EVENT_LIMIT:,} "
                      "events and lost the rest; profile fewer --steps")
   intervals = _thunk_intervals(events)
-  bounds = sorted({t for _, start, end in intervals for t in (start, end)})
-  us = collections.Counter()
-  for left, right in zip(bounds, bounds[1:]):
-    running = [n for n, start, end in intervals if start <= left and end >= right]
+  # One sweep over the starts and ends (a trace holds some 10^5 thunks): between two
+  # consecutive times, the thunks started and not yet ended are the ones running.
+  edges = sorted((t, i, step) for i, (_, start, end) in enumerate(intervals)
+                 for t, step in ((start, 1), (end, -1)))
+  active, us, last = collections.Counter(), collections.Counter(), None
+  for t, i, step in edges:
+    running = [intervals[j][0] for j, count in active.items() if count > 0]
     inner = [n for n in running if not n.startswith("cond")] or running
     for name in inner:
-      us[name] += (right - left) / len(inner)
+      us[name] += (t - last) / len(inner)
+    active[i] += step
+    if not active[i]:
+      del active[i]  # ended: the running set stays as small as what runs at once
+    last = t
   return dict(us)
 
 
