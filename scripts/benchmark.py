@@ -17,9 +17,9 @@ The JAX steps use the project's defaults, XLA:CPU speed settings included
 (config.cpu, docs/performance.md); --no_cpu_tuning measures without them. With
 --compilation_cache_dir it compiles the train step a second time through jax's
 persistent compilation cache and reports that time as cached_compile_s.
---tiny times the model's layout at a few channels and one block a stage (PyTorch's
-model stays the seed's): seconds on a CPU, for tests of this script and of
-scripts/device_check.py; its numbers measure nothing.
+--tiny times the model's layout at a few channels and one block a stage, on both
+sides: seconds on a CPU, for tests of this script and of scripts/device_check.py; its
+numbers measure nothing.
 """
 
 import argparse
@@ -95,14 +95,19 @@ def _time(fn, steps: int) -> float:
   return (time.perf_counter() - start) / steps
 
 
-def _torch_round(model_name: str, batch_size: int, dtype: str):
+def _torch_round(model_name: str, batch_size: int, dtype: str, tiny: bool):
   """PyTorch's train and eval steps on the device JAX uses (a GPU's, else the CPU)."""
   import torch  # pylint: disable=g-import-not-at-top
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   from tests import torch_reference  # pylint: disable=g-import-not-at-top
   device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
-  model = (torch_reference.ShallowResNet() if model_name == "shallow"
-           else torch_reference.DeepResNet()).to(device, memory_format=torch.channels_last)
+  shape = {}
+  if tiny:  # the JAX side's toy layout, in the reference's arguments
+    fields = TINY_FIELDS[model_name]
+    shape = dict(stem=fields["stem_width"], widths=fields["stage_widths"],
+                 blocks=fields["stage_blocks"])
+  model = (torch_reference.ShallowResNet(**shape) if model_name == "shallow"
+           else torch_reference.DeepResNet(**shape)).to(device, memory_format=torch.channels_last)
   opt = torch.optim.Adam(model.parameters(), lr=1e-3)
   x = torch.randn(batch_size, 3, 32, 32, device=device).to(memory_format=torch.channels_last)
   y = torch.randint(0, 10, (batch_size,), device=device)
@@ -171,7 +176,7 @@ def main() -> None:
     jax.block_until_ready(steps.eval(holder["state"], batch))
 
   jax_eval()  # compile eval outside the timing
-  torch_steps = _torch_round(args.model, args.batch_size, args.dtype) \
+  torch_steps = _torch_round(args.model, args.batch_size, args.dtype, args.tiny) \
       if args.compare_torch else None
   if torch_steps:  # warm-up
     for step in torch_steps:

@@ -8,6 +8,13 @@ step that training runs: shallow Adam 1e-3; deep Adam 1e-4 with coupled L2 1e-3,
 3 accumulated micro-batches per update and a plateau reduction (factor 0.1)
 driven half-way through on both sides.
 
+The deep recipe trains the deep model's stages at one block each but two in stage 3
+(DEEP_BLOCKS) instead of the seed's 3/4/11/2: every kind of block the model has (a
+projection at stride 1 and 2, an identity block at width 115 after the 16->24 max
+pool), every layer and the same recipe, at a fraction of the compile, which grows with
+the blocks (docs/performance.md). test_parity.py compares the full model's function
+with PyTorch's.
+
 Tolerance: float32 rounding, a few units in the last place of the values
 compared (ATOL, RTOL; measured: at most 1.5e-6 on BatchNorm variances of order
 1-10, 4e-6 on losses near 2.3). Three things make honest float32 programs
@@ -52,6 +59,7 @@ ATOL, RTOL, LOSS_RTOL = 1e-6, 1e-6, 1e-5
 ROUNDING = 1e-4
 GRADIENT_ROUNDING = 5e-5  # measured: up to 1.5e-5 (the deep model's first update)
 UPDATES = 8  # 4 at the initial lr, 4 after the plateau cut (deep): every quantity moves
+DEEP_BLOCKS = (1, 1, 2, 1)
 
 
 class Decisions:
@@ -128,7 +136,9 @@ def _recipe(name: str):
   config = deep_config.get_config()
   config.model.stem_dropout = 0.0
   config.model.stage_dropout = (0.0,) * 4
-  return torch_reference.DeepResNet(stem_dropout=0.0, dropout=0.0).train(), config
+  config.model.stage_blocks = DEEP_BLOCKS
+  return torch_reference.DeepResNet(stem_dropout=0.0, dropout=0.0,
+                                    blocks=DEEP_BLOCKS).train(), config
 
 
 def _drive_plateau_to_a_reduction(config, state, scheduler):

@@ -39,16 +39,18 @@ def _stage(in_planes: int, planes: int, blocks: int, stride: int, act_out) -> nn
 
 
 class ShallowResNet(nn.Module):
-  """2,777,674 parameters: 3 stages x 2 blocks, 64/128/256 channels, ReLU."""
+  """2,777,674 parameters: 3 stages x 2 blocks, 64/128/256 channels, ReLU. `stem`, `widths`
+  and `blocks` shrink it as the family's fields do (benchmark.py's --tiny)."""
 
-  def __init__(self, num_classes: int = 10):
+  def __init__(self, num_classes: int = 10, stem: int = 64,
+               widths: tuple[int, ...] = (64, 128, 256), blocks: tuple[int, ...] = (2, 2, 2)):
     super().__init__()
-    self.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
-    self.bn1 = nn.BatchNorm2d(64)
-    self.layer1 = _stage(64, 64, 2, 1, nn.ReLU())
-    self.layer2 = _stage(64, 128, 2, 2, nn.ReLU())
-    self.layer3 = _stage(128, 256, 2, 2, nn.ReLU())
-    self.fc = nn.Linear(256, num_classes)
+    self.conv1 = nn.Conv2d(3, stem, 3, stride=1, padding=1, bias=False)
+    self.bn1 = nn.BatchNorm2d(stem)
+    self.layer1 = _stage(stem, widths[0], blocks[0], 1, nn.ReLU())
+    self.layer2 = _stage(widths[0], widths[1], blocks[1], 2, nn.ReLU())
+    self.layer3 = _stage(widths[1], widths[2], blocks[2], 2, nn.ReLU())
+    self.fc = nn.Linear(widths[2], num_classes)
 
   def forward(self, x):
     out = F.relu(self.bn1(self.conv1(x)))
@@ -58,24 +60,28 @@ class ShallowResNet(nn.Module):
 
 
 class DeepResNet(nn.Module):
-  """4,999,689 parameters: the seed's final deep notebook."""
+  """4,999,689 parameters: the seed's final deep notebook. `stem`, `widths` and `blocks`
+  shrink it as the family's fields do: the training parity test trains a shorter stack of
+  the same blocks, benchmark.py's --tiny a narrow one."""
 
   def __init__(self, num_classes: int = 10, stem_dropout: float = 0.432,
-               dropout: float = 0.287):
+               dropout: float = 0.287, stem: int = 16,
+               widths: tuple[int, ...] = (32, 64, 115, 256),
+               blocks: tuple[int, ...] = (3, 4, 11, 2)):
     super().__init__()
     gelu = nn.GELU()  # exact erf form, PyTorch's default
-    self.conv1 = nn.Conv2d(3, 16, 3, stride=1, padding=1, bias=False)
-    self.bn1 = nn.BatchNorm2d(16)
+    self.conv1 = nn.Conv2d(3, stem, 3, stride=1, padding=1, bias=False)
+    self.bn1 = nn.BatchNorm2d(stem)
     self.dropout1 = nn.Dropout(stem_dropout)
-    self.layer1 = _stage(16, 32, 3, 1, gelu)
+    self.layer1 = _stage(stem, widths[0], blocks[0], 1, gelu)
     self.dropout2 = nn.Dropout(dropout)
-    self.layer2 = _stage(32, 64, 4, 2, gelu)
+    self.layer2 = _stage(widths[0], widths[1], blocks[1], 2, gelu)
     self.maxpool = nn.AdaptiveMaxPool2d((24, 24))
-    self.layer3 = _stage(64, 115, 11, 2, gelu)
+    self.layer3 = _stage(widths[1], widths[2], blocks[2], 2, gelu)
     self.dropout3 = nn.Dropout(dropout)
-    self.layer4 = _stage(115, 256, 2, 2, gelu)
+    self.layer4 = _stage(widths[2], widths[3], blocks[3], 2, gelu)
     self.avgpool = nn.AdaptiveAvgPool2d((3, 3))
-    self.fc = nn.Linear(256 * 3 * 3, num_classes)
+    self.fc = nn.Linear(widths[3] * 3 * 3, num_classes)
 
   def forward(self, x):
     out = self.dropout1(F.relu(self.bn1(self.conv1(x))))
