@@ -2,7 +2,9 @@
 
 import collections
 import colorsys
+import json
 import math
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from resnet_jax.data import augmentations, datasets, device_pipeline, tfdata_pipeline
-from tests.conftest import data_config
+from tests.conftest import data_config, load_script
 from tests.test_input_pipeline import _augment as tf_augment
 from tests.test_input_pipeline import (_blend_factors, _centroids, _colour_images, _gray,
                                        _marker_images)
@@ -91,11 +93,11 @@ def test_device_split_batches_inside_jit_deterministically():
   np.testing.assert_allclose(pixels, np.clip(np.round(pixels), 0, 255), atol=1e-3)
 
 
-def test_input_benchmark_prints_its_json(tmp_path):
-  import json, subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
-  result = subprocess.run([sys.executable, "scripts/benchmark_input.py", "--steps", "3",
-                           "--batch_size", "64"], capture_output=True, text=True, check=True)
-  report = json.loads(result.stdout)
+def test_input_benchmark_prints_its_json(monkeypatch, capsys):
+  monkeypatch.setattr(sys, "argv", ["scripts/benchmark_input.py", "--steps", "3",
+                                    "--batch_size", "64"])
+  load_script("benchmark_input").main()  # in this process: its imports are already paid for
+  report = json.loads(capsys.readouterr().out)
   assert report["command"].startswith("scripts/benchmark_input.py")
   kinds = {(r["pipeline"], r["preset"]) for r in report["results"]}
   assert kinds == {("tfdata", "shallow"), ("tfdata", "deep"), ("numpy", "none"),
