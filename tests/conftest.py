@@ -18,6 +18,11 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(REPO, "..", "shared", "data")
+# The deep preset's stages at 1, 1, 2 and 1 of its 3, 4, 11 and 2 blocks: every kind of block
+# it has (a projection at stride 1 and at stride 2, an identity block at width 115 after the
+# 16->24 max pool) at a fraction of the 20 blocks' compile, for tests whose point does not
+# depend on how often a block repeats.
+DEEP_EVERY_KIND_OF_BLOCK = (1, 1, 2, 1)
 
 
 def load_script(name: str):

@@ -12,7 +12,7 @@ import pytest
 
 from resnet_jax import models, xla_cpu
 from resnet_jax.models import layers
-from tests.conftest import smoke_config
+from tests.conftest import DEEP_EVERY_KIND_OF_BLOCK, smoke_config
 
 
 @pytest.mark.parametrize("name,count", [("shallow", 2_777_674), ("deep", 4_999_689)])
@@ -21,11 +21,9 @@ def test_seed_parameter_counts_are_exact(name, count):
 
 
 # Each preset's structure (stages, pools, dropout) at a fraction of its width: what applying
-# it proves does not depend on the widths, which the parameter counts check. The deep
-# preset's 20 blocks repeat three kinds (a projection at stride 1 and at stride 2, an
-# identity block): 5 of them, every kind, prove what 20 would at a fraction of the compile;
-# the parameter-count test traces all 20.
-NARROW = dict(stem_width=8, stage_widths=(8, 8, 16, 16), stage_blocks=(1, 1, 2, 1))
+# it proves does not depend on the widths, which the parameter counts check, nor on how
+# often the deep preset repeats a block (the parameter-count test traces all 20).
+NARROW = dict(stem_width=8, stage_widths=(8, 8, 16, 16), stage_blocks=DEEP_EVERY_KIND_OF_BLOCK)
 SHALLOW_NARROW = dict(stem_width=8, stage_widths=(8, 8, 16))  # its 2 blocks a stage kept
 
 

@@ -8,12 +8,10 @@ step that training runs: shallow Adam 1e-3; deep Adam 1e-4 with coupled L2 1e-3,
 3 accumulated micro-batches per update and a plateau reduction (factor 0.1)
 driven half-way through on both sides.
 
-The deep recipe trains the deep model's stages at one block each but two in stage 3
-(DEEP_BLOCKS) instead of the seed's 3/4/11/2: every kind of block the model has (a
-projection at stride 1 and 2, an identity block at width 115 after the 16->24 max
-pool), every layer and the same recipe, at a fraction of the compile, which grows with
-the blocks (docs/performance.md). test_parity.py compares the full model's function
-with PyTorch's.
+The deep recipe trains the deep model at conftest.DEEP_EVERY_KIND_OF_BLOCK, 5 of its 20
+blocks: every kind of block and layer and the same recipe, at a fraction of the
+compile, which grows with the blocks (docs/performance.md). test_parity.py compares the
+full model's function with PyTorch's.
 
 Tolerance: float32 rounding, a few units in the last place of the values
 compared (ATOL, RTOL; measured: at most 1.5e-6 on BatchNorm variances of order
@@ -54,12 +52,12 @@ from resnet_jax import convert_torch, optim, train
 from resnet_jax.data import batches
 from resnet_jax.models import layers, resnet
 from tests import torch_reference
+from tests.conftest import DEEP_EVERY_KIND_OF_BLOCK
 
 ATOL, RTOL, LOSS_RTOL = 1e-6, 1e-6, 1e-5
 ROUNDING = 1e-4
 GRADIENT_ROUNDING = 5e-5  # measured: up to 1.5e-5 (the deep model's first update)
 UPDATES = 8  # 4 at the initial lr, 4 after the plateau cut (deep): every quantity moves
-DEEP_BLOCKS = (1, 1, 2, 1)
 
 
 class Decisions:
@@ -136,9 +134,9 @@ def _recipe(name: str):
   config = deep_config.get_config()
   config.model.stem_dropout = 0.0
   config.model.stage_dropout = (0.0,) * 4
-  config.model.stage_blocks = DEEP_BLOCKS
+  config.model.stage_blocks = DEEP_EVERY_KIND_OF_BLOCK
   return torch_reference.DeepResNet(stem_dropout=0.0, dropout=0.0,
-                                    blocks=DEEP_BLOCKS).train(), config
+                                    blocks=DEEP_EVERY_KIND_OF_BLOCK).train(), config
 
 
 def _drive_plateau_to_a_reduction(config, state, scheduler):
