@@ -9,14 +9,15 @@ eval:    the checkpoints.choose_step checkpoint (--checkpoint_step N, else the
          "weights": the raw weights or, where the run kept one, their EMA)
          and DIR/eval/confusion_matrix.png, or for more than 20 classes
          (CIFAR-100) DIR/eval/top_confusions.png.
-predict: labels for an unlabeled image file (a pickled dict with b"data" as
-         N x 32 x 32 x 3 or N x 3072 uint8 and optional b"ids", read without
-         running any code it names; an .npz with "data" and optional "ids"; or
-         an .npy of the images), written as the seed's Kaggle-style CSV with
+predict: labels for an unlabeled image file (data/unlabeled.py: a pickle, .npz or
+         .npy, every value checked), written as the seed's Kaggle-style CSV with
          columns ID,Labels.
 
 Checkpoints converted from PyTorch (resnet_jax.convert_torch) work the same way.
-Nothing is written to the workdir unless the whole command succeeds.
+Nothing is written unless the whole command succeeds, and every file is written
+beside its target and renamed into place (files.py): a failure leaves an earlier
+metrics.json, figure or CSV as it was. Where the output cannot be written is
+found before any compute.
 """
 
 import csv
@@ -29,15 +30,11 @@ import jax.numpy as jnp
 import matplotlib
 import numpy as np
 
-from resnet_jax import checkpoints, config_validation, models, train, tta, xla_cpu
-from resnet_jax.data import batches, datasets, pickles, sources
+from resnet_jax import checkpoints, config_validation, files, models, train, tta, xla_cpu
+from resnet_jax.data import batches, datasets, sources, unlabeled
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-class InputFileError(ValueError):
-  """An unusable predict input file; the message names it."""
-
 
 def restore_for_config(config, workdir: str, step: int | None):
   """(model, variables, step, why, meta) from the workdir, checked against the config's model.
@@ -88,6 +85,13 @@ def top_confusions(matrix: np.ndarray, names, n: int = TOP_CONFUSIONS) -> list[d
           for i, j in zip(*np.unravel_index(order, mistakes.shape)) if mistakes[i, j]]
 
 
+def _save(figure, path: str) -> None:
+  with files.replaced_atomically(path, "wb") as f:
+    figure.tight_layout()
+    figure.savefig(f, format="png", dpi=100)
+  plt.close(figure)
+
+
 def _plot_top_confusions(confusions: list[dict], path: str, title: str) -> None:
   figure, ax = plt.subplots(figsize=(7, 6))
   rows = confusions[::-1]  # the most frequent at the top
@@ -96,9 +100,7 @@ def _plot_top_confusions(confusions: list[dict], path: str, title: str) -> None:
                 fontsize=8)
   ax.set_xlabel("images")
   ax.set_title(f"{title}\ntop {len(rows)} confusions (true -> predicted)")
-  figure.tight_layout()
-  figure.savefig(path, dpi=100)
-  plt.close(figure)
+  _save(figure, path)
 
 
 def _plot_confusion(matrix: np.ndarray, names, path: str, title: str) -> None:
@@ -113,13 +115,13 @@ def _plot_confusion(matrix: np.ndarray, names, path: str, title: str) -> None:
   ax.set_ylabel("true")
   ax.set_title(title)
   figure.colorbar(image)
-  figure.tight_layout()
-  figure.savefig(path, dpi=100)
-  plt.close(figure)
+  _save(figure, path)
 
 
 def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
   """Evaluates a checkpoint and writes DIR/eval/; returns the metrics dict."""
+  out = os.path.join(workdir, "eval")
+  files.check_writable(os.path.join(out, "metrics.json"), "the evaluation's output")
   model, variables, step, why, meta = restore_for_config(config, workdir, step)
   split = batches.eval_split(config, *sources.load_split(config.data, config.data.eval_split))
   probabilities = _predict_fn(model, config.eval.tta, xla_cpu.compiler_options(config))
@@ -140,9 +142,8 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
              "checkpoint": os.path.join(checkpoints.checkpoint_dir(workdir), str(step)),
              "chosen": why, "source": meta.get("source"),
              "weights": checkpoints.evaluated_weights(meta)}
-  out = os.path.join(workdir, "eval")
   os.makedirs(out, exist_ok=True)
-  with open(os.path.join(out, "metrics.json"), "w") as f:
+  with files.replaced_atomically(os.path.join(out, "metrics.json")) as f:
     json.dump(metrics, f, indent=1)
   title = f"{config.data.eval_split}, step {step}: accuracy {metrics['accuracy']:.4f}"
   if len(names) <= MATRIX_CLASSES:
@@ -153,50 +154,6 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
   return metrics
 
 
-def _unlabeled_arrays(path: str) -> tuple[object, object, str]:
-  """(data, ids or None, the data's name) as the file holds them: a pickled dict with
-  b"data" (and b"ids"), an .npz with "data" (and "ids"), or an .npy of the images alone;
-  nothing in it runs."""
-  try:
-    if path.endswith(".npy"):
-      return np.load(path, allow_pickle=False), None, "the array"
-    if path.endswith(".npz"):
-      with np.load(path, allow_pickle=False) as arrays:
-        if "data" not in arrays:
-          raise InputFileError(f"{path}: expected an array named 'data' (and optional 'ids'); "
-                               f"found {sorted(arrays)}")
-        return arrays["data"], arrays["ids"] if "ids" in arrays else None, "'data'"
-    with open(path, "rb") as f:
-      obj = pickles.loads(f.read(), path)
-  except (InputFileError, pickles.UnsafePickleError):
-    raise
-  except Exception as e:  # corrupt files raise many types
-    raise InputFileError(f"{path}: not a readable pickle, .npy or .npz "
-                         f"({type(e).__name__}: {e})") from e
-  if not isinstance(obj, dict) or b"data" not in obj:
-    raise InputFileError(f"{path}: expected a dict with b'data'")
-  return obj[b"data"], obj.get(b"ids"), "b'data'"
-
-
-def load_unlabeled(path: str) -> tuple[np.ndarray, list]:
-  """(images uint8 [N, 32, 32, 3], ids) from predict's input file (`_unlabeled_arrays`)."""
-  if not os.path.isfile(path):
-    raise InputFileError(f"{path}: no such file")
-  data, ids, what = _unlabeled_arrays(path)
-  data = np.asarray(data)
-  if data.dtype != np.uint8 or not (data.ndim == 4 and data.shape[1:] == (32, 32, 3)
-                                    or data.ndim == 2 and data.shape[1] == 3072):
-    raise InputFileError(f"{path}: {what} has shape {data.shape} and dtype {data.dtype}; "
-                         "expected N x 32 x 32 x 3 or N x 3072 uint8")
-  if data.ndim == 2:  # CIFAR's channel-major rows
-    data = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-  ids = list(range(len(data)) if ids is None else ids)
-  if len(ids) != len(data):
-    raise InputFileError(f"{path}: {len(ids)} ids for {len(data)} images")
-  return data, [i.decode() if isinstance(i, bytes) else i.item() if isinstance(i, np.generic)
-                else i for i in ids]
-
-
 def predict(config, workdir: str, input_path: str, output_path: str,
             step: int | None = None, class_names: bool = False) -> dict:
   """Writes ID,Labels predictions for `input_path` to `output_path` (labels 0..classes-1,
@@ -204,7 +161,8 @@ def predict(config, workdir: str, input_path: str, output_path: str,
 
   Returns {"count", "checkpoint", "chosen"}: how many rows, from which checkpoint, and why it.
   """
-  images, ids = load_unlabeled(input_path)
+  images, ids = unlabeled.load(input_path)
+  files.check_writable(output_path, "--output")
   model, variables, step, why, meta = restore_for_config(config, workdir, step)
   probabilities = _predict_fn(model, config.eval.tta, xla_cpu.compiler_options(config))
   norm = datasets.normalization(config.data)
@@ -214,7 +172,7 @@ def predict(config, workdir: str, input_path: str, output_path: str,
     labels.append(np.asarray(probabilities(variables, jnp.asarray(x, jnp.float32))).argmax(-1))
   labels = np.concatenate(labels) if labels else np.zeros(0, np.int64)
   os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
-  with open(output_path, "w", newline="") as f:
+  with files.replaced_atomically(output_path, newline="") as f:
     writer = csv.writer(f)
     names = datasets.get(config.data).class_names
     writer.writerow(["ID", "Labels", "Name"] if class_names else ["ID", "Labels"])

@@ -111,7 +111,11 @@ def write_log_file(workdir: str) -> None:
   DIR/log.process<i>.txt); nothing when `configure` never ran."""
   if _log_file is not None and os.path.isdir(workdir):
     index = jax.process_index()
-    _log_file.open(os.path.join(workdir, LOG_FILE if index == 0 else f"log.process{index}.txt"))
+    path = os.path.join(workdir, LOG_FILE if index == 0 else f"log.process{index}.txt")
+    try:
+      _log_file.open(path)
+    except OSError as e:  # eval and predict of a workdir the user may only read
+      absl_logging.warning("not logging to %s: %s", path, e)
 
 
 @contextlib.contextmanager

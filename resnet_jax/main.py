@@ -19,8 +19,8 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from resnet_jax import (checkpoints, config_validation, evaluate, logs, models, optional_tf,
-                        train)
+from resnet_jax import (checkpoints, config_validation, evaluate, files, logs, models,
+                        optional_tf, train)
 from resnet_jax.data import datasets
 
 FLAGS = flags.FLAGS
@@ -120,7 +120,7 @@ def main(argv: Sequence[str]) -> None:
             f"{result['weights']}")
       print(f"wrote {result['count']} predictions to {FLAGS.output}")
   except (config_validation.ConfigError, datasets.DataError, checkpoints.CheckpointError,
-          evaluate.InputFileError, train.NonFiniteError, optional_tf.MissingTensorFlow) as e:
+          files.OutputError, train.NonFiniteError, optional_tf.MissingTensorFlow) as e:
     raise SystemExit(f"error: {e}") from e
 
 

@@ -173,6 +173,12 @@ LONGEST_FIRST = (
     "test_airbench_reference.py", "test_download.py", "test_pipelines.py")
 
 
+def pytest_addoption(parser):
+  parser.addoption("--fuzz-examples", type=int, default=150,
+                   help="examples each property-based test of tests/test_pickles.py tries "
+                        "(150 keeps the suite fast; thousands search harder)")
+
+
 def pytest_configure(config):
   # xdist otherwise hands out the files with the most tests first, whatever their order.
   if hasattr(config.option, "loadscopereorder"):

@@ -4,6 +4,7 @@ import csv
 import json
 import os
 import pickle
+import re
 import shutil
 import signal
 import subprocess
@@ -14,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from resnet_jax import checkpoints, convert_torch, evaluate, train
-from resnet_jax.data import datasets, pickles, sources
+from resnet_jax import checkpoints, convert_torch, evaluate, files, train
+from resnet_jax.data import datasets, pickles, sources, unlabeled
 from tests import torch_reference
 from tests.conftest import REPO, signal_at_batch, write_cifar100_dir, write_unlabeled
 from tests.test_data_sources import _Planted
@@ -96,13 +97,13 @@ def test_predict_reads_npy_and_npz_and_refuses_a_pickle_that_would_run_code(tmp_
   np.savez(tmp_path / "in.npz", data=images.transpose(0, 3, 1, 2).reshape(6, 3072),
            ids=np.array([f"img{i}" for i in range(6)]))
   for name, ids in (("in.npy", list(range(6))), ("in.npz", [f"img{i}" for i in range(6)])):
-    data, read_ids = evaluate.load_unlabeled(str(tmp_path / name))
+    data, read_ids = unlabeled.load(str(tmp_path / name))
     np.testing.assert_array_equal(data, images)
     assert read_ids == ids
   np.savez(tmp_path / "nodata.npz", images=images)
-  with pytest.raises(evaluate.InputFileError, match=r"nodata.npz: expected an array named "
+  with pytest.raises(unlabeled.InputFileError, match=r"nodata.npz: expected an array named "
                                                     r"'data' .* found \['images'\]"):
-    evaluate.load_unlabeled(str(tmp_path / "nodata.npz"))
+    unlabeled.load(str(tmp_path / "nodata.npz"))
   planted = tmp_path / "planted"
   with open(tmp_path / "evil.pkl", "wb") as f:
     pickle.dump({b"data": images, b"ids": _Planted(str(planted))}, f)
@@ -147,7 +148,7 @@ def test_errors_are_clear_and_leave_the_workdir_untouched(tmp_path, trained):
   bad = tmp_path / "bad.pkl"
   with open(bad, "wb") as f:
     pickle.dump({b"data": np.zeros((5, 32, 32), np.uint8)}, f)
-  with pytest.raises(evaluate.InputFileError, match=r"bad.pkl: b'data' has shape \(5, 32, 32\)"):
+  with pytest.raises(unlabeled.InputFileError, match=r"bad.pkl: b'data' has shape \(5, 32, 32\)"):
     evaluate.predict(_smoke(), workdir, str(bad), str(tmp_path / "out.csv"))
   assert not (tmp_path / "out.csv").exists()
   # Training another model into the same workdir refuses instead of overwriting.
@@ -182,10 +183,54 @@ def test_cli_eval_and_plots(trained, tmp_path):
                             "predict", "--input", "x.pkl", "--output", "y.csv"],
                            capture_output=True, text=True, cwd=REPO)
   assert missing.returncode != 0 and "error: x.pkl: no such file" in missing.stderr
+  into_folder = subprocess.run([sys.executable, "-m", "resnet_jax.main", "--config",
+                                "configs/smoke.py", "--workdir", workdir, "--mode", "predict",
+                                "--input", write_unlabeled(tmp_path), "--output",
+                                str(tmp_path)], capture_output=True, text=True, cwd=REPO)
+  assert into_folder.returncode == 1 and "Traceback" not in into_folder.stderr
+  assert into_folder.stderr.strip().endswith(f"error: --output {tmp_path} is a directory, not a "
+                                             "file")
   os.remove(os.path.join(workdir, "curves.png"))
   plots = subprocess.run([sys.executable, "-m", "resnet_jax.plots", workdir],
                          capture_output=True, text=True, cwd=REPO)
   assert plots.returncode == 0 and os.path.getsize(os.path.join(workdir, "curves.png")) > 1000
+
+
+def test_outputs_are_checked_before_compute_and_replaced_only_when_complete(
+    tmp_path, trained, monkeypatch):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(trained[0], workdir)
+  images = write_unlabeled(tmp_path)
+  csv_path, metrics_path = tmp_path / "p.csv", os.path.join(workdir, "eval", "metrics.json")
+  evaluate.predict(_smoke(), workdir, images, str(csv_path))
+  evaluate.evaluate_checkpoint(_smoke(), workdir)
+  kept = {csv_path: csv_path.read_bytes(), metrics_path: open(metrics_path, "rb").read()}
+  # A failure while writing (a full disk, a bad value found late) leaves the earlier file.
+  def full_disk(*_, **__):
+    raise OSError(28, "No space left on device")
+  monkeypatch.setattr(evaluate.csv, "writer", full_disk)
+  monkeypatch.setattr(evaluate.json, "dump", full_disk)
+  with pytest.raises(OSError, match="No space left"):
+    evaluate.predict(_smoke(), workdir, images, str(csv_path))
+  with pytest.raises(OSError, match="No space left"):
+    evaluate.evaluate_checkpoint(_smoke(), workdir)
+  for path, content in kept.items():
+    assert open(path, "rb").read() == content
+  assert not [f for _, _, names in os.walk(tmp_path) for f in names if f.endswith(".part")]
+  monkeypatch.undo()
+  # Where nothing can be written is one error before any compute.
+  monkeypatch.setattr(checkpoints, "reading_manager", full_disk)  # never reached
+  blocker = tmp_path / "a_file"
+  blocker.write_text("x")
+  for output, message in ((str(tmp_path), "is a directory, not a file"),
+                          (str(blocker / "p.csv"), r"cannot be written \(Not a directory")):
+    with pytest.raises(files.OutputError, match=f"--output {re.escape(output)} {message}"):
+      evaluate.predict(_smoke(), workdir, images, output)
+  shutil.rmtree(os.path.join(workdir, "eval"))
+  blocker.rename(os.path.join(workdir, "eval"))
+  with pytest.raises(files.OutputError, match=r"the evaluation's output .*eval/metrics.json "
+                                              r"cannot be written"):
+    evaluate.evaluate_checkpoint(_smoke(), workdir)
 
 
 def _preempt(config, workdir: str, step: int) -> None:

@@ -65,10 +65,14 @@ def test_train_eval_and_predict_run_where_tensorflow_cannot_be_imported(tmp_path
   unlabeled = str(tmp_path / "unlabeled.pkl")
   with open(unlabeled, "wb") as f:
     pickle.dump({b"data": arrays["test"][0]}, f)
+  # A workdir whose log cannot be written (one the user may only read) still predicts.
+  os.rename(os.path.join(workdir, "log.txt"), str(tmp_path / "training_log.txt"))
+  os.mkdir(os.path.join(workdir, "log.txt"))
   predicted = _main(*config, "--mode", "predict", "--input", unlabeled, "--output",
                     str(tmp_path / "p.csv"), tensorflow=False)
   assert predicted.returncode == 0, predicted.stderr[-3000:]
   assert "wrote 20 predictions" in predicted.stdout
+  assert f"not logging to {workdir}/log.txt" in predicted.stderr
   assert len((tmp_path / "p.csv").read_text().splitlines()) == 21  # ID,Labels and 20 rows
   # What does need TensorFlow says so in one line, before any compute.
   tfdata = _main(*config, "--config.data.pipeline=tfdata", "--workdir", str(tmp_path / "tf"),

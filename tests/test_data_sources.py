@@ -108,7 +108,8 @@ def test_bad_data_is_named(cifar_dir, tmp_path):
   with open(batch3, "wb") as f:
     f.write(original)
   _rewrite(batch3, {b"labels": [0] * 19 + [10]})
-  with pytest.raises(DataError, match=r"data_batch_3: label 10 out of range \[0, 10\) at index 19"):
+  with pytest.raises(DataError, match=r"data_batch_3: b'labels'\[19\] = 10 is not a label: labels are "
+                                      r"integers in \[0, 10\)"):
     sources.load_split(config, "train")
 
   os.remove(batch3)
@@ -116,6 +117,36 @@ def test_bad_data_is_named(cifar_dir, tmp_path):
     sources.load_split(config, "train")
   # The test split's file is untouched, so it still loads.
   assert len(sources.load_split(config, "test")[1]) == 20
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({b"labels": [0.0] * 19 + [float("nan")]}, r"b'labels'\[19\] = nan is not a label"),
+    ({b"labels": [3.7] * 20}, r"b'labels'\[0\] = 3.7 is not a label"),
+    ({b"labels": np.full(20, -1, np.int64)}, r"b'labels'\[0\] = -1 is not a label"),
+    ({b"labels": [2**70] * 20}, r"b'labels'\[0\] = 1180591620717411303424 is not a label"),
+    ({b"labels": b"\x00" * 20}, r"b'labels' is b'\\x00.*\(bytes\); expected a list or array"),
+    ({b"labels": None}, r"b'labels' is None \(NoneType\); expected a list or array"),
+    ({b"labels": [0] * 19 + [None]}, r"b'labels' holds None \(NoneType\); labels are integers"),
+    ({b"labels": [[0]] * 20}, r"b'labels' holds \[0\] \(list\); labels are integers"),
+    ({b"labels": np.zeros((20, 1), np.int64)}, r"b'labels' has shape \(20, 1\) for 20 images"),
+    ({b"labels": [0] * 19}, r"b'labels' has shape \(19,\) for 20 images"),
+    ({b"data": [[0] * 3072] * 20}, r"b'data' has shape None and dtype list; expected N x 3072"),
+    ({b"data": np.zeros((20, 3072), np.float32)}, r"b'data' has shape \(20, 3072\) and dtype "
+                                                   r"float32; expected N x 3072 uint8"),
+])
+def test_every_bad_value_is_named_with_its_file_and_key(cifar_dir, changes, message):
+  directory, _ = cifar_dir
+  _rewrite(os.path.join(directory, "data_batch_2"), changes)
+  with pytest.raises(DataError, match=r"data_batch_2: " + message):
+    sources.load_split(data_config(directory), "train")
+
+
+def test_an_oversized_archive_member_is_refused_before_it_is_read(cifar_archive, monkeypatch):
+  archive, _ = cifar_archive
+  monkeypatch.setattr(sources, "MAX_BATCH_BYTES", 1000)
+  with pytest.raises(DataError, match=r"cifar-10-python.tar.gz:cifar-10-batches-py/data_batch_1:"
+                                      r" \d+ bytes, more than any batch file \(1000\)"):
+    sources.load_split(data_config(archive), "train")
 
 
 class _Planted:
@@ -158,7 +189,8 @@ def test_cifar100_files_give_the_fine_labels_from_the_directory_and_the_archive(
     sources.load_split(data_config(write_cifar_dir(str(tmp_path / "ten"))[0],
                                    dataset="cifar100"), "train")
   _rewrite(os.path.join(directory, "test"), {b"fine_labels": [100] * 60})
-  with pytest.raises(DataError, match=r"test: label 100 out of range \[0, 100\) at index 0"):
+  with pytest.raises(DataError, match=r"test: b'fine_labels'\[0\] = 100 is not a label: labels "
+                                      r"are integers in \[0, 100\)"):
     sources.load_split(data_config(directory, dataset="cifar100"), "test")
 
 

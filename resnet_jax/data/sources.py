@@ -19,6 +19,7 @@ starts from these arrays. Only "tfds" imports TensorFlow (lazily).
 import os
 import socket
 import tarfile
+import zlib
 from typing import Callable, Iterator
 
 import numpy as np
@@ -38,33 +39,67 @@ def offline_hint(dataset: Dataset) -> str:
           "or keras cache).")
 
 
+def cifar_rows_to_images(rows: np.ndarray) -> np.ndarray:
+  """CIFAR's rows (N x 3072: the red plane, then green, then blue) as NHWC images."""
+  return np.ascontiguousarray(rows.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+
+
+def _labels(path: str, key: bytes, value, count: int, num_classes: int) -> np.ndarray:
+  """The batch's labels as int32, after checking each is an integer in [0, num_classes)."""
+  if isinstance(value, (list, tuple)):  # CIFAR's own files: a list of ints
+    for v in value:
+      if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise DataError(f"{path}: {key!r} holds {pickles.short_repr(v)} "
+                        f"({type(v).__name__}); labels are integers")
+    try:
+      numbers = np.array(value, np.float64)
+    except OverflowError:
+      raise DataError(f"{path}: {key!r} holds an integer too large for a label") from None
+  elif isinstance(value, np.ndarray) and value.dtype.kind in "iuf":
+    numbers = value.astype(np.float64)
+  else:
+    raise DataError(f"{path}: {key!r} is {pickles.short_repr(value)} "
+                    f"({type(value).__name__}); expected a list or array of integer labels")
+  if numbers.shape != (count,):
+    raise DataError(f"{path}: {key!r} has shape {numbers.shape} for {count} images")
+  bad = ~(np.isfinite(numbers) & (numbers == np.round(numbers))
+          & (numbers >= 0) & (numbers < num_classes))
+  if bad.any():
+    i = int(np.argmax(bad))
+    label = value[i].item() if isinstance(value[i], np.generic) else value[i]
+    raise DataError(f"{path}: {key!r}[{i}] = {pickles.short_repr(label)} is not a label: "
+                    f"labels are integers in [0, {num_classes})")
+  return numbers.astype(np.int32)
+
+
 def _read_batch(path: str, read: Callable[[], bytes],
                 dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
-  """Decodes one pickled batch file; errors name the file."""
-  label_key = dataset.label_key
+  """Decodes one pickled batch file, checking every value; errors name the file and key."""
   try:
-    batch = pickles.loads(read(), path)
-  except pickles.UnsafePickleError:
-    raise
-  except Exception as e:  # truncated or corrupt pickles raise many types
-    raise DataError(f"{path}: not a readable {dataset.title} batch file "
-                    f"({type(e).__name__}: {e})") from e
+    raw = read()
+  except (OSError, EOFError, tarfile.TarError, zlib.error) as e:  # a damaged archive member
+    raise DataError(f"{path}: cannot be read ({type(e).__name__}: {e})") from None
+  batch = pickles.loads(raw, path, f"{dataset.title} batch file")
+  label_key = dataset.label_key
   if not isinstance(batch, dict) or b"data" not in batch or label_key not in batch:
     raise DataError(f"{path}: expected a dict with b'data' and {label_key!r}")
-  data = np.asarray(batch[b"data"])
-  labels = np.asarray(batch[label_key])
-  if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-    raise DataError(f"{path}: b'data' has shape {data.shape} and dtype {data.dtype}; "
-                    "expected N x 3072 uint8")
-  if labels.shape != (data.shape[0],):
-    raise DataError(f"{path}: {labels.shape[0] if labels.ndim else 0} labels for "
-                    f"{data.shape[0]} images")
-  bad = (labels < 0) | (labels >= dataset.num_classes)
-  if bad.any():
-    raise DataError(f"{path}: label {labels[bad][0]} out of range [0, {dataset.num_classes}) "
-                    f"at index {int(np.argmax(bad))}")
-  images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # channel-major rows -> NHWC
-  return np.ascontiguousarray(images), labels.astype(np.int32)
+  data = batch[b"data"]
+  if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 \
+      or data.shape[1] != 3072:
+    raise DataError(f"{path}: b'data' has shape {getattr(data, 'shape', None)} and dtype "
+                    f"{getattr(data, 'dtype', type(data).__name__)}; expected N x 3072 uint8")
+  labels = _labels(path, label_key, batch[label_key], len(data), dataset.num_classes)
+  return cifar_rows_to_images(data), labels
+
+
+# CIFAR-100's train file, the largest, is 155 MB: far larger is no batch file (and an
+# archive member's declared size could otherwise fill the memory before it is read).
+MAX_BATCH_BYTES = 1 << 30
+
+
+def _check_size(path: str, size: int) -> None:
+  if size > MAX_BATCH_BYTES:
+    raise DataError(f"{path}: {size} bytes, more than any batch file ({MAX_BATCH_BYTES})")
 
 
 def _files_in_directory(directory: str, files: tuple[str, ...],
@@ -74,6 +109,7 @@ def _files_in_directory(directory: str, files: tuple[str, ...],
     if not os.path.isfile(path):
       raise DataError(f"{path}: missing {dataset.title} batch file (expected "
                       f"{', '.join(files)} in {directory})")
+    _check_size(path, os.path.getsize(path))
     yield path, lambda path=path: open(path, "rb").read()
 
 
@@ -89,6 +125,7 @@ def _files_in_archive(archive: str, files: tuple[str, ...],
       if name not in members:
         raise DataError(f"{archive}: no member {name!r} (expected {dataset.files_dir}/{name})")
       path = f"{archive}:{members[name].name}"
+      _check_size(path, members[name].size)
       yield path, lambda m=members[name]: tar.extractfile(m).read()
 
 

@@ -1,0 +1,95 @@
+"""Predict's input: unlabeled images and their ids from a file a stranger may have made.
+
+Three formats: a pickled dict with b"data" (N x 32 x 32 x 3, or CIFAR's N x 3072
+channel-major rows, uint8) and optional b"ids", read by pickles.loads (no code
+runs, every array a fresh copy); an .npz with "data" and optional "ids"; an .npy
+of the images (both through numpy without pickles). Every value is checked:
+images uint8 of those shapes, ids a list or 1-D array of integers or strings, one
+per image. Any problem is an InputFileError naming the file, the key and the value.
+"""
+
+import os
+import zipfile
+
+import numpy as np
+
+from resnet_jax.data import pickles, sources
+from resnet_jax.data.datasets import DataError
+
+_ID_KINDS = "iuUS"  # integer and text arrays
+
+
+class InputFileError(DataError):
+  """An unusable predict input file; the message names it."""
+
+
+def _arrays(path: str) -> tuple[object, object, str, str]:
+  """(data, ids or None, the data's key, the ids' key) as the file holds them."""
+  if path.endswith(".npy"):
+    return np.load(path, allow_pickle=False), None, "the array", ""
+  if path.endswith(".npz"):
+    with np.load(path, allow_pickle=False) as arrays:
+      if "data" not in arrays.files:
+        raise InputFileError(f"{path}: expected an array named 'data' (and optional 'ids'); "
+                             f"found {sorted(arrays.files)}")
+      return arrays["data"], arrays["ids"] if "ids" in arrays.files else None, "'data'", "'ids'"
+  with open(path, "rb") as f:
+    obj = pickles.loads(f.read(), path, "pickle, .npy or .npz")
+  if not isinstance(obj, dict) or b"data" not in obj:
+    raise InputFileError(f"{path}: expected a dict with b'data' (and optional b'ids')")
+  return obj[b"data"], obj.get(b"ids"), "b'data'", "b'ids'"
+
+
+def _images(path: str, data, key: str) -> np.ndarray:
+  shape, dtype = getattr(data, "shape", None), getattr(data, "dtype", None)
+  if not isinstance(data, np.ndarray) or dtype != np.uint8 or not (
+      data.ndim == 4 and shape[1:] == (32, 32, 3) or data.ndim == 2 and shape[1] == 3072):
+    raise InputFileError(f"{path}: {key} has shape {shape} and dtype {dtype} "
+                         f"({type(data).__name__}); expected N x 32 x 32 x 3 or N x 3072 uint8")
+  return sources.cifar_rows_to_images(data) if data.ndim == 2 else np.ascontiguousarray(data)
+
+
+def _id(path: str, key: str, index: int, value) -> int | str:
+  """One id as a CSV cell: an integer or a string (bytes as UTF-8)."""
+  if isinstance(value, np.generic) and value.dtype.kind in _ID_KINDS:
+    value = value.item()
+  if isinstance(value, bytes):
+    try:
+      value = value.decode()
+    except UnicodeDecodeError:
+      raise InputFileError(f"{path}: {key}[{index}] = {value[:40]!r} is not UTF-8") from None
+  if isinstance(value, bool) or not isinstance(value, (int, str)):
+    raise InputFileError(f"{path}: {key}[{index}] = {pickles.short_repr(value)} "
+                         f"({type(value).__name__}); ids are integers or strings")
+  return value
+
+
+def _ids(path: str, ids, key: str, count: int) -> list:
+  if ids is None:
+    return list(range(count))
+  if isinstance(ids, np.ndarray):
+    if ids.ndim != 1 or ids.size and ids.dtype.kind not in _ID_KINDS:  # np.array([]): float
+      raise InputFileError(f"{path}: {key} has shape {ids.shape} and dtype {ids.dtype}; "
+                           "expected a 1-D array of integers or strings")
+  elif not isinstance(ids, (list, tuple)):
+    raise InputFileError(f"{path}: {key} is {pickles.short_repr(ids)} "
+                         f"({type(ids).__name__}); expected a list or 1-D array of ids")
+  if len(ids) != count:
+    raise InputFileError(f"{path}: {len(ids)} ids in {key} for {count} images")
+  return [_id(path, key, i, value) for i, value in enumerate(ids)]
+
+
+def load(path: str) -> tuple[np.ndarray, list]:
+  """(images uint8 [N, 32, 32, 3], ids: N integers or strings) from predict's input file."""
+  if not os.path.isfile(path):
+    raise InputFileError(f"{path}: no such file")
+  try:
+    data, ids, data_key, ids_key = _arrays(path)
+  except DataError:
+    raise
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile, MemoryError) as e:
+    # numpy's readers raise these for corrupt .npy and .npz files
+    raise InputFileError(f"{path}: not a readable .npy or .npz file "
+                         f"({type(e).__name__}: {pickles.short_repr(str(e))})") from None
+  images = _images(path, data, data_key)
+  return images, _ids(path, ids, ids_key, len(images))

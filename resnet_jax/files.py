@@ -1,0 +1,55 @@
+"""Files the commands write: checked before any compute, and whole or not at all.
+
+A command that writes over a file (predict's CSV, eval's metrics.json and figure,
+the training history) writes a temporary file beside it and renames it into
+place only once it is complete: a failure at any point (a bad input found late,
+a full disk, Ctrl-C) leaves the earlier file as it was.
+"""
+
+import contextlib
+import os
+import tempfile
+
+
+class OutputError(OSError):
+  """A path a command cannot write; the message names it and the option that set it."""
+
+
+@contextlib.contextmanager
+def replaced_atomically(path: str, mode: str = "w", **open_kwargs):
+  """A file object whose contents become `path` when the block ends without an error."""
+  directory, name = os.path.split(os.path.abspath(path))
+  descriptor, temporary = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".part")
+  try:
+    os.chmod(temporary, 0o666 & ~_umask())  # mkstemp's 0600 would hide the file from others
+    with os.fdopen(descriptor, mode, **open_kwargs) as f:
+      yield f
+    os.replace(temporary, path)
+  except BaseException:
+    with contextlib.suppress(OSError):
+      os.unlink(temporary)
+    raise
+
+
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
+def check_writable(path: str, what: str) -> None:
+  """Raises OutputError unless a file could be created at `path` (its folders included).
+
+  `what` names the path for the user ("--output", "the eval folder"). Creates nothing.
+  """
+  if os.path.isdir(path):
+    raise OutputError(f"{what} {path} is a directory, not a file")
+  existing = os.path.dirname(os.path.abspath(path))
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  try:
+    with tempfile.TemporaryFile(dir=existing):
+      pass
+  except OSError as e:
+    raise OutputError(f"{what} {path} cannot be written ({e.strerror or e}: {existing})") \
+        from None

@@ -1,0 +1,77 @@
+"""Predict's input file (data/unlabeled.py): every bad value one InputFileError naming the
+file, the key and the value."""
+
+import pickle
+
+import numpy as np
+import pytest
+
+from resnet_jax.data import unlabeled
+
+IMAGES = np.arange(2 * 32 * 32 * 3, dtype=np.uint8).reshape(2, 32, 32, 3)
+
+
+def _pickle(tmp_path, obj) -> str:
+  path = str(tmp_path / "input.pkl")
+  with open(path, "wb") as f:
+    pickle.dump(obj, f)
+  return path
+
+
+@pytest.mark.parametrize("ids, expected", [
+    (None, [0, 1]), ([7, "b"], [7, "b"]), ([b"a", b"\xc3\xa9"], ["a", "é"]),
+    (np.array([3, 4], np.uint8), [3, 4]), (np.array(["x", "y"]), ["x", "y"]),
+    ((np.int64(5), np.str_("z")), [5, "z"]),
+])
+def test_ids_are_integers_or_strings_one_per_image(tmp_path, ids, expected):
+  obj = {b"data": IMAGES.transpose(0, 3, 1, 2).reshape(2, 3072)}  # CIFAR's rows
+  if ids is not None:
+    obj[b"ids"] = ids
+  images, read = unlabeled.load(_pickle(tmp_path, obj))
+  np.testing.assert_array_equal(images, IMAGES)
+  assert read == expected and [type(i) for i in read] == [type(i) for i in expected]
+
+
+@pytest.mark.parametrize("ids, message", [
+    (5, r"b'ids' is 5 \(int\); expected a list or 1-D array of ids"),
+    (np.array(5), r"b'ids' has shape \(\) and dtype int64; expected a 1-D array"),
+    (np.zeros((2, 1), np.int64), r"b'ids' has shape \(2, 1\) and dtype int64"),
+    (np.array([0.5, 1.5]), r"b'ids' has shape \(2,\) and dtype float64"),
+    ([[1, 2], [3]], r"b'ids'\[0\] = \[1, 2\] \(list\); ids are integers or strings"),
+    ([1.5, 2], r"b'ids'\[0\] = 1.5 \(float\); ids are integers or strings"),
+    ([True, 2], r"b'ids'\[0\] = True \(bool\); ids are integers or strings"),
+    ([None, 2], r"b'ids'\[0\] = None \(NoneType\)"),
+    ([1, b"\xff"], r"b'ids'\[1\] = b'\\xff' is not UTF-8"),
+    ([1, 2, 3], r"3 ids in b'ids' for 2 images"),
+])
+def test_bad_ids_are_named(tmp_path, ids, message):
+  path = _pickle(tmp_path, {b"data": IMAGES, b"ids": ids})
+  with pytest.raises(unlabeled.InputFileError, match=r"input.pkl: " + message):
+    unlabeled.load(path)
+
+
+@pytest.mark.parametrize("obj, message", [
+    ([IMAGES], r"expected a dict with b'data'"),
+    ({b"data": IMAGES.astype(np.int16)}, r"b'data' has shape \(2, 32, 32, 3\) and dtype int16"),
+    ({b"data": IMAGES[:, :, :16]}, r"b'data' has shape \(2, 32, 16, 3\)"),
+    ({b"data": [[0] * 3072]}, r"b'data' has shape None and dtype None \(list\)"),
+])
+def test_bad_images_are_named(tmp_path, obj, message):
+  with pytest.raises(unlabeled.InputFileError, match=r"input.pkl: " + message):
+    unlabeled.load(_pickle(tmp_path, obj))
+
+
+def test_bad_npy_and_npz_files_are_named(tmp_path):
+  np.save(tmp_path / "floats.npy", IMAGES.astype(np.float32))
+  with pytest.raises(unlabeled.InputFileError, match=r"floats.npy: the array has shape .* "
+                                                    r"dtype float32"):
+    unlabeled.load(str(tmp_path / "floats.npy"))
+  np.savez(tmp_path / "objects.npz", data=IMAGES, ids=np.array([{}, {}], dtype=object))
+  with pytest.raises(unlabeled.InputFileError, match=r"objects.npz: not a readable .npy or "
+                                                    r".npz file \(ValueError: .*allow_pickle"):
+    unlabeled.load(str(tmp_path / "objects.npz"))
+  (tmp_path / "cut.npz").write_bytes((tmp_path / "objects.npz").read_bytes()[:100])
+  with pytest.raises(unlabeled.InputFileError, match=r"cut.npz: not a readable .npy or .npz"):
+    unlabeled.load(str(tmp_path / "cut.npz"))
+  with pytest.raises(unlabeled.InputFileError, match=r"missing.npy: no such file"):
+    unlabeled.load(str(tmp_path / "missing.npy"))
