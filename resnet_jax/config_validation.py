@@ -88,12 +88,21 @@ def _check_model(config) -> None:
         from e
 
 
+def _check_seed(config) -> None:
+  # jax.random.PRNGKey keeps 32 bits of a seed below 2**63 (-1 gives 2**32 - 1's key, 2**32
+  # gives 0's) and overflows above it; numpy's data order refuses a negative one mid-run.
+  if not 0 <= config.seed < 2**32:
+    raise ConfigError(f"config.seed={config.seed} must be an integer in [0, 2**32)")
+
+
 def validate(config) -> None:
   """Raises ConfigError for the first bad value found."""
   _check_moved_keys(config)
   _choice(config, "dtype", ["auto", *sorted(layers.DTYPES)])
   _choice(config, "eval.tta", tta.LEVELS)
-  _positive(config, "num_epochs", "batch_size", "eval_batch_size")
+  _check_seed(config)
+  _positive(config, "num_epochs", "batch_size", "eval_batch_size", "checkpoint_every_epochs",
+            "keep_checkpoints")
   _fraction(config, "label_smoothing")
   for key in ("batch_size", "eval_batch_size"):
     if config[key] % jax.device_count():

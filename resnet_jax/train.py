@@ -282,6 +282,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   model, mesh = build_model(config), data_mesh()
   batch_sharding = NamedSharding(mesh, P("data"))
   train_images, train_labels = sources.load_split(config.data, config.data.train_split)
+  _check_train_size(config, len(train_labels))
   train_data = batches.train_batches(config, train_images, train_labels, batch_sharding)
   eval_data = batches.eval_batches(
       config, *sources.load_split(config.data, config.data.eval_split), batch_sharding)
@@ -358,16 +359,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   return state, history
 
 
-def _whole_updates(config, train_data: batches.Batches) -> int:
-  """Steps per epoch in whole accumulation groups, so no gradient is carried across epochs."""
+def _check_train_size(config, num_examples: int) -> None:
+  """Refuses a training split smaller than one update (its size is known only once loaded),
+  before the pipelines (which would raise a bare ValueError) and any compile."""
   accumulation = config.optimizer.accumulation_steps
-  steps = train_data.steps_per_epoch // accumulation * accumulation
-  if steps == 0:
+  if num_examples < config.batch_size * accumulation:
     raise datasets.DataError(
-        f"config.data.train_split={config.data.train_split!r} has {train_data.num_examples} "
-        f"examples: fewer than one update of batch_size={config.batch_size} x "
-        f"accumulation_steps={accumulation}")
-  return steps
+        f"config.batch_size={config.batch_size} x config.optimizer.accumulation_steps="
+        f"{accumulation} must be at most the {num_examples} examples of "
+        f"config.data.train_split={config.data.train_split!r}")
+
+
+def _whole_updates(config, train_data: batches.Batches) -> int:
+  """Steps per epoch in whole accumulation groups, so no gradient is carried across epochs
+  (at least one: `_check_train_size`)."""
+  accumulation = config.optimizer.accumulation_steps
+  return train_data.steps_per_epoch // accumulation * accumulation
 
 
 def _metric_writer(workdir: str, config, fresh: bool):

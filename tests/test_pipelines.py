@@ -32,6 +32,14 @@ def test_eval_batches_are_the_files_pixels_once_each(cifar_dir, normalization):
   np.testing.assert_array_equal(labels, arrays["train"][1])
 
 
+def test_an_eval_batch_larger_than_the_split_shrinks_to_it(cifar_dir):
+  """eval_batch_size=100000 on 100 examples: one batch of 100, not 100000 padded images."""
+  directory, _ = cifar_dir
+  config = ml_collections.ConfigDict(dict(data=data_config(directory), eval_batch_size=100_000))
+  split = batches.eval_split(config, *sources.load_split(config.data, "train"))
+  assert split.batch_size == 100 and [b["mask"].sum() for b in split.epoch()] == [100]
+
+
 def test_process_rows_make_the_single_process_batch():
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (70, 32, 32, 3), dtype=np.uint8)

@@ -82,8 +82,14 @@ class EvalSplit:
 
 
 def eval_split(config, images: np.ndarray, labels: np.ndarray) -> EvalSplit:
-  """An evaluation split in padded numpy batches of config.eval_batch_size with a "mask"."""
-  return EvalSplit(images, labels, batch_size=config.eval_batch_size,
+  """An evaluation split in padded numpy batches of config.eval_batch_size with a "mask".
+
+  A split smaller than one batch gets one batch of its size (rounded up to a whole
+  number of rows a device): padding it to a huge batch_size would only fill the memory.
+  """
+  devices = jax.device_count()
+  batch_size = min(config.eval_batch_size, max(1, -(-len(labels) // devices)) * devices)
+  return EvalSplit(images, labels, batch_size=batch_size,
                    normalization=datasets.normalization(config.data),
                    process_index=jax.process_index(), process_count=jax.process_count())
 

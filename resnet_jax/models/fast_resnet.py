@@ -120,6 +120,10 @@ class FastResNet(nn.Module):
   dtype: str = "float32"
   max_params: int = 5_000_000
 
+  def __post_init__(self):
+    layers.check_positive(self, "widths", "whiten_kernel_size", "branch_depth")
+    super().__post_init__()
+
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     dtype = layers.DTYPES[self.dtype]

@@ -11,7 +11,7 @@ against autodiff of the plain formula and against PyTorch.
 
 import functools
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -26,6 +26,19 @@ ACTIVATIONS = {
 POOL_TYPES = ("max", "avg")
 KERNEL_INITS = ("torch", "he_normal")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def check_positive(module: nn.Module, *fields: str) -> None:
+  """Raises ValueError naming the first of `fields` (an int, or a sequence of ints) with a
+  value <= 0: such a width, count, stride or size builds nothing, or fails deep in the
+  first trace with an error that names no field."""
+  for field in fields:
+    value = getattr(module, field)
+    if isinstance(value, Sequence):
+      if not all(v > 0 for v in value):
+        raise ValueError(f"model.{field}={tuple(value)}: every entry must be positive")
+    elif not value > 0:
+      raise ValueError(f"model.{field}={value!r} must be positive")
 
 
 def kernel_initializer(name: str) -> nn.initializers.Initializer:

@@ -114,6 +114,8 @@ class ResNet(nn.Module):
 
 def _check_fields(model: ResNet) -> None:
   """Rejects inconsistent fields with a message naming the field and value."""
+  layers.check_positive(model, "stem_width", "stage_widths", "stage_blocks", "stage_strides",
+                        "head_pool_size")
   num_stages = len(model.stage_widths)
   for name in ("stage_blocks", "stage_strides", "stage_dropout"):
     if len(getattr(model, name)) != num_stages:
