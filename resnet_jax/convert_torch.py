@@ -34,7 +34,8 @@ _LEAF_NAMES = {("params", "kernel"): "weight", ("params", "scale"): "weight",
 
 
 class ConversionError(ValueError):
-  """The state_dict does not match the model: lists every offending key."""
+  """A state_dict that cannot be converted: names the offending key (every one, for keys
+  and shapes that do not fit the model)."""
 
 
 def torch_key(path: tuple[str, ...]) -> str:
@@ -91,24 +92,76 @@ def convert_for_model(state_dict: Mapping[str, Any], model: resnet.ResNet,
   """As `convert_state_dict`, for an already built model."""
   target = _variable_shapes(model)
   expected = {torch_key(path): path for path in target}
-  arrays = {key: _as_numpy(value) for key, value in state_dict.items()
+  _check_entries(state_dict)
+  values = {key: value for key, value in state_dict.items()
             if not (key.endswith(_IGNORED_SUFFIX)
                     and key[:-len(_IGNORED_SUFFIX)] + ".running_mean" in expected)}
+  _check_fit(values, {key: torch_shape(target[path].shape) for key, path in expected.items()},
+             model_name)
+  flat = {path: _to_flax(_as_numpy(values[key]), target[path].shape,
+                         model.head_pool_size).astype(np.float32)
+          for key, path in expected.items()}
+  nonfinite = [key for key, path in expected.items() if not np.isfinite(flat[path]).all()]
+  if nonfinite:
+    raise ConversionError(f"key {nonfinite[0]!r} holds NaN or infinite values")
+  return traverse_util.unflatten_dict(flat)
+
+
+def _check_entries(state_dict: Mapping[str, Any]) -> None:
+  """Refuses, naming the first offending key, an entry no saved model has: a key that is not
+  a name, or a value that is not a dense, floating-point array of distinct elements."""
+  for key, value in state_dict.items():
+    if not isinstance(key, str):
+      raise ConversionError(f"key {key!r} ({type(key).__name__}) is not a parameter name (str)")
+    _check_value(key, value)
+
+
+def _check_value(key: str, value: Any) -> None:
+  """Reads metadata only: a crafted file's torch.zeros(1).expand(10**9) stores one value,
+  and must fail here rather than be materialised by a conversion."""
+  if hasattr(value, "detach"):  # a torch.Tensor (so torch is installed)
+    import torch  # pylint: disable=g-import-not-at-top
+    if value.layout != torch.strided:  # sparse tensors have no strides nor numpy form
+      raise ConversionError(f"key {key!r} is a {value.layout} tensor; weights are dense "
+                            "(torch.strided)")
+    strides, floating = value.stride(), value.is_floating_point()
+  elif isinstance(value, np.ndarray):
+    strides, floating = [s // value.itemsize for s in value.strides], value.dtype.kind == "f"
+  else:
+    raise ConversionError(f"key {key!r} holds a {type(value).__name__}, not a tensor")
+  if _overlapping(value.shape, strides):
+    raise ConversionError(f"key {key!r} of shape {tuple(value.shape)} has strides "
+                          f"{tuple(strides)}, which repeat elements (an expanded view); "
+                          "saved weights have one element per index")
+  if not floating and not key.endswith(_IGNORED_SUFFIX):  # that one counts batches
+    raise ConversionError(f"key {key!r} has dtype {value.dtype}; weights are floating point")
+
+
+def _overlapping(shape: Sequence[int], strides: Sequence[int]) -> bool:
+  """Whether two indices reach one element: taken by stride, each dimension must step past
+  the span of those before it (a stride of 0 on a dimension of size > 1 never does)."""
+  span = 0
+  for stride, size in sorted((abs(st), sz) for sz, st in zip(shape, strides) if sz > 1):
+    if stride <= span:
+      return True
+    span += stride * (size - 1)
+  return False
+
+
+def _check_fit(values: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]],
+               model_name: str) -> None:
+  """Compares shapes only, so nothing is converted (nor materialised) until every key fits."""
   problems = []
-  for key, path in expected.items():
-    want = torch_shape(target[path].shape)
-    if key not in arrays:
+  for key, want in shapes.items():
+    if key not in values:
       problems.append(f"missing key {key!r} (model expects shape {want})")
-    elif arrays[key].shape != want:
-      problems.append(f"key {key!r} has shape {arrays[key].shape}, model expects {want}")
-  problems += [f"unexpected key {key!r} (shape {value.shape})"
-               for key, value in arrays.items() if key not in expected]
+    elif tuple(values[key].shape) != want:
+      problems.append(f"key {key!r} has shape {tuple(values[key].shape)}, model expects {want}")
+  problems += [f"unexpected key {key!r} (shape {tuple(value.shape)})"
+               for key, value in values.items() if key not in shapes]
   if problems:
     raise ConversionError(f"state_dict does not fit model {model_name!r}:\n  "
                           + "\n  ".join(problems))
-  flat = {path: _to_flax(arrays[key], target[path].shape, model.head_pool_size).astype(np.float32)
-          for key, path in expected.items()}
-  return traverse_util.unflatten_dict(flat)
 
 
 def load_state_dict(path: str) -> Mapping[str, Any]:
@@ -139,9 +192,13 @@ def convert_checkpoint(model_name: str, checkpoint: str, output: str) -> str:
     raise FileExistsError(f"{existing} already exists, holding {sorted(os.listdir(existing))}; "
                           "choose another --output")
   model = models.get_model(model_name)
-  variables = convert_for_model(load_state_dict(checkpoint), model, model_name)
-  return checkpoints.save_model(output, 0, variables, models.model_config(model_name, model), source="convert_torch",
-                                torch_checkpoint=os.path.abspath(checkpoint))
+  state_dict = load_state_dict(checkpoint)
+  try:
+    variables = convert_for_model(state_dict, model, model_name)
+  except ConversionError as e:  # the command's one error line names the file
+    raise ConversionError(f"{checkpoint}: {e}") from e
+  return checkpoints.save_model(output, 0, variables, models.model_config(model_name, model),
+                                source="convert_torch", torch_checkpoint=os.path.abspath(checkpoint))
 
 
 FLAGS = flags.FLAGS

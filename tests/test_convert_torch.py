@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import zipfile
 
 import jax
 import numpy as np
@@ -123,3 +124,62 @@ def test_cli_missing_and_corrupt_files_are_named(tmp_path):
                     str(tmp_path / "o"))
   assert result.returncode != 0 and f"cannot read {corrupt}" in result.stderr
   assert not (tmp_path / "o").exists()
+
+
+def _refuse_conversion(*args):
+  raise AssertionError("a value was converted before every entry was checked")
+
+
+@pytest.mark.parametrize("state,message", [
+    ({3: torch.zeros(2)}, r"key 3 \(int\) is not a parameter name \(str\)"),
+    ({"fc.bias": torch.zeros(10).to_sparse()},
+     r"key 'fc.bias' is a torch.sparse_coo tensor; weights are dense \(torch.strided\)"),
+    ({"fc.bias": torch.zeros(1).expand(10**9)},
+     r"key 'fc.bias' of shape \(1000000000,\) has strides \(0,\), which repeat elements"),
+    ({"fc.weight": torch.zeros(41).as_strided((10, 32), (1, 1))},
+     r"key 'fc.weight' of shape \(10, 32\) has strides \(1, 1\), which repeat elements"),
+    ({"fc.bias": torch.zeros(10, dtype=torch.int64)},
+     r"key 'fc.bias' has dtype torch.int64; weights are floating point"),
+    ({"fc.bias": [0.0] * 10}, r"key 'fc.bias' holds a list, not a tensor"),
+])
+def test_bad_entry_of_a_file_is_one_line_naming_file_and_key(tmp_path, monkeypatch, state,
+                                                             message):
+  pth = tmp_path / "bad.pth"
+  torch.save(state, pth)
+  monkeypatch.setattr(convert_torch, "_as_numpy", _refuse_conversion)  # nothing materialised
+  with pytest.raises(convert_torch.ConversionError, match=f"^{pth}: {message}") as info:
+    convert_torch.convert_checkpoint("shallow", str(pth), str(tmp_path / "o"))
+  assert "\n" not in str(info.value)
+  assert not (tmp_path / "o").exists()
+
+
+def test_non_finite_value_is_named(shallow_state):
+  state = {**shallow_state, "layer2.0.bn1.running_var": torch.full((128,), float("nan"))}
+  with pytest.raises(convert_torch.ConversionError,
+                     match=r"^key 'layer2.0.bn1.running_var' holds NaN or infinite values$"):
+    convert_torch.convert_state_dict(state, "shallow")
+
+
+def test_tensor_past_its_storage_is_refused_by_torch_load(tmp_path):
+  """A file whose tensor claims more elements than its storage holds: torch.load refuses it."""
+  good, bad = tmp_path / "good.pth", tmp_path / "bad.pth"
+  torch.save({"fc.bias": torch.zeros(77)}, good)
+  with zipfile.ZipFile(good) as source, zipfile.ZipFile(bad, "w") as target:
+    for info in source.infolist():
+      data = source.read(info)
+      if info.filename.endswith("data.pkl"):  # the size tuple's (77,) -> (200,): 'K' 77 -> 200
+        size_at = data.index(b"KM", data.index(b"KM") + 1)
+        data = data[:size_at] + b"K\xc8" + data[size_at + 2:]
+      target.writestr(info, data)
+  with pytest.raises(convert_torch.ConversionError,
+                     match=f"^cannot read {bad} as a PyTorch checkpoint: .*storage"):
+    convert_torch.load_state_dict(str(bad))
+
+
+def test_cli_expanded_tensor_is_one_error_line_without_traceback(tmp_path):
+  pth = tmp_path / "expanded.pth"
+  torch.save({"fc.bias": torch.zeros(1).expand(10**9)}, pth)
+  result = _run_cli("--model", "shallow", "--checkpoint", str(pth), "--output",
+                    str(tmp_path / "o"))
+  assert result.returncode == 1 and "Traceback" not in result.stderr
+  assert result.stderr.strip().splitlines()[-1].startswith(f"error: {pth}: key 'fc.bias' ")
