@@ -14,7 +14,9 @@ Layout: WORKDIR/checkpoints/<step>/ holds up to three items,
            weight averages' names), "evaluated_average" (None, or the one in
            "model"), "epoch",
            "config", "history" (per-epoch scalars) and "eval_accuracy" (None for
-           a checkpoint written mid-epoch, on a preemption signal).
+           a checkpoint written mid-epoch, on a preemption signal); and
+           "checksum" (a hashlib algorithm) with "checksums": {item: {'/'-joined
+           array path: hex digest of the array's bytes}} for "model" and "train".
 Training numbers checkpoints by train step (meta "epoch" and "epoch_step" say
 where in the schedule it is); a converted checkpoint is step 0. The validation
 accuracy is also the checkpoint's Orbax metric, by which managers rank them
@@ -22,10 +24,21 @@ accuracy is also the checkpoint's Orbax metric, by which managers rank them
 
 Restoring builds an abstract target with the *current* mesh's shardings, so a
 checkpoint written on N devices restores on M. No TensorFlow here.
+
+Integrity: Orbax 0.12's arrays (zarr v2 chunks, zstd, in OCDBT data files) carry no
+checksum of their own (its zarr3 format checksums only the shard index), so flipped
+bytes in a chunk decode silently to other values. The checksums in "meta" catch
+that: every restore hashes what it restored and compares. A damaged checkpoint (one
+that Orbax cannot read, or whose arrays differ) is a DamagedCheckpointError: resume
+sets it aside and resumes the one before; evaluation and prediction refuse it,
+naming it (--checkpoint_step picks another). Checkpoints written before checksums
+were kept restore unverified, with a warning. An unreadable metrics/metrics file
+(Orbax's per-step copy of the accuracy) gives way to meta's: see `_Manager`.
 """
 
 import dataclasses
 import functools
+import hashlib
 import json
 import os
 import tempfile
@@ -43,10 +56,15 @@ from resnet_jax import checkpoint_layouts, models
 LAYOUT = checkpoint_layouts.LAYOUT
 CHECKPOINT_SUBDIR = "checkpoints"
 ITEMS = ("model", "train", "meta")
+CHECKSUM = "sha256"  # SHA-NI makes it faster than blake2b on today's x86 and ARM CPUs
 
 
 class CheckpointError(ValueError):
   """No usable checkpoint, or one that does not fit the config; names the directory."""
+
+
+class DamagedCheckpointError(CheckpointError):
+  """A checkpoint Orbax cannot read, or whose arrays no longer match their checksums."""
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -55,6 +73,59 @@ def checkpoint_dir(workdir: str) -> str:
 
 def _eval_accuracy(metrics: dict) -> float:
   return metrics["eval_accuracy"]
+
+
+def _is_accuracy(metrics) -> bool:
+  return (isinstance(metrics, dict) and isinstance(metrics.get("eval_accuracy"), (int, float))
+          and not isinstance(metrics["eval_accuracy"], bool))
+
+
+class _Manager(ocp.CheckpointManager):
+  """A CheckpointManager that reads an unusable metrics file as the step's meta accuracy.
+
+  Orbax reads every step's metrics/metrics when it opens a directory (and on reload),
+  and a garbage one raised there, stopping resume and evaluation alike. The step's meta
+  holds the same accuracy: without it the step has none, which on resume would also
+  let the retention policy delete what may be the best checkpoint.
+  """
+
+  def metrics(self, step: int):
+    try:
+      metrics = super().metrics(step)
+    except Exception as e:  # pylint: disable=broad-except  # JSON, Unicode, OS errors
+      metrics = e
+    if metrics is None or _is_accuracy(metrics):
+      return metrics
+    step_dir = os.path.join(self.directory, str(step))
+    accuracy = _meta_accuracy(step_dir)
+    _warn_once(f"ignoring the unusable metrics file {step_dir}/metrics/metrics "
+               f"({_one_line(metrics)}); using the step's meta eval_accuracy, {accuracy}")
+    return None if accuracy is None else {"eval_accuracy": accuracy}
+
+
+def _meta_accuracy(step_dir: str) -> float | None:
+  try:
+    with open(os.path.join(step_dir, "meta", "metadata")) as f:
+      meta = json.load(f)
+  except (OSError, ValueError):
+    return None
+  return meta["eval_accuracy"] if _is_accuracy(meta) else None
+
+
+def _one_line(reason) -> str:
+  """An error or value as one line of at most ~400 characters: Orbax's messages put paths
+  first and the OS's reason last, over several lines."""
+  text = " ".join(str(reason).split())
+  if isinstance(reason, Exception):
+    text = f"{type(reason).__name__}: {text}"
+  return f"{text[:150]} ... {text[-250:]}" if len(text) > 400 else text
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+  """Logs `message` as a warning once a process, however often it holds (each restore,
+  each time a manager loads the steps' metrics)."""
+  logging.warning(message)
 
 
 def training_manager(workdir: str, keep_last: int) -> ocp.CheckpointManager:
@@ -67,7 +138,7 @@ def training_manager(workdir: str, keep_last: int) -> ocp.CheckpointManager:
   ])
   options = ocp.CheckpointManagerOptions(preservation_policy=policy, best_fn=_eval_accuracy,
                                          best_mode="max", enable_async_checkpointing=True)
-  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_names=ITEMS)
+  return _Manager(checkpoint_dir(workdir), options=options, item_names=ITEMS)
 
 
 def reading_manager(workdir: str) -> ocp.CheckpointManager:
@@ -77,7 +148,7 @@ def reading_manager(workdir: str) -> ocp.CheckpointManager:
     raise CheckpointError(f"no checkpoint in {directory} (the directory does not exist)")
   options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0,
                                          best_fn=_eval_accuracy, best_mode="max")
-  manager = ocp.CheckpointManager(directory, options=options, item_names=ITEMS)
+  manager = _Manager(directory, options=options, item_names=ITEMS)
   if not manager.all_steps():
     manager.close()
     raise CheckpointError(f"no checkpoint in {directory}")
@@ -106,11 +177,12 @@ def choose_step(manager: ocp.CheckpointManager, step: int | None = None) -> tupl
 def save_model(workdir: str, step: int, variables: dict, model_config: dict,
                **meta: Any) -> str:
   """Writes model variables and description only (converted weights); returns the path."""
+  model = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
   with ocp.CheckpointManager(checkpoint_dir(workdir), item_names=ITEMS) as manager:
     manager.save(step, args=ocp.args.Composite(
-        model=ocp.args.StandardSave({"params": variables["params"],
-                                     "batch_stats": variables["batch_stats"]}),
-        meta=ocp.args.JsonSave({"model": model_config, "layout": LAYOUT, **meta})))
+        model=ocp.args.StandardSave(model),
+        meta=ocp.args.JsonSave({"model": model_config, "layout": LAYOUT, **meta,
+                                **_checksum_meta({"model": model})})))
     manager.wait_until_finished()
   return os.path.join(checkpoint_dir(workdir), str(step))
 
@@ -143,7 +215,7 @@ def save_training(manager: ocp.CheckpointManager, step: int, state, train_metric
   items["train"]["metrics"] = _host_values(items["train"]["metrics"])
   manager.save(step, args=ocp.args.Composite(
       model=ocp.args.StandardSave(items["model"]), train=ocp.args.StandardSave(items["train"]),
-      meta=ocp.args.JsonSave(meta)),
+      meta=ocp.args.JsonSave({**meta, **_checksum_meta(items)})),
       metrics=None if meta["eval_accuracy"] is None else {"eval_accuracy": meta["eval_accuracy"]})
 
 
@@ -165,31 +237,93 @@ def _host_values(tree):
                       if isinstance(x, jax.Array) else np.asarray(x), tree)
 
 
+def _whole_on_host(x) -> np.ndarray | None:
+  """x's whole value as numpy, or None where this process holds only part of it."""
+  if not isinstance(x, jax.Array):
+    return np.asarray(x)
+  if x.is_fully_replicated:  # the train state: one copy, not a gather
+    return np.asarray(x.addressable_data(0))
+  return np.asarray(jax.device_get(x)) if x.is_fully_addressable else None
+
+
+def _checksums(tree, algorithm: str) -> dict[str, str]:
+  """{'/'-joined path: hex digest of the bytes} of the arrays of `tree` this process holds
+  whole; one sharded across processes (none today: the state is replicated) goes without."""
+  digests = {}
+  for path, value in jax.tree_util.tree_leaves_with_path(tree):
+    host = _whole_on_host(value)
+    if host is None:
+      _warn_once("arrays sharded across processes are neither checksummed nor verified")
+      continue
+    digest = hashlib.new(algorithm)
+    digest.update(np.ascontiguousarray(host).reshape(-1).view(np.uint8))  # bytes, no copy
+    digests[jax.tree_util.keystr(path, simple=True, separator="/")] = digest.hexdigest()
+  return digests
+
+
+def _checksum_meta(items: dict) -> dict:
+  """What meta records of the arrays of `items` (item name: tree) for restores to verify."""
+  return {"checksum": CHECKSUM,
+          "checksums": {name: _checksums(tree, CHECKSUM) for name, tree in items.items()}}
+
+
+def _verify(directory: str, restored: dict, meta: dict) -> None:
+  """Raises DamagedCheckpointError naming the first restored array (of items by name) whose
+  bytes differ from those saved, as the checkpoint's meta records them."""
+  if "checksums" not in meta:
+    _warn_once("restoring checkpoints written before checksums were kept: their arrays are "
+               "not verified")
+    return
+  for name, tree in restored.items():
+    saved = meta["checksums"].get(name, {})
+    for path, digest in _checksums(tree, meta["checksum"]).items():
+      if saved.get(path, digest) != digest:
+        raise DamagedCheckpointError(f"{directory}: array {name}/{path} does not match its "
+                                     "checksum: the checkpoint's bytes changed")
+
+
+def _unreadable(manager: ocp.CheckpointManager, step: int,
+                error: Exception) -> DamagedCheckpointError:
+  return DamagedCheckpointError(f"{manager.directory}/{step} is unreadable ({_one_line(error)})")
+
+
 def read_meta(manager: ocp.CheckpointManager, step: int) -> dict:
-  return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+  """The "meta" item of `step`; DamagedCheckpointError when Orbax cannot read it."""
+  try:
+    return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+  except Exception as e:  # pylint: disable=broad-except  # Orbax raises many types
+    raise _unreadable(manager, step, e) from e
 
 
 def _abstract(tree, sharding):
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
 
-def _restore(manager: ocp.CheckpointManager, step: int, target: dict, layout: int) -> dict:
-  """The items of `target` (abstract, today's layout) from `step`, saved in `layout`."""
+def _restore(manager: ocp.CheckpointManager, step: int, target: dict, meta: dict) -> dict:
+  """The items of `target` (abstract, today's layout) from `step`, whose `meta` says its
+  layout, verified against meta's checksums."""
+  layout = meta.get("layout", 1)
   try:
     saved = checkpoint_layouts.as_saved(target, layout)
   except ValueError as e:
     raise CheckpointError(f"{manager.directory}/{step} cannot be resumed with this config: "
                           f"{e}") from e
-  restored = manager.restore(step, args=ocp.args.Composite(
-      **{name: ocp.args.StandardRestore(item) for name, item in saved.items()}))
-  return checkpoint_layouts.as_today({name: restored[name] for name in saved}, target, layout)
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(
+        **{name: ocp.args.StandardRestore(item) for name, item in saved.items()}))
+  except Exception as e:  # pylint: disable=broad-except  # cut, missing or garbled files
+    raise _unreadable(manager, step, e) from e
+  restored = {name: restored[name] for name in saved}
+  _verify(f"{manager.directory}/{step}", restored, meta)
+  return checkpoint_layouts.as_today(restored, target, layout)
 
 
 def restore_training(manager: ocp.CheckpointManager, step: int, state, train_metrics,
-                     sharding, layout: int = LAYOUT):
-  """(state, train metrics) restored from `step` into the structure of the arguments."""
+                     sharding, meta: dict):
+  """(state, train metrics) restored from `step` (whose `meta` says its layout and
+  checksums) into the structure of the arguments."""
   restored = _restore(manager, step, _abstract(_state_items(state, train_metrics), sharding),
-                      layout)
+                      meta)
   model, train = dict(restored["model"]), restored["train"]
   metrics_state = train.pop("metrics")
   if state.evaluated_average:
@@ -201,9 +335,9 @@ def restore_training(manager: ocp.CheckpointManager, step: int, state, train_met
 
 def restore_variables(manager: ocp.CheckpointManager, step: int, model: models.Model,
                       meta: dict, sharding=None) -> dict:
-  """The variables of `model` that evaluation uses at `step` (whose `meta` says its layout
-  and evaluated average), on `sharding` (default: one device): the evaluated weight
-  average's params and statistics where the run kept one, else the weights'."""
+  """The variables of `model` that evaluation uses at `step` (whose `meta` says its layout,
+  checksums and evaluated average), on `sharding` (default: one device): the evaluated
+  weight average's params and statistics where the run kept one, else the weights'."""
   shapes = dict(jax.eval_shape(functools.partial(models.init_variables, model),
                                jax.random.key(0)))
   average = meta.get("evaluated_average")
@@ -211,7 +345,7 @@ def restore_variables(manager: ocp.CheckpointManager, step: int, model: models.M
     shapes[average] = {"params": shapes["params"], "batch_stats": shapes["batch_stats"]}
   sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
   target = {"model": _abstract(shapes, sharding)}
-  variables = dict(_restore(manager, step, target, meta.get("layout", 1))["model"])
+  variables = dict(_restore(manager, step, target, meta)["model"])
   if average:
     variables.update(variables.pop(average))
   return variables
@@ -235,12 +369,13 @@ def restore_model(workdir: str, step: int | None = None) -> tuple[models.Model, 
 class TrainingCheckpoints:
   """A training run's checkpoints and the policy for recovering from them.
 
-  `restore` resumes the newest checkpoint that reads: an unreadable one (cut
-  files, missing metadata) is moved aside as <step>.corrupt with a warning and
-  the next older one tried, nothing deleted; a checkpoint of another model, or
-  not from training, stops the run. `save` and `close` turn Orbax's failures
-  (a full disk, permissions) into a CheckpointError naming the intact
-  checkpoints. A context manager: leaving it waits for the asynchronous saves.
+  `restore` resumes the newest checkpoint that reads: a damaged one (cut files,
+  missing metadata, arrays that differ from their checksums) is moved aside as
+  <step>.corrupt with a warning and the next older one tried, nothing deleted; a
+  checkpoint of another model, or not from training, stops the run. `save` and
+  `close` turn Orbax's failures (a full disk, permissions) into a CheckpointError
+  naming the intact checkpoints. A context manager: leaving it waits for the
+  asynchronous saves.
   """
 
   def __init__(self, workdir: str, keep_last: int):
@@ -263,16 +398,10 @@ class TrainingCheckpoints:
     for step in sorted(self.manager.all_steps(), reverse=True):
       try:
         meta = read_meta(self.manager, step)
-      except Exception as e:  # pylint: disable=broad-except  # orbax raises many types
-        self._set_aside(step, e)
-        continue
-      self._check_resumable(meta, model_name, model, state)
-      try:
+        self._check_resumable(meta, model_name, model, state)
         state, metrics = restore_training(self.manager, step, state, train_metrics, sharding,
-                                          meta.get("layout", 1))
-      except CheckpointError:
-        raise
-      except Exception as e:  # pylint: disable=broad-except
+                                          meta)
+      except DamagedCheckpointError as e:  # other CheckpointErrors stop the run
         self._set_aside(step, e)
         continue
       logging.info("resuming from %s/%d: epoch %d, step %d of it", self.manager.directory, step,
@@ -301,12 +430,9 @@ class TrainingCheckpoints:
   def write_failed(self, error: Exception) -> CheckpointError:
     """A failed write to the workdir as an error naming the complete checkpoints."""
     self.manager.reload()
-    reason = str(error)
-    if len(reason) > 400:  # Orbax's messages put paths first and the OS's reason last
-      reason = f"{reason[:150]} ... {reason[-250:]}"
     return CheckpointError(
-        f"writing to {os.path.dirname(self.manager.directory)} failed ({type(error).__name__}: "
-        f"{reason}); the complete checkpoints are intact: {sorted(self.manager.all_steps())}")
+        f"writing to {os.path.dirname(self.manager.directory)} failed ({_one_line(error)}); "
+        f"the complete checkpoints are intact: {sorted(self.manager.all_steps())}")
 
   def _check_resumable(self, meta: dict, model_name: str, model: models.Model, state) -> None:
     if meta.get("source") != "train":

@@ -1,0 +1,143 @@
+"""Checkpoint integrity: arrays whose bytes changed on disk, unreadable
+checkpoints and metrics files, and checkpoints written before checksums were kept."""
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import tensorstore as ts
+
+from resnet_jax import checkpoints, evaluate, models, train
+from tests.conftest import REPO, load_script, write_unlabeled
+from tests.conftest import smoke_config as _smoke
+from tests.test_reliability import _remove_metadata, _truncate_model_files  # resume's damage
+
+DAMAGED_ARRAY = "params/layer3_0/conv2/kernel"  # the smoke model's largest: 36 KiB
+
+
+@pytest.fixture
+def finished(tmp_path, trained):
+  """A copy of the `trained` run's workdir to damage: checkpoints 16, 32 and 48 (the best)."""
+  workdir = tmp_path / "run"
+  shutil.copytree(trained[0], workdir)
+  return workdir
+
+
+def _flip_bytes(step_dir, item: str = "model", array: str = DAMAGED_ARRAY) -> None:
+  """Inverts 64 bytes in the middle of an array's chunk in its OCDBT data file (d/...).
+
+  The chunk is a zstd frame with no checksum, so the damage decodes, to other values,
+  as the probe found: checked here by reading the array with tensorstore, past Orbax.
+  """
+  key = array.replace("/", ".")
+  spec = {"driver": "zarr", "path": key,
+          "kvstore": {"driver": "ocdbt", "base": f"file://{step_dir}/{item}/"}}
+  before = ts.open(spec).result().read().result()
+  chunk = ts.KvStore.open(spec["kvstore"]).result().read(f"{key}/0.0.0.0").result().value
+  for path in glob.glob(os.path.join(step_dir, item, "**", "d", "*"), recursive=True):
+    with open(path, "r+b") as f:
+      data = f.read()
+      start = data.find(chunk)
+      if start >= 0:
+        middle = start + len(chunk) // 2
+        f.seek(middle)
+        f.write(bytes(b ^ 0xFF for b in data[middle:middle + 64]))
+  after = ts.open(spec).result().read().result()
+  assert (after != before).any(), "the flip did not reach the array's chunk"
+
+
+def _remove_model_item(step_dir):
+  shutil.rmtree(os.path.join(step_dir, "model"))
+
+
+def test_an_array_whose_bytes_changed_is_set_aside_on_resume_and_the_previous_resumed(
+    finished, trained, caplog):
+  _, uninterrupted, _ = trained
+  _flip_bytes(finished / "checkpoints" / "48")
+  state, _ = train.train_and_evaluate(_smoke(), str(finished))
+  assert (f"checkpoints/48: array model/{DAMAGED_ARRAY} does not match its checksum"
+          in caplog.text)
+  assert (finished / "checkpoints" / "48.corrupt").is_dir()  # kept, not deleted
+  for ours, theirs in zip(jax.tree.leaves(jax.device_get((state.params, state.opt_state))),
+                          jax.tree.leaves((uninterrupted.params, uninterrupted.opt_state))):
+    np.testing.assert_array_equal(ours, theirs)  # epoch 3 again, from checkpoint 32
+
+
+@pytest.mark.parametrize("damage,message", [
+    (_flip_bytes, f": array model/{DAMAGED_ARRAY} does not match its checksum: the "
+                  "checkpoint's bytes changed"),
+    (_truncate_model_files, " is unreadable ("),
+    (_remove_metadata, " is unreadable (FileNotFoundError: "),
+    (_remove_model_item, " is unreadable (KeyError: 'Item \"model\" was not found"),
+])
+def test_eval_refuses_a_damaged_best_checkpoint_in_one_line(finished, damage, message):
+  damage(str(finished / "checkpoints" / "48"))
+  result = subprocess.run(
+      [sys.executable, "-m", "resnet_jax.main", "--config", "configs/smoke.py", "--mode", "eval",
+       "--workdir", str(finished)], cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 1, result.stderr[-3000:]
+  assert "Traceback" not in result.stderr, result.stderr[-3000:]
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith(f"error: {finished}/checkpoints/48{message}"), last
+
+
+def test_predict_refuses_a_changed_array_and_an_intact_step_still_evaluates(finished,
+                                                                              tmp_path):
+  _flip_bytes(finished / "checkpoints" / "48")
+  with pytest.raises(checkpoints.DamagedCheckpointError, match=r"checkpoints/48: array model/"):
+    evaluate.predict(_smoke(), str(finished), write_unlabeled(tmp_path), str(tmp_path / "p.csv"))
+  assert evaluate.evaluate_checkpoint(_smoke(), str(finished), step=32)["step"] == 32
+
+
+def test_a_garbage_metrics_file_does_not_stop_eval_or_resume(finished, trained, caplog):
+  _, _, history = trained
+  for step in (32, 48):
+    (finished / "checkpoints" / str(step) / "metrics" / "metrics").write_bytes(b"\xff{garbage")
+  best = max(history, key=lambda h: (h["eval_accuracy"], h["epoch"]))
+  metrics = evaluate.evaluate_checkpoint(_smoke(), str(finished))
+  assert metrics["step"] == 16 * best["epoch"]  # ranked by the accuracy in meta instead
+  assert metrics["chosen"] == f"best validation accuracy, {best['eval_accuracy']:.4f}"
+  assert f"ignoring the unusable metrics file {finished}/checkpoints/48/metrics/metrics" \
+      in caplog.text
+  _, resumed = train.train_and_evaluate(_smoke(num_epochs=4), str(finished))
+  untimed = lambda hs: [{k: v for k, v in h.items() if k not in train.TIMED_SCALARS} for h in hs]
+  assert untimed(resumed[:3]) == untimed(history) and len(resumed) == 4
+
+
+def test_converted_weights_are_checksummed_and_verified(tmp_path):
+  config = _smoke()
+  model = train.build_model(config)
+  variables = models.init_variables(model, jax.random.PRNGKey(0))
+  checkpoints.save_model(str(tmp_path), 0, variables, models.model_config(config.model.name,
+                                                                          model), source="test")
+  _, restored, meta = checkpoints.restore_model(str(tmp_path))
+  assert meta["checksum"] == checkpoints.CHECKSUM
+  assert len(meta["checksums"]["model"]) == len(jax.tree.leaves(restored))
+  _flip_bytes(tmp_path / "checkpoints" / "0")
+  with pytest.raises(checkpoints.DamagedCheckpointError,
+                     match=f"checkpoints/0: array model/{DAMAGED_ARRAY} does not match"):
+    checkpoints.restore_model(str(tmp_path))
+
+
+def test_a_workdir_from_before_checksums_restores_unverified_with_one_warning(tmp_path, caplog):
+  workdir = tmp_path / "v1"
+  shutil.copytree(os.path.join(REPO, "tests", "data", "v1_workdirs", "resnet"), workdir)
+  checkpoints._warn_once.cache_clear()  # pylint: disable=protected-access  # once a process
+  for step in (16, 21):
+    _, variables, meta = checkpoints.restore_model(str(workdir), step)
+    assert "checksums" not in meta and jax.tree.leaves(variables)
+  assert caplog.text.count("written before checksums were kept") == 1
+
+
+def test_the_checksum_benchmark_runs_tiny(capsys, monkeypatch):
+  monkeypatch.setattr(sys, "argv", ["scripts/benchmark_checksums.py", "--tiny", "--repeats", "1"])
+  load_script("benchmark_checksums").main()  # in this process: its imports are already paid for
+  report = json.loads(capsys.readouterr().out)
+  assert report["command"] == "scripts/benchmark_checksums.py --tiny --repeats 1"
+  assert report["bytes_hashed"] > 0 and report["hash_on_save_s"] > 0
