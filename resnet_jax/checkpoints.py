@@ -41,7 +41,6 @@ import functools
 import hashlib
 import json
 import os
-import tempfile
 from typing import Any
 
 import flax
@@ -51,7 +50,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from orbax.checkpoint import checkpoint_managers
 
-from resnet_jax import checkpoint_layouts, models
+from resnet_jax import checkpoint_layouts, files, models
 
 LAYOUT = checkpoint_layouts.LAYOUT
 CHECKPOINT_SUBDIR = "checkpoints"
@@ -480,11 +479,7 @@ def check_writable(workdir: str) -> None:
   The workdir itself is made by the checkpoint manager, after the data and the
   model are known to be usable, so that a failed start leaves no empty workdir.
   """
-  existing = os.path.abspath(workdir)
-  while not os.path.exists(existing):
-    existing = os.path.dirname(existing)
   try:
-    with tempfile.NamedTemporaryFile(dir=existing):
-      pass
+    files.check_creatable(workdir)
   except OSError as e:
     raise CheckpointError(f"--workdir {workdir} is not writable: {e}") from e

@@ -44,12 +44,22 @@ def check_writable(path: str, what: str) -> None:
   """
   if os.path.isdir(path):
     raise OutputError(f"{what} {path} is a directory, not a file")
-  existing = os.path.dirname(os.path.abspath(path))
+  try:
+    check_creatable(os.path.dirname(os.path.abspath(path)))
+  except OSError as e:
+    raise OutputError(f"{what} {path} cannot be written ({e.strerror or e}: "
+                      f"{e.filename})") from None
+
+
+def check_creatable(directory: str) -> None:
+  """Raises OSError unless files could be made in `directory`, or, where it does not exist
+  yet, in its nearest existing parent (whose name the error carries). Creates nothing."""
+  existing = os.path.abspath(directory)
   while not os.path.exists(existing):
     existing = os.path.dirname(existing)
   try:
     with tempfile.TemporaryFile(dir=existing):
       pass
   except OSError as e:
-    raise OutputError(f"{what} {path} cannot be written ({e.strerror or e}: {existing})") \
-        from None
+    e.filename = existing
+    raise

@@ -12,6 +12,8 @@ import sys
 
 import matplotlib
 
+from resnet_jax import files
+
 matplotlib.use("Agg")  # files only; no display on servers and CI
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 from matplotlib import ticker  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -22,10 +24,8 @@ CURVES_FILE = "curves.png"
 
 def write_history(workdir: str, history: list[dict]) -> None:
   """Replaces DIR/history.json atomically, so a reader never sees half a file."""
-  path = os.path.join(workdir, HISTORY_FILE)
-  with open(path + ".tmp", "w") as f:
+  with files.replaced_atomically(os.path.join(workdir, HISTORY_FILE)) as f:
     json.dump(history, f, indent=1)
-  os.replace(path + ".tmp", path)
 
 
 def read_history(workdir: str) -> list[dict]:
@@ -50,7 +50,8 @@ def plot_curves(history: list[dict], path: str) -> str:
   axes[0].set_title("cross-entropy loss")
   axes[1].set_title("accuracy")
   figure.tight_layout()
-  figure.savefig(path, dpi=100)
+  with files.replaced_atomically(path, "wb") as f:
+    figure.savefig(f, format="png", dpi=100)
   plt.close(figure)
   return path
 
@@ -60,9 +61,15 @@ def main(argv: list[str]) -> None:
     sys.exit(__doc__)
   try:
     history = read_history(argv[1])
+    path = plot_curves(history, os.path.join(argv[1], CURVES_FILE))
   except FileNotFoundError as e:
     sys.exit(f"error: {e}")
-  print(f"wrote {plot_curves(history, os.path.join(argv[1], CURVES_FILE))}")
+  except (ValueError, KeyError, TypeError) as e:  # a damaged or foreign history.json
+    sys.exit(f"error: {os.path.join(argv[1], HISTORY_FILE)} is not a training history "
+             f"({type(e).__name__}: {str(e)[:200]})")
+  except OSError as e:
+    sys.exit(f"error: cannot write {os.path.join(argv[1], CURVES_FILE)} ({e})")
+  print(f"wrote {path}")
 
 
 if __name__ == "__main__":

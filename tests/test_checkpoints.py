@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from resnet_jax import checkpoints, convert_torch, evaluate, files, train
+from resnet_jax import checkpoints, convert_torch, evaluate, files, plots, train
 from resnet_jax.data import datasets, pickles, sources, unlabeled
 from tests import torch_reference
 from tests.conftest import REPO, signal_at_batch, write_cifar100_dir, write_unlabeled
@@ -194,6 +194,15 @@ def test_cli_eval_and_plots(trained, tmp_path):
   plots = subprocess.run([sys.executable, "-m", "resnet_jax.plots", workdir],
                          capture_output=True, text=True, cwd=REPO)
   assert plots.returncode == 0 and os.path.getsize(os.path.join(workdir, "curves.png")) > 1000
+
+
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]", '[{"epoch": 1}]'])
+def test_plots_of_a_damaged_history_is_one_line_and_keeps_the_old_figure(tmp_path, content):
+  (tmp_path / "history.json").write_text(content)
+  (tmp_path / "curves.png").write_bytes(b"old figure")
+  with pytest.raises(SystemExit, match=r"error: .*history.json is not a training history"):
+    plots.main(["plots", str(tmp_path)])
+  assert (tmp_path / "curves.png").read_bytes() == b"old figure"
 
 
 def test_outputs_are_checked_before_compute_and_replaced_only_when_complete(
