@@ -174,9 +174,9 @@ LONGEST_FIRST = (
 
 
 def pytest_addoption(parser):
-  parser.addoption("--fuzz-examples", type=int, default=150,
+  parser.addoption("--fuzz-examples", type=int, default=400,
                    help="examples each property-based test of tests/test_pickles.py tries "
-                        "(150 keeps the suite fast; thousands search harder)")
+                        "(400 keep the suite fast; thousands search harder)")
 
 
 def pytest_configure(config):

@@ -16,6 +16,7 @@ Each returns (images uint8 [N, 32, 32, 3], labels int32 [N]) of a split string
 starts from these arrays. Only "tfds" imports TensorFlow (lazily).
 """
 
+import lzma
 import os
 import socket
 import tarfile
@@ -77,7 +78,7 @@ def _read_batch(path: str, read: Callable[[], bytes],
   """Decodes one pickled batch file, checking every value; errors name the file and key."""
   try:
     raw = read()
-  except (OSError, EOFError, tarfile.TarError, zlib.error) as e:  # a damaged archive member
+  except (OSError, EOFError, tarfile.TarError, zlib.error, lzma.LZMAError) as e:  # damaged member
     raise DataError(f"{path}: cannot be read ({type(e).__name__}: {e})") from None
   batch = pickles.loads(raw, path, f"{dataset.title} batch file")
   label_key = dataset.label_key

@@ -87,8 +87,10 @@ def load(path: str) -> tuple[np.ndarray, list]:
     data, ids, data_key, ids_key = _arrays(path)
   except DataError:
     raise
-  except (OSError, ValueError, EOFError, zipfile.BadZipFile, MemoryError) as e:
-    # numpy's readers raise these for corrupt .npy and .npz files
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile, MemoryError, NotImplementedError,
+          RuntimeError) as e:
+    # numpy's and zipfile's readers raise these for corrupt .npy and .npz files (the last
+    # two for an unknown compression method and an encrypted member)
     raise InputFileError(f"{path}: not a readable .npy or .npz file "
                          f"({type(e).__name__}: {pickles.short_repr(str(e))})") from None
   images = _images(path, data, data_key)
