@@ -165,6 +165,7 @@ def poison_batch(monkeypatch, n: int) -> None:
 # alone at the end. A file not listed (a new one) comes last.
 LONGEST_FIRST = (
     "test_reliability.py", "test_checkpoints.py", "test_models.py", "test_device_check.py",
+    "test_checkpoint_integrity.py",  # (new, not in that file: it trains and runs the CLI)
     "test_train.py", "test_fast_model.py", "test_multiprocess.py", "test_parity_training.py",
     "test_device_pipeline.py", "test_console.py", "test_four_devices.py",
     "test_checkpoint_layouts.py", "test_seed_sweep.py", "test_tta.py", "test_race.py",
