@@ -16,6 +16,13 @@ import ml_collections
 import numpy as np
 import pytest
 
+# PyTorch's CUDA wheel (the one pip takes on Python 3.13) loads triton on first use, which
+# torch.optim triggers, and triton imported after TensorFlow 2.21 segfaults: loaded here first.
+try:
+  import torch._dynamo  # pylint: disable=unused-import
+except ImportError:  # the lower-bounds set has no PyTorch
+  pass
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(REPO, "..", "shared", "data")
 # The deep preset's stages at 1, 1, 2 and 1 of its 3, 4, 11 and 2 blocks: every kind of block
