@@ -198,7 +198,8 @@ def convert_checkpoint(model_name: str, checkpoint: str, output: str) -> str:
   except ConversionError as e:  # the command's one error line names the file
     raise ConversionError(f"{checkpoint}: {e}") from e
   return checkpoints.save_model(output, 0, variables, models.model_config(model_name, model),
-                                source="convert_torch", torch_checkpoint=os.path.abspath(checkpoint))
+                                source="convert_torch",
+                                torch_checkpoint=os.path.abspath(checkpoint))
 
 
 FLAGS = flags.FLAGS

@@ -8,6 +8,7 @@ a full disk, Ctrl-C) leaves the earlier file as it was.
 
 import contextlib
 import os
+import stat
 import tempfile
 
 
@@ -17,11 +18,17 @@ class OutputError(OSError):
 
 @contextlib.contextmanager
 def replaced_atomically(path: str, mode: str = "w", **open_kwargs):
-  """A file object whose contents become `path` when the block ends without an error."""
+  """A file object (mode "w" or "wb") whose contents become `path` when the block ends
+  without an error. A link at `path` is replaced, never written through; an existing
+  file's permissions are kept."""
+  if mode not in ("w", "wb"):
+    raise ValueError(f"mode {mode!r}: a replaced file is written whole")
   directory, name = os.path.split(os.path.abspath(path))
   descriptor, temporary = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".part")
   try:
-    os.chmod(temporary, 0o666 & ~_umask())  # mkstemp's 0600 would hide the file from others
+    # mkstemp makes 0600: a new file gets the umask's permissions, an existing one its own
+    os.chmod(temporary, stat.S_IMODE(os.stat(path).st_mode) if os.path.isfile(path)
+             else 0o666 & ~_UMASK)
     with os.fdopen(descriptor, mode, **open_kwargs) as f:
       yield f
     os.replace(temporary, path)
@@ -31,10 +38,13 @@ def replaced_atomically(path: str, mode: str = "w", **open_kwargs):
     raise
 
 
-def _umask() -> int:
-  mask = os.umask(0)
+def _read_umask() -> int:
+  mask = os.umask(0)  # the only way to read it; at import, before any thread could race it
   os.umask(mask)
   return mask
+
+
+_UMASK = _read_umask()
 
 
 def check_writable(path: str, what: str) -> None:

@@ -22,6 +22,7 @@ from resnet_jax.data import datasets, pickles, sources, unlabeled
 from tests.conftest import REPO
 
 CIFAR10 = datasets.DATASETS["cifar10"]
+read_batch = sources._read_batch  # pylint: disable=protected-access
 RNG = np.random.default_rng(0)
 ARRAYS = {
     "uint8 images": RNG.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8),
@@ -124,6 +125,18 @@ ATTACKS = {
                                     + b"tb."),
     "an array that was never built": b"\x80\x02" + _RECONSTRUCT + b".",
     "truncated": pickle.dumps({b"data": ARRAYS["uint8 images"]}, 2)[:-40],
+    # Found by a review (2026-12-06): each crashed, leaked another error or took minutes.
+    "a global's name nested a million deep (crashed hash())": (
+        b"\x80\x04\x8c\x05numpy)" + b"\x85" * 10**6 + b"\x93."),
+    "a str scalar past U+10FFFF (SystemError)": pickle.dumps(np.str_("a"), protocol=2).replace(
+        b"a\x00\x00\x00", b"\x00\x00\x11\x00"),
+    "an int dict key (hash collisions by design)": b"\x80\x02}K\x01Ns.",
+    "a memo index past 2**32": b"N" + b"p%d\n" % (2**61 - 1) + b".",
+    "a shape entry past sys.maxsize": (
+        b"\x80\x02" + _global("numpy.core.numeric", "_frombuffer") + b"(" + _raw(b"A")
+        + _dtype("u1", PLAIN_STATE) + b"\x8a\x09" + (2**70).to_bytes(9, "little") + b"\x85"
+        + _text("C") + b"tR."),
+    "a 10 MB name": b"c" + b"a" * 10**7 + b"\nb\n.",
 }
 
 # Runs each stream through pickles.loads, printing the case before it: a crash names it.
@@ -156,6 +169,8 @@ def test_attacks_are_refused_without_a_crash_in_a_subprocess():
   assert "only a new numpy array or dtype takes a state, once" in outcomes["a second BUILD"]
   assert "dtype 'O8' is not a plain" in outcomes["object array (pointers from the file)"]
   assert "nested deeper than 32" in outcomes["nesting a million deep"]
+  assert "code point that is no character" in outcomes["a str scalar past U+10FFFF (SystemError)"]
+  assert max(len(outcome) for outcome in outcomes.values()) < 400
 
 
 # Property-based: random and mutated files through both readers of pickles.
@@ -178,6 +193,10 @@ def _mutate(data: bytes, draw) -> bytes:
   return bytes(data)
 
 
+# numpy's str arrays drop trailing NULs, as numpy means them to; lone surrogates are refused.
+_ID_CHARACTERS = st.characters(exclude_characters="\x00", exclude_categories=["Cs"])
+
+
 @st.composite
 def _predict_files(draw):
   """(file name, bytes, the images and ids it holds when unmutated, else None)."""
@@ -186,7 +205,7 @@ def _predict_files(draw):
                          np.uint8).reshape(n, 32, 32, 3)
   ids = draw(st.one_of(st.none(), st.lists(st.integers(-2**40, 2**40), min_size=n,
                                            max_size=n),
-                       st.lists(st.text(max_size=5), min_size=n, max_size=n)))
+                       st.lists(st.text(_ID_CHARACTERS, max_size=5), min_size=n, max_size=n)))
   if draw(st.booleans()):
     buffer = io.BytesIO()
     np.savez(buffer, data=images, **({} if ids is None else {"ids": np.array(ids)}))
@@ -244,7 +263,7 @@ def test_the_cifar_loader_gives_the_right_arrays_or_one_data_error(request):
   def check(case):
     stream, expected = case
     try:
-      images, labels = sources._read_batch("data_batch_1", lambda: stream, CIFAR10)  # pylint: disable=protected-access
+      images, labels = read_batch("data_batch_1", lambda: stream, CIFAR10)
     except datasets.DataError as e:
       assert expected is None and str(e).startswith("data_batch_1: "), e
       return

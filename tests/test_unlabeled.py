@@ -43,6 +43,7 @@ def test_ids_are_integers_or_strings_one_per_image(tmp_path, ids, expected):
     ([None, 2], r"b'ids'\[0\] = None \(NoneType\)"),
     ([1, b"\xff"], r"b'ids'\[1\] = b'\\xff' is not UTF-8"),
     ([1, 2, 3], r"3 ids in b'ids' for 2 images"),
+    (["a", "\ud800"], r"b'ids'\[1\] = '\\ud800' is not valid Unicode"),
 ])
 def test_bad_ids_are_named(tmp_path, ids, message):
   path = _pickle(tmp_path, {b"data": IMAGES, b"ids": ids})
@@ -70,6 +71,10 @@ def test_bad_npy_and_npz_files_are_named(tmp_path):
   with pytest.raises(unlabeled.InputFileError, match=r"objects.npz: not a readable .npy or "
                                                     r".npz file \(ValueError: .*allow_pickle"):
     unlabeled.load(str(tmp_path / "objects.npz"))
+  np.savez(tmp_path / "points.npz", data=IMAGES, ids=np.frombuffer(b"a\0\0\0\0\0\x11\0", "<U1"))
+  with pytest.raises(unlabeled.InputFileError, match=r"points.npz: 'ids': a str array holds a "
+                                                    r"code point that is no character"):
+    unlabeled.load(str(tmp_path / "points.npz"))  # numpy's own str() of it: SystemError
   (tmp_path / "cut.npz").write_bytes((tmp_path / "objects.npz").read_bytes()[:100])
   with pytest.raises(unlabeled.InputFileError, match=r"cut.npz: not a readable .npy or .npz"):
     unlabeled.load(str(tmp_path / "cut.npz"))

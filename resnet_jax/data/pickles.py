@@ -27,6 +27,7 @@ import io
 import math
 import pickletools
 import re
+import sys
 import reprlib
 import warnings
 
@@ -35,7 +36,8 @@ import numpy as np
 from resnet_jax.data.datasets import DataError
 
 MAX_DEPTH = 32  # CIFAR's files and predict's inputs nest 3 deep; cycles end here too
-_DTYPE = re.compile(r"(b1|[iuf][1248]|[US][0-9]{1,9})")  # numpy's pickled type strings
+_DTYPE = re.compile(r"(b1|[iu][1248]|f[248]|[US][0-9]{1,9})")  # numpy's pickled type strings
+_MAX_NAME = 200  # characters of a module or callable name: numpy's are under 40
 
 
 class PickleError(DataError):
@@ -132,23 +134,38 @@ def _dtype(value) -> np.dtype:
 def _array(data, dtype, shape, order) -> np.ndarray:
   """A fresh array holding a copy of `data`, checked against `shape` before anything is made."""
   dtype = _dtype(dtype)
-  if not isinstance(data, (bytes, bytearray)):
+  if not isinstance(data, bytes):
     raise ValueError(f"array contents {short_repr(data)} are not bytes")
-  if (not isinstance(shape, tuple) or len(shape) > MAX_DEPTH
-      or not all(type(n) is int and n >= 0 for n in shape)):  # pylint: disable=unidiomatic-typecheck
+  sizes = isinstance(shape, tuple) and len(shape) <= MAX_DEPTH and all(
+      type(n) is int and 0 <= n <= sys.maxsize for n in shape)  # pylint: disable=unidiomatic-typecheck
+  if not sizes:
     raise ValueError(f"array shape {short_repr(shape)} is not a tuple of sizes")
   if order not in ("C", "F") or dtype.itemsize == 0:
     raise ValueError(f"array order {order!r} or dtype {dtype} is not readable")
   if math.prod(shape) * dtype.itemsize != len(data):
     raise ValueError(f"array of shape {shape} and dtype {dtype} in {len(data)} bytes")
-  return np.frombuffer(data, dtype).reshape(shape, order=order).copy(order="C")
+  return _check_text(np.frombuffer(data, dtype).reshape(shape, order=order).copy(order="C"))
 
 
 def _scalar(dtype, data) -> np.generic:
   dtype = _dtype(dtype)
   if not isinstance(data, bytes) or len(data) != dtype.itemsize:
     raise ValueError(f"a {dtype} scalar in {short_repr(data)}")
-  return np.frombuffer(data, dtype)[0].copy()
+  return _check_text(np.frombuffer(data, dtype))[0].copy()
+
+
+def _check_text(array: np.ndarray) -> np.ndarray:
+  """`array`, unless its str dtype holds a code point no str can (numpy raises SystemError)."""
+  check_code_points(array)
+  return array
+
+
+def check_code_points(array: np.ndarray) -> None:
+  """Raises ValueError where a str ("U") array holds a surrogate or a value past U+10FFFF."""
+  if array.dtype.kind == "U":
+    points = array.view(array.dtype.byteorder.replace("|", "=") + "u4")
+    if ((points > 0x10FFFF) | ((points >= 0xD800) & (points <= 0xDFFF))).any():
+      raise ValueError("a str array holds a code point that is no character")
 
 
 def _encode(text, encoding) -> bytes:
@@ -183,7 +200,8 @@ def short_repr(value) -> str:
   return _REPR.repr(value)
 
 
-_KEY_TYPES = (str, bytes, int, float, bool, type(None))
+_KEY_TYPES = (str, bytes)  # ints and floats could collide in hash by design: quadratic dicts
+_MAX_MEMO = 2**32  # LONG_BINPUT's largest; protocol 0's PUT could name any integer
 _CONSTANTS = {"NONE": None, "NEWTRUE": True, "NEWFALSE": False}
 _EMPTY = {"EMPTY_DICT": dict, "EMPTY_LIST": list, "EMPTY_TUPLE": tuple}
 _LITERALS = {"INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4", "FLOAT",
@@ -279,6 +297,8 @@ class _Machine:
     _set_items(self.target(dict), items)
 
   def put(self, name, index) -> None:
+    if name != "MEMOIZE" and not 0 <= index < _MAX_MEMO:
+      raise ValueError(f"memo index {short_repr(index)}")
     self.memo[len(self.memo) if name == "MEMOIZE" else index] = self.peek()
 
   def get(self, _, index) -> None:
@@ -288,7 +308,11 @@ class _Machine:
 
   def global_name(self, name, arg) -> None:
     module, qualname = arg.split(" ", 1) if name == "GLOBAL" else self.pop(2)
-    if not isinstance(module, str) or (module, qualname) not in _NAMES:
+    # Checked before the lookup hashes them: a tuple nested a million deep crashes hash().
+    if not (type(module) is str and type(qualname) is str  # pylint: disable=unidiomatic-typecheck
+            and len(module) + len(qualname) <= _MAX_NAME):
+      raise ValueError(f"a global name of {short_repr(module)} and {short_repr(qualname)}")
+    if (module, qualname) not in _NAMES:
       raise _Refused(f"{module}.{qualname}")
     self.push(_NAMES[module, qualname])
 

@@ -9,7 +9,6 @@ per image. Any problem is an InputFileError naming the file, the key and the val
 """
 
 import os
-import zipfile
 
 import numpy as np
 
@@ -61,6 +60,12 @@ def _id(path: str, key: str, index: int, value) -> int | str:
   if isinstance(value, bool) or not isinstance(value, (int, str)):
     raise InputFileError(f"{path}: {key}[{index}] = {pickles.short_repr(value)} "
                          f"({type(value).__name__}); ids are integers or strings")
+  if isinstance(value, str):
+    try:
+      value.encode()  # the CSV is UTF-8: a lone surrogate would fail there, after the model ran
+    except UnicodeEncodeError:
+      raise InputFileError(f"{path}: {key}[{index}] = {pickles.short_repr(value)} is not "
+                           "valid Unicode") from None
   return value
 
 
@@ -71,6 +76,10 @@ def _ids(path: str, ids, key: str, count: int) -> list:
     if ids.ndim != 1 or ids.size and ids.dtype.kind not in _ID_KINDS:  # np.array([]): float
       raise InputFileError(f"{path}: {key} has shape {ids.shape} and dtype {ids.dtype}; "
                            "expected a 1-D array of integers or strings")
+    try:
+      pickles.check_code_points(ids)  # an .npz's str array is read as it is
+    except ValueError as e:
+      raise InputFileError(f"{path}: {key}: {e}") from None
   elif not isinstance(ids, (list, tuple)):
     raise InputFileError(f"{path}: {key} is {pickles.short_repr(ids)} "
                          f"({type(ids).__name__}); expected a list or 1-D array of ids")
@@ -87,10 +96,10 @@ def load(path: str) -> tuple[np.ndarray, list]:
     data, ids, data_key, ids_key = _arrays(path)
   except DataError:
     raise
-  except (OSError, ValueError, EOFError, zipfile.BadZipFile, MemoryError, NotImplementedError,
-          RuntimeError) as e:
-    # numpy's and zipfile's readers raise these for corrupt .npy and .npz files (the last
-    # two for an unknown compression method and an encrypted member)
+  except Exception as e:  # pylint: disable=broad-except
+    # numpy's and zipfile's readers of a corrupt .npy or .npz raise many types: OSError,
+    # ValueError, EOFError, BadZipFile, MemoryError, NotImplementedError (an unknown
+    # compression), RuntimeError (an encrypted member), tokenize.TokenError (a header)...
     raise InputFileError(f"{path}: not a readable .npy or .npz file "
                          f"({type(e).__name__}: {pickles.short_repr(str(e))})") from None
   images = _images(path, data, data_key)
