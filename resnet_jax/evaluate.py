@@ -30,7 +30,8 @@ import jax.numpy as jnp
 import matplotlib
 import numpy as np
 
-from resnet_jax import checkpoints, config_validation, files, models, train, tta, xla_cpu
+from resnet_jax import (checkpoints, config_validation, files, models, plots, train, tta,
+                        xla_cpu)
 from resnet_jax.data import batches, datasets, sources, unlabeled
 
 matplotlib.use("Agg")
@@ -85,13 +86,6 @@ def top_confusions(matrix: np.ndarray, names, n: int = TOP_CONFUSIONS) -> list[d
           for i, j in zip(*np.unravel_index(order, mistakes.shape)) if mistakes[i, j]]
 
 
-def _save(figure, path: str) -> None:
-  with files.replaced_atomically(path, "wb") as f:
-    figure.tight_layout()
-    figure.savefig(f, format="png", dpi=100)
-  plt.close(figure)
-
-
 def _plot_top_confusions(confusions: list[dict], path: str, title: str) -> None:
   figure, ax = plt.subplots(figsize=(7, 6))
   rows = confusions[::-1]  # the most frequent at the top
@@ -100,7 +94,7 @@ def _plot_top_confusions(confusions: list[dict], path: str, title: str) -> None:
                 fontsize=8)
   ax.set_xlabel("images")
   ax.set_title(f"{title}\ntop {len(rows)} confusions (true -> predicted)")
-  _save(figure, path)
+  plots.save_figure(figure, path)
 
 
 def _plot_confusion(matrix: np.ndarray, names, path: str, title: str) -> None:
@@ -115,7 +109,7 @@ def _plot_confusion(matrix: np.ndarray, names, path: str, title: str) -> None:
   ax.set_ylabel("true")
   ax.set_title(title)
   figure.colorbar(image)
-  _save(figure, path)
+  plots.save_figure(figure, path)
 
 
 def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:

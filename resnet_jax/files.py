@@ -24,7 +24,10 @@ def replaced_atomically(path: str, mode: str = "w", **open_kwargs):
   if mode not in ("w", "wb"):
     raise ValueError(f"mode {mode!r}: a replaced file is written whole")
   directory, name = os.path.split(os.path.abspath(path))
+  # A fresh random name, opened O_CREAT|O_EXCL|O_NOFOLLOW: no path that already exists, a
+  # planted file or link included, is ever opened, so none is written through.
   descriptor, temporary = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".part")
+  ours = os.fstat(descriptor)
   try:
     # mkstemp makes 0600: a new file gets the umask's permissions, an existing one its own
     os.chmod(temporary, stat.S_IMODE(os.stat(path).st_mode) if os.path.isfile(path)
@@ -32,10 +35,17 @@ def replaced_atomically(path: str, mode: str = "w", **open_kwargs):
     with os.fdopen(descriptor, mode, **open_kwargs) as f:
       yield f
     os.replace(temporary, path)
-  except BaseException:
-    with contextlib.suppress(OSError):
-      os.unlink(temporary)
+  except BaseException:  # Ctrl-C too: only the file this call made is removed
+    _remove_own(temporary, ours)
     raise
+
+
+def _remove_own(path: str, ours: os.stat_result) -> None:
+  """Removes `path` if it is still the file this process created (not one swapped in)."""
+  with contextlib.suppress(OSError):  # gone already, or not ours: the first error matters
+    now = os.lstat(path)
+    if (now.st_dev, now.st_ino) == (ours.st_dev, ours.st_ino):
+      os.unlink(path)
 
 
 def _read_umask() -> int:

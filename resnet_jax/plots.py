@@ -49,11 +49,16 @@ def plot_curves(history: list[dict], path: str) -> str:
     ax.legend()
   axes[0].set_title("cross-entropy loss")
   axes[1].set_title("accuracy")
+  save_figure(figure, path)
+  return path
+
+
+def save_figure(figure, path: str) -> None:
+  """Writes `figure` as a PNG, replacing `path` only once it is complete, and closes it."""
   figure.tight_layout()
   with files.replaced_atomically(path, "wb") as f:
     figure.savefig(f, format="png", dpi=100)
   plt.close(figure)
-  return path
 
 
 def main(argv: list[str]) -> None:

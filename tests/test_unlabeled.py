@@ -80,3 +80,13 @@ def test_bad_npy_and_npz_files_are_named(tmp_path):
     unlabeled.load(str(tmp_path / "cut.npz"))
   with pytest.raises(unlabeled.InputFileError, match=r"missing.npy: no such file"):
     unlabeled.load(str(tmp_path / "missing.npy"))
+
+
+def test_a_pickle_that_cannot_be_read_is_named_as_such(tmp_path, monkeypatch):
+  path = _pickle(tmp_path, {b"data": IMAGES})
+  def refused(*_, **__):
+    raise PermissionError(13, "Permission denied")
+  monkeypatch.setattr(unlabeled, "open", refused, raising=False)  # root reads any mode
+  with pytest.raises(unlabeled.InputFileError, match=r"input.pkl: cannot be read "
+                                                    r"\(Permission denied\)"):
+    unlabeled.load(path)

@@ -12,10 +12,10 @@ What it guarantees, whatever DIR already holds or the arguments say:
 - An archive already in DIR with the right MD5 is used as it is; one with another
   is an error and is left alone.
 - A download is written only to a partial file that this run creates itself under a
-  fresh name (DIR/ARCHIVE.<random>.part, opened with O_CREAT|O_EXCL|O_NOFOLLOW): no
-  path that already exists, a planted `.part` file or link included, is ever opened
-  for writing, and none is removed. On any failure the run removes its own partial
-  file and nothing else.
+  fresh name (DIR/.ARCHIVE.<random>.part, by files.replaced_atomically: opened with
+  O_CREAT|O_EXCL|O_NOFOLLOW): no path that already exists, a planted `.part` file or
+  link included, is ever opened for writing, and none is removed. On any failure the
+  run removes its own partial file and nothing else.
 - The partial file takes the archive's name (os.replace) only after its MD5 matches,
   so an interrupted or corrupt download never passes for the archive.
 - MD5s compare case-insensitively; --md5 must be 32 hex digits.
@@ -29,12 +29,12 @@ import hashlib
 import http.client
 import os
 import re
-import secrets
 import sys
 import urllib.error
 import urllib.parse
 import urllib.request
 
+from resnet_jax import files
 from resnet_jax.data import datasets
 from resnet_jax.data.datasets import Dataset, DataError
 
@@ -94,31 +94,6 @@ def _checked_archive(dataset: Dataset, path: str, md5: str, progress) -> str:
   return path
 
 
-def _create_part(directory: str, archive: str):
-  """(a new file for the download, open for writing; its path). A fresh random name and
-  O_EXCL|O_NOFOLLOW: no existing path, file or link, is ever opened, so a planted one is
-  never written through. os.open rather than mkstemp keeps the umask's permissions
-  (mkstemp's 0600 would hide the archive from the folder's other users)."""
-  flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) \
-      | getattr(os, "O_BINARY", 0)
-  try:
-    os.makedirs(directory, exist_ok=True)
-    part = os.path.join(directory, f"{archive}.{secrets.token_hex(8)}.part")
-    return os.fdopen(os.open(part, flags, 0o666), "wb"), part
-  except OSError as e:
-    raise DataError(f"--dir {directory!r}: cannot write there ({e.strerror or e})") from e
-
-
-def _remove_own(part: str, ours: os.stat_result) -> None:
-  """Removes `part` if it is still the file this run created (not one swapped in since)."""
-  try:
-    now = os.lstat(part)
-    if (now.st_dev, now.st_ino) == (ours.st_dev, ours.st_ino):
-      os.remove(part)
-  except OSError:
-    pass  # gone already, or not ours to remove: the error that brought us here matters
-
-
 def _download(url: str, out, progress) -> str:
   """Writes `url` to the open file `out`, reporting every tenth of it; returns the MD5 of
   what came."""
@@ -149,20 +124,14 @@ def fetch(dataset: Dataset, directory: str, url: str | None = None, md5: str | N
   _check_places(directory, path)
   if os.path.exists(path):
     return _checked_archive(dataset, path, md5, progress)
-  out, part = _create_part(directory, dataset.archive)
-  ours = os.fstat(out.fileno())
   try:
-    with out:
+    os.makedirs(directory, exist_ok=True)
+    with files.replaced_atomically(path, "wb") as out:
       found = _download(url, out, progress)
-    if found != md5:
-      raise DataError(f"{url}: the download's MD5 is {found}, not {md5}; nothing was kept")
-    try:
-      os.replace(part, path)
-    except OSError as e:
-      raise DataError(f"{path}: cannot put the download there ({e.strerror or e})") from e
-  except BaseException:  # KeyboardInterrupt too: no partial file is left behind
-    _remove_own(part, ours)
-    raise
+      if found != md5:
+        raise DataError(f"{url}: the download's MD5 is {found}, not {md5}; nothing was kept")
+  except OSError as e:  # making the folder or the partial file, or renaming it into place
+    raise DataError(f"--dir {directory!r}: cannot write there ({e.strerror or e})") from e
   progress(f"{path}: {dataset.title}, MD5 {md5} checked")
   return path
 

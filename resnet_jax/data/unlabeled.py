@@ -32,8 +32,12 @@ def _arrays(path: str) -> tuple[object, object, str, str]:
         raise InputFileError(f"{path}: expected an array named 'data' (and optional 'ids'); "
                              f"found {sorted(arrays.files)}")
       return arrays["data"], arrays["ids"] if "ids" in arrays.files else None, "'data'", "'ids'"
-  with open(path, "rb") as f:
-    obj = pickles.loads(f.read(), path, "pickle, .npy or .npz")
+  try:
+    with open(path, "rb") as f:
+      raw = f.read()
+  except OSError as e:  # not a .npy or .npz: the broad message below would misname it
+    raise InputFileError(f"{path}: cannot be read ({e.strerror or e})") from None
+  obj = pickles.loads(raw, path, "pickle, .npy or .npz")
   if not isinstance(obj, dict) or b"data" not in obj:
     raise InputFileError(f"{path}: expected a dict with b'data' (and optional b'ids')")
   return obj[b"data"], obj.get(b"ids"), "b'data'", "b'ids'"
@@ -97,9 +101,10 @@ def load(path: str) -> tuple[np.ndarray, list]:
   except DataError:
     raise
   except Exception as e:  # pylint: disable=broad-except
-    # numpy's and zipfile's readers of a corrupt .npy or .npz raise many types: OSError,
+    # numpy's and zipfile's readers of a damaged .npy or .npz raise many types: OSError,
     # ValueError, EOFError, BadZipFile, MemoryError, NotImplementedError (an unknown
-    # compression), RuntimeError (an encrypted member), tokenize.TokenError (a header)...
+    # compression), RuntimeError (an encrypted member), tokenize.TokenError (a damaged
+    # header), and others like them.
     raise InputFileError(f"{path}: not a readable .npy or .npz file "
                          f"({type(e).__name__}: {pickles.short_repr(str(e))})") from None
   images = _images(path, data, data_key)
