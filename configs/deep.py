@@ -15,7 +15,8 @@ Departures from the notebook, and why:
   group of mini-batches is skipped.
 - dtype "auto": bfloat16 compute on GPU and TPU (the seed's fp16 autocast was
   a GPU speed trick; bf16 keeps float32's range and needs no loss scaling),
-  float32 on CPU; parameters, BatchNorm statistics and the loss stay float32.
+  and on CPUs with bfloat16 instructions (oneDNN's convolutions), float32 on other
+  CPUs; parameters, BatchNorm statistics and the loss stay float32.
 - Evaluation is deterministic and actually runs (the notebook's cell did not).
 - Augmentation runs on the accelerator (config.data.pipeline = "device", as in
   configs/fast.py), with the same torchvision semantics as tf.data's, so that a

@@ -10,6 +10,9 @@ def get_config():
   config.model.stage_widths = (8, 16, 32)
   config.model.stage_blocks = (1, 1, 1)
   config.num_epochs = 3
+  # float32 on every machine: the tests compare its numbers across CPUs, and dtype auto
+  # would compute in bfloat16 on those with bfloat16 instructions (xla_cpu.auto_dtype).
+  config.dtype = "float32"
   config.batch_size = 32
   config.eval_batch_size = 64
   config.data.source = "synthetic"

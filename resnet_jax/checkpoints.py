@@ -36,6 +36,7 @@ were kept restore unverified, with a warning. An unreadable metrics/metrics file
 (Orbax's per-step copy of the accuracy) gives way to meta's: see `_Manager`.
 """
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -292,6 +293,26 @@ def read_meta(manager: ocp.CheckpointManager, step: int) -> dict:
     return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
   except Exception as e:  # pylint: disable=broad-except  # Orbax raises many types
     raise _unreadable(manager, step, e) from e
+
+
+def trained_dtype(workdir: str) -> str | None:
+  """The compute dtype of the newest readable training checkpoint in `workdir`, or None:
+  what dtype "auto" keeps when the run resumes (TrainingCheckpoints.restore checks the
+  rest, and reports what it cannot read)."""
+  if not os.path.isdir(checkpoint_dir(workdir)):
+    return None
+  try:
+    manager = reading_manager(workdir)
+  except CheckpointError:  # no checkpoint yet
+    return None
+  with contextlib.closing(manager):
+    for step in sorted(manager.all_steps(), reverse=True):
+      try:
+        dtype = read_meta(manager, step).get("model", {}).get("dtype")
+      except (DamagedCheckpointError, AttributeError):
+        continue
+      return dtype if isinstance(dtype, str) else None
+  return None
 
 
 def _abstract(tree, sharding):

@@ -36,7 +36,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict(
       {"name": "shallow", **{name: ml_collections.config_dict.placeholder(kind)
                              for name, kind in models.config_fields().items()}})
-  # Compute dtype: "auto" (bfloat16 on GPU and TPU, float32 on CPU), "float32",
+  # Compute dtype: "auto" (bfloat16 on GPU, TPU and CPUs with bfloat16 instructions,
+  # float32 on other CPUs: xla_cpu.auto_dtype; a resumed run keeps its own), "float32",
   # "bfloat16"; parameters, BatchNorm statistics and the loss stay float32.
   config.dtype = "auto"
   config.seed = 0  # initialisation, dropout, data order and augmentation

@@ -46,9 +46,11 @@ def restore_for_config(config, workdir: str, step: int | None):
   with checkpoints.reading_manager(workdir) as manager:
     step, why = checkpoints.choose_step(manager, step)
     meta = checkpoints.read_meta(manager, step)
-    model = train.build_model(config)
+    # dtype auto evaluates in the dtype the run trained in (its logged accuracies'); any
+    # other dtype will do.
+    model = train.build_model(config, train.compute_dtype(config, meta["model"].get("dtype"))[0])
     differs = checkpoints.model_differences(meta["model"], config.model.name, model,
-                                            ignore=("dtype",))  # any compute dtype will do
+                                            ignore=("dtype",))
     if differs:
       expected = models.model_config(config.model.name, model)
       raise checkpoints.CheckpointError(
@@ -58,10 +60,15 @@ def restore_for_config(config, workdir: str, step: int | None):
     return model, checkpoints.restore_variables(manager, step, model, meta), step, why, meta
 
 
-def _predict_fn(model: models.Model, tta_level: int, compiler_options: dict | None):
-  @functools.partial(jax.jit, compiler_options=compiler_options)
+def _predict_fn(config, model: models.Model):
+  """The jitted class probabilities of a batch, with config.eval.tta's views."""
+  options = xla_cpu.compiler_options(config, model.dtype)
+  xla_cpu.quiet_uncacheable(options)
+
+  @functools.partial(jax.jit, compiler_options=options)
   def probabilities(variables, images):
-    return tta.probabilities(lambda x: model.apply(variables, x, train=False), images, tta_level)
+    return tta.probabilities(lambda x: model.apply(variables, x, train=False), images,
+                             config.eval.tta)
   return probabilities
 
 
@@ -118,7 +125,7 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
   files.check_writable(os.path.join(out, "metrics.json"), "the evaluation's output")
   model, variables, step, why, meta = restore_for_config(config, workdir, step)
   split = batches.eval_split(config, *sources.load_split(config.data, config.data.eval_split))
-  probabilities = _predict_fn(model, config.eval.tta, xla_cpu.compiler_options(config))
+  probabilities = _predict_fn(config, model)
   labels, predictions = [], []
   for batch in split.epoch():
     p = np.asarray(probabilities(variables, batch["image"]))
@@ -158,7 +165,7 @@ def predict(config, workdir: str, input_path: str, output_path: str,
   images, ids = unlabeled.load(input_path)
   files.check_writable(output_path, "--output")
   model, variables, step, why, meta = restore_for_config(config, workdir, step)
-  probabilities = _predict_fn(model, config.eval.tta, xla_cpu.compiler_options(config))
+  probabilities = _predict_fn(config, model)
   norm = datasets.normalization(config.data)
   labels = []
   for start in range(0, len(images), config.eval_batch_size):

@@ -81,20 +81,25 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
   return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
 
 
-def compute_dtype(config: ml_collections.ConfigDict) -> str:
-  """config.dtype, "auto" resolved for this backend: bfloat16 on GPU and TPU, whose matrix
-  units run it at several times float32's rate (parameters, BatchNorm statistics and the
-  loss stay float32), float32 on CPU, where bfloat16 is no faster (docs/performance.md)."""
+def compute_dtype(config: ml_collections.ConfigDict, trained_in: str | None = None
+                  ) -> tuple[str, str]:
+  """(config.dtype, why), "auto" resolved: `trained_in`, the dtype of the checkpoints a run
+  resumes, else xla_cpu.auto_dtype() for this backend (bfloat16 on GPUs, TPUs and CPUs with
+  bfloat16 instructions; parameters, BatchNorm statistics and the loss stay float32)."""
   if config.dtype != "auto":
-    return config.dtype
-  return "float32" if xla_cpu.on_cpu() else "bfloat16"
+    return config.dtype, "config.dtype"
+  if trained_in:
+    return trained_in, "dtype auto: the run being resumed was trained in it"
+  dtype, why = xla_cpu.auto_dtype()
+  return dtype, f"dtype auto: {why}"
 
 
-def build_model(config: ml_collections.ConfigDict) -> models.Model:
-  """The config's model, computing in `compute_dtype`, with the dataset's class count."""
+def build_model(config: ml_collections.ConfigDict, dtype: str | None = None) -> models.Model:
+  """The config's model, computing in `dtype` (compute_dtype's by default), with the
+  dataset's class count."""
   name, fields = default_config.model_fields(config)
   fields.setdefault("num_classes", datasets.get(config.data).num_classes)
-  return models.get_model(name, dtype=compute_dtype(config), **fields)
+  return models.get_model(name, dtype=dtype or compute_dtype(config)[0], **fields)
 
 
 def enable_compilation_cache(directory: str) -> None:
@@ -216,7 +221,8 @@ class Steps:
     self.mesh = mesh or data_mesh()
     self.replicated = NamedSharding(self.mesh, P())
     self.data = NamedSharding(self.mesh, P("data"))
-    options = xla_cpu.compiler_options(config)
+    options = xla_cpu.compiler_options(config, model.dtype)
+    xla_cpu.quiet_uncacheable(options)
     self.train = jax.jit(make_train_step(config, model, total_steps),
                          in_shardings=(self.replicated, self.data),
                          out_shardings=self.replicated, donate_argnums=0,
@@ -279,7 +285,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   """
   config_validation.validate(config)
   checkpoints.check_writable(workdir)
-  model, mesh = build_model(config), data_mesh()
+  dtype, why = compute_dtype(config, checkpoints.trained_dtype(workdir))
+  logging.info("computing in %s (%s)", dtype, why)
+  model, mesh = build_model(config, dtype), data_mesh()
   batch_sharding = NamedSharding(mesh, P("data"))
   train_images, train_labels = sources.load_split(config.data, config.data.train_split)
   _check_train_size(config, len(train_labels))
@@ -296,9 +304,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   plateau = optim.plateau_from_config(config.optimizer)
   state = steps.place_state(create_train_state(config, model, tx, plateau,
                                                steps_per_epoch * config.num_epochs))
-  logging.info("model %s: %s parameters, computing in %s%s; %d train / %d eval examples; "
+  logging.info("model %s: %s parameters; %d train / %d eval examples; "
                "%d steps per epoch", config.model.name, f"{models.count_params(model):,}",
-               model.dtype, " (dtype auto)" if config.dtype == "auto" else "",
                train_data.num_examples, eval_data.num_examples, steps_per_epoch)
 
   with checkpoints.TrainingCheckpoints(workdir, config.keep_checkpoints) as saved:

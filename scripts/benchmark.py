@@ -23,6 +23,7 @@ numbers measure nothing.
 """
 
 import argparse
+import ast
 import json
 import os
 import platform
@@ -47,13 +48,19 @@ TINY_FIELDS = {"shallow": dict(stem_width=8, stage_widths=(8, 16, 32), stage_blo
                             stage_blocks=(1, 1, 1, 1))}
 
 
-def _jax_setup(model_name: str, batch_size: int, dtype: str, cpu_tuning: bool, tiny: bool):
+def _jax_setup(model_name: str, batch_size: int, dtype: str, cpu_tuning: bool, tiny: bool,
+               overrides: tuple[str, ...] = ()):
   config = default_config.get_config()
   config.model.name, config.dtype, config.batch_size = model_name, dtype, batch_size
   if tiny:
     config.model.update(TINY_FIELDS[model_name])
   if not cpu_tuning:
-    config.cpu.xla_options, config.cpu.fusion_barriers = {}, False
+    config.cpu.xla_options, config.cpu.bfloat16_xla_options = {}, {}
+    config.cpu.fusion_barriers = False
+  for override in overrides:  # KEY=VALUE, VALUE a Python literal
+    key, _, value = override.partition("=")
+    parent, _, name = key.rpartition(".")
+    default_config.lookup(config, parent)[name] = ast.literal_eval(value)
   model = train.build_model(config)
   steps = train.Steps(config, model)
   state = steps.place_state(train.create_train_state(
@@ -142,6 +149,9 @@ def main() -> None:
   parser.add_argument("--compare_torch", action="store_true")
   parser.add_argument("--no_cpu_tuning", action="store_true",
                       help="without the XLA:CPU speed settings of config.cpu")
+  parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                      help="a config key set to a Python literal, e.g. "
+                           "cpu.fusion_barriers=False (repeatable)")
   parser.add_argument("--compilation_cache_dir", default="",
                       help="also time a compile served by jax's persistent cache here")
   parser.add_argument("--flops_only", action="store_true",
@@ -152,7 +162,8 @@ def main() -> None:
 
   train.enable_compilation_cache(args.compilation_cache_dir)
   steps, state, batch = _jax_setup(args.model, args.batch_size, args.dtype,
-                                   cpu_tuning=not args.no_cpu_tuning, tiny=args.tiny)
+                                   cpu_tuning=not args.no_cpu_tuning, tiny=args.tiny,
+                                   overrides=tuple(args.override))
   start = time.perf_counter()  # first-step compile: tracing, lowering and XLA
   lowered = steps.train.lower(state, batch)
   if args.flops_only:
@@ -199,6 +210,8 @@ def main() -> None:
       "train_images_per_s": round(rate("jax_train"), 1),
       "eval_images_per_s": round(rate("jax_eval"), 1),
       "cpu_tuning": not args.no_cpu_tuning and xla_cpu.on_cpu(),
+      "overrides": args.override,
+      "cpu_flags": sorted(xla_cpu.cpu_flags() & {"avx2", "avx512f", *xla_cpu.BFLOAT16_FLAGS}),
       "compile_s": round(compile_s, 2),
       "train_flops_per_image": flops_per_image,
       "achieved_flops_per_s": flops_per_image * rate("jax_train"),

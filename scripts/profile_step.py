@@ -130,7 +130,8 @@ def profile_jax(args) -> dict:
       model, state.variables, lambda n: pixels[:n])))
   batch = batches.place({"image": pixels, "mask": np.ones(batch_size, bool),
                          "label": rng.integers(0, 10, batch_size).astype(np.int32)}, steps.data)
-  state = jax.block_until_ready(steps.train(state, batch)[0])  # compiles
+  compiled = steps.train.lower(state, batch).compile()
+  state = jax.block_until_ready(steps.train(state, batch)[0])
   trace_dir = os.path.join(args.out, "jax_trace")
   with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
     start = time.perf_counter()
@@ -138,7 +139,15 @@ def profile_jax(args) -> dict:
       state, _ = steps.train(state, batch)
     jax.block_until_ready(state)
     wall_s = time.perf_counter() - start
-  return table(_thunk_us(trace_dir), args.steps, wall_s)
+  return table(_named_custom_calls(_thunk_us(trace_dir), compiled.as_text()), args.steps, wall_s)
+
+
+def _named_custom_calls(op_us: dict[str, float], hlo: str) -> dict[str, float]:
+  """op_us with each custom call (custom-call.N: oneDNN's convolutions in bfloat16) named
+  after its target, e.g. "custom-call.3 (__onednn$convolution)", so kind() can place it."""
+  targets = dict(re.findall(r"(custom-call[\w.\-]*) = .*?custom_call_target=\"([^\"]+)\"", hlo))
+  return {f"{name} ({targets[name]})" if name in targets else name: us
+          for name, us in op_us.items()}
 
 
 def profile_torch(args) -> dict:

@@ -1,7 +1,8 @@
 """Whole run against whole run: configs/fast_muon.py (JAX) and airbench94_muon's recipe in
 PyTorch (tests/airbench_reference.py), one after the other on this machine, as JSON.
 
-    python scripts/race.py --data DATA --out OUT [--target 0.905] [--skip_warm] [--tiny]
+    python scripts/race.py --data DATA --out OUT [--target 0.905] [--skip_warm] [--warm_seed N]
+        [--tiny]
 
 DATA is a cifar-10-batches-py directory or cifar-10-python.tar.gz. Both train on
 train[:45000] and are scored on train[45000:] with TTA level 2 (the same views on
@@ -9,7 +10,8 @@ both sides), each in a process of its own, timed by this one from its start:
   jax_cold  `python -m resnet_jax.main --config configs/fast_muon.py` with an empty
             compilation cache (OUT/jax_cache);
   jax_warm  the same config in a fresh workdir with the cache jax_cold filled, as a
-            second run on the same machine meets it (--skip_warm leaves it out);
+            second run on the same machine meets it (--skip_warm leaves it out;
+            --warm_seed trains it from another seed, the same work);
   torch     the reference's training loop, bf16 autocast and channels_last (the
             fastest on a CPU with AVX-512 BF16; an option of the reference), then its
             TTA evaluation. PyTorch runs on the CPU only: the reference has no GPU path.
@@ -41,14 +43,24 @@ TIMEOUT_S = 4 * 3600  # one side's run; about 40 minutes for JAX's alone on 2 CP
 TINY = {"widths": (8, 16, 16), "batch_size": 32, "epochs": 1}  # device_check's tiny fast_muon
 
 
-def _jax_run(args, name: str, cache: str, log) -> dict:
+def _jax_run(args, name: str, cache: str, log, seed: int = 0) -> dict:
   result = device_check.recipe(
       "fast_muon", args.data, args.out, args.tiny, log, workdir=os.path.join(args.out, name),
-      flags=(f"--config.compilation_cache_dir={cache}",), timeout=TIMEOUT_S)
+      flags=(f"--config.compilation_cache_dir={cache}", f"--config.seed={seed}"),
+      timeout=TIMEOUT_S)
   ends = [h["elapsed_s"] for h in result["per_epoch"]]
   epochs = [b - a for a, b in zip([0.0] + ends, ends)]
   return _summary(result["command"], result["wall_s"], epochs, result["eval_accuracy"],
                   result["eval_tta_accuracy"], result["images_per_s"], args.target)
+
+
+def _machine() -> dict:
+  """The machine, with the CPU flags that decide JAX's dtype auto (resnet_jax/xla_cpu.py)."""
+  from resnet_jax import xla_cpu  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  return {"platform": platform.platform(), "cpus": os.cpu_count(), "jax": jax.__version__,
+          "cpu_flags": sorted(xla_cpu.cpu_flags() & {"avx2", "avx512f", *xla_cpu.BFLOAT16_FLAGS}),
+          "jax_dtype_auto": xla_cpu.auto_dtype()[0]}
 
 
 def _torch_run(args, log) -> dict:
@@ -112,6 +124,9 @@ def main() -> None:
   parser.add_argument("--out", required=True, help="folder for race.json, the logs and runs")
   parser.add_argument("--target", type=float, default=0.905, help="hold-out accuracy with TTA")
   parser.add_argument("--skip_warm", action="store_true", help="no second, warm-cache JAX run")
+  parser.add_argument("--warm_seed", type=int, default=0,
+                      help="config.seed of the warm run: another seed makes it a second "
+                           "accuracy sample at the same cost (the cold run trains seed 0)")
   parser.add_argument("--tiny", action="store_true", help="seconds, for the tests")
   parser.add_argument("--torch_worker", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args()
@@ -126,11 +141,10 @@ def main() -> None:
   with open(os.path.join(args.out, "race.log"), "a") as log:
     runs = {"jax_cold": _jax_run(args, "jax_cold", cache, log)}
     if not args.skip_warm:
-      runs["jax_warm"] = _jax_run(args, "jax_warm", cache, log)
+      runs["jax_warm"] = _jax_run(args, "jax_warm", cache, log, args.warm_seed)
     runs["torch"] = _torch_run(args, log)
   report = {"command": shlex.join(["scripts/race.py"] + sys.argv[1:]), "tiny": args.tiny,
-            "target": args.target, "machine": {"platform": platform.platform(),
-                                               "cpus": os.cpu_count()},
+            "target": args.target, "machine": _machine(),
             "runs": runs,
             "wall_over_torch": {name: round(run["wall_s"] / runs["torch"]["wall_s"], 2)
                                 for name, run in runs.items() if name != "torch"}}

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from resnet_jax import checkpoints, convert_torch, evaluate, files, plots, train
+from resnet_jax import checkpoints, convert_torch, evaluate, files, plots, train, xla_cpu
 from resnet_jax.data import datasets, pickles, sources, unlabeled
 from tests import torch_reference
 from tests.conftest import REPO, signal_at_batch, write_cifar100_dir, write_unlabeled
@@ -54,9 +54,12 @@ def test_retention_keeps_the_last_k_and_the_best(tmp_path):
       sorted({16 * best, 16 * 4})
 
 
-def test_eval_mode_writes_the_schema_and_matches_the_training_log(trained):
+def test_eval_mode_writes_the_schema_and_matches_the_training_log(trained, monkeypatch):
   workdir, _, history = trained
-  metrics = evaluate.evaluate_checkpoint(_smoke(), workdir)
+  # dtype auto evaluates in the dtype the run trained in (float32), even on a CPU where it
+  # would train in bfloat16.
+  monkeypatch.setattr(xla_cpu, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
+  metrics = evaluate.evaluate_checkpoint(_smoke(dtype="auto"), workdir)
   assert set(metrics) >= {"accuracy", "per_class_accuracy", "confusion_matrix", "num_examples",
                           "step", "split"}
   best = max(history, key=lambda h: (h["eval_accuracy"], h["epoch"]))
@@ -155,11 +158,16 @@ def test_errors_are_clear_and_leave_the_workdir_untouched(tmp_path, trained):
   # Training another model into the same workdir refuses instead of overwriting.
   with pytest.raises(checkpoints.CheckpointError, match=r"checkpoints of another model"):
     train.train_and_evaluate(_smoke(**{"model.stem_width": 16}), workdir)
-  # dtype "auto" was stored resolved; resuming in another dtype says how to go on.
-  with pytest.raises(checkpoints.CheckpointError, match=r"trained computing in float32, not "
-                                                        r"bfloat16; resume with --config.dtype="
-                                                        r"float32"):
-    train.train_and_evaluate(_smoke(dtype="bfloat16"), workdir)
+  # dtype "auto" was stored resolved (auto resumes in it); resuming in another dtype says how
+  # to go on.
+  trained_in = checkpoints.trained_dtype(workdir)
+  assert trained_in == train.compute_dtype(_smoke())[0]
+  assert checkpoints.trained_dtype(str(tmp_path / "new")) is None  # nothing trained there
+  other = {"float32": "bfloat16", "bfloat16": "float32"}[trained_in]
+  with pytest.raises(checkpoints.CheckpointError, match=rf"trained computing in {trained_in}, "
+                                                        rf"not {other}; resume with "
+                                                        rf"--config.dtype={trained_in}"):
+    train.train_and_evaluate(_smoke(dtype=other), workdir)
   assert _snapshot(workdir) == before
 
 

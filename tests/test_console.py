@@ -37,11 +37,13 @@ def test_a_smoke_run_shows_its_own_lines_and_logs_the_libraries(tmp_path):
                  "--config.num_epochs=2")
   assert result.returncode == 0, result.stderr[-2000:]
   lines = _console_lines(result)
-  # The devices, the model summary, one line per epoch; no Orbax, JAX or TensorFlow chatter.
-  assert len(lines) == 4, "\n".join(lines)
+  # The devices, the compute dtype and why, the model summary, one line per epoch; no
+  # Orbax, JAX or TensorFlow chatter.
+  assert len(lines) == 5, "\n".join(lines)
   assert all(re.match(r"\d\d:\d\d:\d\d ", line) for line in lines), "\n".join(lines)
-  assert "model shallow: 19,954 parameters" in lines[1]
-  assert [line.split()[1:3] for line in lines[2:]] == [["epoch", "1/2:"], ["epoch", "2/2:"]]
+  assert lines[1].endswith("computing in float32 (config.dtype)")  # smoke.py sets it
+  assert "model shallow: 19,954 parameters" in lines[2]
+  assert [line.split()[1:3] for line in lines[3:]] == [["epoch", "1/2:"], ["epoch", "2/2:"]]
   with open(os.path.join(workdir, "log.txt")) as f:
     log = f.read()
   assert "epoch 2/2" in log and "orbax" in log.lower()  # the full log keeps everything
@@ -57,7 +59,7 @@ def test_train_eval_and_predict_run_where_tensorflow_cannot_be_imported(tmp_path
             "--config.num_epochs=1"]
   trained = _main(*config, tensorflow=False)
   assert trained.returncode == 0, trained.stderr[-3000:]
-  assert len(_console_lines(trained)) == 3, trained.stderr  # devices, model, one epoch
+  assert len(_console_lines(trained)) == 4, trained.stderr  # devices, dtype, model, an epoch
   assert glob.glob(os.path.join(workdir, "events.out.tfevents.*"))  # tensorboard's writer
   evaluated = _main(*config, "--mode", "eval", tensorflow=False)
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]

@@ -130,8 +130,11 @@ def _recipe(name: str):
   """(PyTorch model, our config) for a seed recipe, dropout off."""
   torch.manual_seed(0)
   if name == "shallow":
-    return torch_reference.ShallowResNet().train(), shallow_config.get_config()
+    config = shallow_config.get_config()
+    config.dtype = "float32"  # PyTorch's; dtype auto may be bfloat16 on this CPU
+    return torch_reference.ShallowResNet().train(), config
   config = deep_config.get_config()
+  config.dtype = "float32"
   config.model.stem_dropout = 0.0
   config.model.stage_dropout = (0.0,) * 4
   config.model.stage_blocks = DEEP_EVERY_KIND_OF_BLOCK

@@ -19,9 +19,19 @@ from tests.conftest import load_script
     ("aten::mm", "matmul"), ("transpose_copy_fusion.1", "transpose and copy"),
     ("aten::_to_copy", "transpose and copy"), ("add_reduce_fusion", "reduction"),
     ("aten::sum", "reduction"), ("multiply_select_fusion", "elementwise and other"),
-    ("aten::add_", "elementwise and other")])
+    ("aten::add_", "elementwise and other"),
+    ("custom-call.3 (__onednn$convolution)", "convolution")])
 def test_an_op_is_put_in_its_kind_by_name(name, kind):
   assert load_script("profile_step").kind(name) == kind
+
+
+def test_a_custom_call_is_named_after_its_target():
+  hlo = ('  custom-call.3 = bf16[8,4,4,16]{3,2,1,0} custom-call(convert.1, convert.2), '
+         'custom_call_target="__onednn$convolution", backend_config={}\n'
+         '  fusion.2 = f32[8]{0} fusion(custom-call.3), kind=kLoop\n')
+  named = load_script("profile_step")._named_custom_calls(  # pylint: disable=protected-access
+      {"custom-call.3": 5.0, "fusion.2": 1.0}, hlo)
+  assert named == {"custom-call.3 (__onednn$convolution)": 5.0, "fusion.2": 1.0}
 
 
 def _write_trace(directory, events):

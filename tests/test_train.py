@@ -1,5 +1,6 @@
 """Training end to end on the smoke config, data parallelism, dtypes, config validation."""
 
+import functools
 import glob
 import importlib
 import logging
@@ -8,6 +9,7 @@ import pathlib
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -143,13 +145,58 @@ def test_device_pipeline_trains_the_smoke_config(tmp_path):
   assert history[-1]["eval_accuracy"] > 0.3
 
 
-def test_dtype_auto_is_bfloat16_on_accelerators_and_float32_on_cpu(monkeypatch):
-  assert _smoke().dtype == "auto" and train.compute_dtype(_smoke()) == "float32"
-  assert train.build_model(_smoke()).dtype == "float32"
+def test_dtype_auto_is_bfloat16_where_the_hardware_runs_it_fast(monkeypatch):
+  auto = functools.partial(_smoke, dtype="auto")  # smoke.py fixes float32
+  monkeypatch.setattr(xla_cpu, "cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
+  assert train.compute_dtype(auto()) == (
+      "float32", "dtype auto: this CPU has no bfloat16 instructions (none of avx512_bf16, "
+      "amx_bf16)")
+  assert train.build_model(auto()).dtype == "float32"
+  monkeypatch.setattr(xla_cpu, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
+  if xla_cpu.onednn_bfloat16_convolutions():  # jaxlib 0.12
+    dtype, why = train.compute_dtype(auto())
+    assert dtype == "bfloat16" and "this CPU has avx512_bf16 and jaxlib" in why
+  else:  # older jaxlibs (the lower bounds', Colab's) convert bfloat16 to float32 for Eigen
+    assert train.compute_dtype(auto()) == ("float32", f"dtype auto: jaxlib "
+        f"{jax.lib.__version__} has no oneDNN bfloat16 convolutions (jaxlib 0.12 has them)")
+  # A resumed run keeps the dtype it was trained in; an explicit value wins over both.
+  assert train.compute_dtype(auto(), trained_in="float32")[0] == "float32"
+  assert train.compute_dtype(_smoke(), trained_in="bfloat16")[0] == "float32"
   monkeypatch.setattr(xla_cpu, "on_cpu", lambda: False)  # as on a GPU or TPU
-  assert train.compute_dtype(_smoke()) == "bfloat16"
-  assert train.build_model(_smoke()).dtype == "bfloat16"
-  assert train.compute_dtype(_smoke(dtype="float32")) == "float32"  # an explicit value wins
+  assert train.compute_dtype(auto())[0] == "bfloat16"
+  assert train.build_model(auto()).dtype == "bfloat16"
+
+
+@pytest.mark.skipif(not xla_cpu.onednn_bfloat16_convolutions(),
+                    reason=f"jaxlib {jax.lib.__version__} has no oneDNN convolutions")
+@pytest.mark.parametrize("dtype,onednn", [("bfloat16", True), ("float32", False)])
+def test_bfloat16_steps_convolve_through_onednn_and_float32_ones_through_eigen(dtype, onednn):
+  config = _smoke(dtype=dtype)
+  model = train.build_model(config)
+  steps = train.Steps(config, model)
+  tx, _ = optim.create_optimizer(config.optimizer, 10, config.num_epochs)
+  state = steps.place_state(train.create_train_state(config, model, tx))
+  n = config.batch_size
+  batch = batches.place({"image": np.zeros((n, 32, 32, 3), np.float32),
+                         "label": np.zeros(n, np.int32), "mask": np.ones(n, bool)}, steps.data)
+  hlo = steps.train.lower(state, batch).compile().as_text()
+  assert ("__onednn$convolution" in hlo) == onednn
+
+
+def test_the_cache_failing_to_store_onednn_steps_is_one_log_line(caplog):
+  """XLA:CPU cannot serialise oneDNN's calls: jax's warning at every compile is replaced by
+  one log line; any other failure to write the cache still warns."""
+  xla_cpu._log_uncacheable.cache_clear()  # pylint: disable=protected-access
+  failed = "Error writing persistent compilation cache entry for 'jit_train_step': "
+  with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.INFO):
+    warnings.simplefilter("always")
+    xla_cpu.quiet_uncacheable({"xla_cpu_experimental_onednn_custom_call": True})
+    xla_cpu.quiet_uncacheable({"xla_cpu_experimental_onednn_custom_call": True})
+    warnings.warn(failed + "MemoryError: std::bad_alloc", UserWarning)
+    warnings.warn(failed + "OSError: [Errno 28] No space left on device", UserWarning)
+  assert [str(w.message) for w in caught] == [failed + "OSError: [Errno 28] No space left on "
+                                                       "device"]
+  assert caplog.text.count("compile in each process") == 1
 
 
 def test_deep_config_trains_with_its_augmentation_on_the_device_pipeline(tmp_path):
@@ -193,14 +240,15 @@ def test_a_cpu_default_that_this_jaxlib_lacks_is_skipped_with_one_warning(monkey
   are then left out with a warning; the same option set by a user still stops the run."""
   lacking = {"xla_cpu_option_of_a_later_jaxlib": "1"}
   defaults = xla_cpu.default_config()
-  usable = xla_cpu.compiler_options(_smoke())  # the defaults this jaxlib has
+  usable = xla_cpu.compiler_options(_smoke(), "float32")  # the defaults this jaxlib has
   monkeypatch.setattr(xla_cpu, "default_config", lambda: ml_collections.ConfigDict(
       {**defaults.to_dict(), "xla_options": {**defaults.xla_options, **lacking}}))
   xla_cpu._usable.cache_clear()  # pylint: disable=protected-access
+  xla_cpu._warn_lacking.cache_clear()  # pylint: disable=protected-access
   config = _smoke(**{"cpu.xla_options": {**defaults.xla_options, **lacking}})
   with caplog.at_level(logging.WARNING):
-    assert xla_cpu.compiler_options(config) == usable
-    xla_cpu.compiler_options(config)
+    assert xla_cpu.compiler_options(config, "float32") == usable
+    xla_cpu.compiler_options(config, "float32")
     config_validation.validate(config)
   skipped = [r for r in caplog.records if "xla_cpu_option_of_a_later_jaxlib" in r.getMessage()]
   assert len(skipped) == 1 and "compiling without it" in skipped[0].getMessage()

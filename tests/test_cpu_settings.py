@@ -1,0 +1,44 @@
+"""scripts/cpu_settings.py and scripts/benchmark_convolution.py, shrunk to seconds: what
+docs/performance.md's CPU-setting rows and convolution routes come from."""
+
+import json
+import subprocess
+import sys
+
+from resnet_jax import xla_cpu
+from tests.conftest import REPO, load_script
+
+
+def test_each_cpu_setting_row_runs_the_benchmark_with_that_setting_changed(tmp_path):
+  out = tmp_path / "settings.json"
+  result = subprocess.run(
+      [sys.executable, "scripts/cpu_settings.py", "--tiny", "--out", str(out),
+       "--only", "float32, BatchNorm backward by autodiff", "--only", "bfloat16, no oneDNN"],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads(out.read_text())
+  assert report == json.loads(result.stdout)
+  assert [row["setting"] for row in report["rows"]] == [
+      "float32, BatchNorm backward by autodiff", "bfloat16, no oneDNN (Eigen)"]
+  for row in report["rows"]:
+    assert row["train_images_per_s"] > 0 and row["eval_images_per_s"] > 0
+  bench = report["rows"][1]["benchmark"]
+  assert bench["dtype"] == "bfloat16" and bench["overrides"] == ["cpu.bfloat16_xla_options={}"]
+
+
+def test_every_weight_gradient_route_computes_the_same_gradient(monkeypatch, capsys):
+  monkeypatch.setattr(sys, "argv", ["benchmark_convolution.py", "--size", "6", "--channels",
+                                    "8", "--batch", "4"])
+  load_script("benchmark_convolution").main()
+  rows = json.loads(capsys.readouterr().out)["rows"]
+  assert len(rows) == 2 * 4 + 2 * 5  # float32 has no separate float32 route
+  for row in rows:
+    assert row["ms"] > 0
+    if row["route"] != "forward":  # bfloat16's rounding of sums over 4 * 6 * 6 products
+      assert row["max_error_relative"] < (1e-5 if row["dtype"] == "float32" else 2e-2), row
+  onednn = xla_cpu.onednn_bfloat16_convolutions()
+  for row in rows:
+    if row["route"] == "forward" and row["dtype"] == "bfloat16":
+      assert row["calls_onednn"] == (onednn and row["setting"] == "onednn")
+    if row["setting"] == "eigen":
+      assert not row["calls_onednn"]
