@@ -1,13 +1,14 @@
 """Where a train step's time goes: configs/fast_muon.py in JAX against airbench94_muon's
 recipe in PyTorch (tests/airbench_reference.py), each op by kind, as JSON.
 
-    python scripts/profile_step.py --out OUT [--steps 1] [--tiny]
+    python scripts/profile_step.py --out OUT [--steps 1] [--dtype auto] [--tiny]
 
 Each side trains `--steps` steps of fast_muon's batch (2,000) of random images under
 its framework's profiler, after one step outside it (JAX's compile): JAX's jitted
-train step (the device pipeline's augmentation is a program of its own, left out)
-under jax.profiler, whose trace names XLA's thunks; PyTorch's training loop
-(bf16 autocast, channels_last: race.py's setting; its batches' flip and translate
+train step in `--dtype` (config.dtype; auto: bfloat16 with oneDNN's convolutions on a
+CPU with bfloat16 instructions; the device pipeline's augmentation is a program of its
+own, left out) under jax.profiler, whose trace names XLA's thunks; PyTorch's training
+loop (bf16 autocast, channels_last: race.py's setting; its batches' flip and translate
 included, and the whitening fit, once) under torch.profiler, by aten op, self time.
 Every op is put in a kind by its name (KINDS). JAX's time is the wall split among
 XLA's thunks: XLA:CPU runs several at once and a convolution's work on its thread
@@ -116,6 +117,7 @@ def _thunk_us(trace_dir: str) -> dict[str, float]:
 
 def profile_jax(args) -> dict:
   config = fast_muon.get_config()
+  config.dtype = args.dtype
   batch_size = TINY["batch_size"] if args.tiny else config.batch_size
   if args.tiny:
     config.model.widths = TINY["widths"]
@@ -139,7 +141,9 @@ def profile_jax(args) -> dict:
       state, _ = steps.train(state, batch)
     jax.block_until_ready(state)
     wall_s = time.perf_counter() - start
-  return table(_named_custom_calls(_thunk_us(trace_dir), compiled.as_text()), args.steps, wall_s)
+  return {"dtype": model.dtype, **table(_named_custom_calls(_thunk_us(trace_dir),
+                                                            compiled.as_text()),
+                                        args.steps, wall_s)}
 
 
 def _named_custom_calls(op_us: dict[str, float], hlo: str) -> dict[str, float]:
@@ -173,6 +177,8 @@ def main() -> None:
   parser.add_argument("--out", required=True, help="folder for profile.json and the JAX trace")
   parser.add_argument("--steps", type=int, default=1, help="profiled steps a side")
   parser.add_argument("--tiny", action="store_true", help="seconds, for the tests")
+  parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                      help="JAX's compute dtype (config.dtype)")
   args = parser.parse_args()
   if args.steps < 1:
     raise SystemExit(f"error: --steps {args.steps}: profile at least one step")
