@@ -21,24 +21,18 @@ found before any compute.
 """
 
 import csv
-import functools
 import json
 import os
 
-import jax
-import jax.numpy as jnp
-import matplotlib
 import numpy as np
+from jax.experimental import multihost_utils
 
-from resnet_jax import (checkpoints, config_validation, files, models, plots, train, tta,
-                        xla_cpu)
+from resnet_jax import checkpoints, config_validation, files, models, plots, train
 from resnet_jax.data import batches, datasets, sources, unlabeled
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
-
 def restore_for_config(config, workdir: str, step: int | None):
-  """(model, variables, step, why, meta) from the workdir, checked against the config's model.
+  """(evaluation steps, variables, step, why, meta): the workdir's checkpoint, checked
+  against the config's model, replicated over the steps' mesh.
 
   `why` says how checkpoints.choose_step picked the step.
   """
@@ -57,19 +51,23 @@ def restore_for_config(config, workdir: str, step: int | None):
           f"{manager.directory}/{step} holds model {meta['model']['name']!r}, which differs "
           f"from the config's model {config.model.name!r} in {differs}: "
           + ", ".join(f"{k}={meta['model'].get(k)} vs {expected.get(k)}" for k in differs))
-    return model, checkpoints.restore_variables(manager, step, model, meta), step, why, meta
+    steps = train.EvalSteps(config, model)
+    variables = checkpoints.restore_variables(manager, step, model, meta, steps.replicated)
+    return steps, variables, step, why, meta
 
 
-def _predict_fn(config, model: models.Model):
-  """The jitted class probabilities of a batch, with config.eval.tta's views."""
-  options = xla_cpu.compiler_options(config, model.dtype)
-  xla_cpu.quiet_uncacheable(options)
-
-  @functools.partial(jax.jit, compiler_options=options)
-  def probabilities(variables, images):
-    return tta.probabilities(lambda x: model.apply(variables, x, train=False), images,
-                             config.eval.tta)
-  return probabilities
+def predictions(steps: train.EvalSteps, variables: dict, images: np.ndarray,
+                labels: np.ndarray, config) -> tuple[dict[str, float], np.ndarray]:
+  """(loss and accuracy, each example's predicted class) of `variables` on a split, through
+  the loop's evaluation step at config.eval.tta's level, over the steps' mesh."""
+  total, predicted = train.Metrics.empty(), []
+  for batch in batches.eval_batches(config, images, labels, steps.data).epoch(0):
+    metrics, classes = steps.eval_tta(variables, batch)
+    total = total.merge(metrics)
+    mask = multihost_utils.process_allgather(batch["mask"], tiled=True)
+    predicted.append(multihost_utils.process_allgather(classes, tiled=True)[mask])
+  summary = {k: float(v) for k, v in total.compute().items()} if predicted else {}
+  return summary, np.concatenate(predicted) if predicted else np.zeros(0, np.int64)
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
@@ -93,52 +91,20 @@ def top_confusions(matrix: np.ndarray, names, n: int = TOP_CONFUSIONS) -> list[d
           for i, j in zip(*np.unravel_index(order, mistakes.shape)) if mistakes[i, j]]
 
 
-def _plot_top_confusions(confusions: list[dict], path: str, title: str) -> None:
-  figure, ax = plt.subplots(figsize=(7, 6))
-  rows = confusions[::-1]  # the most frequent at the top
-  ax.barh(range(len(rows)), [c["count"] for c in rows])
-  ax.set_yticks(range(len(rows)), [f"{c['true']} -> {c['predicted']}" for c in rows],
-                fontsize=8)
-  ax.set_xlabel("images")
-  ax.set_title(f"{title}\ntop {len(rows)} confusions (true -> predicted)")
-  plots.save_figure(figure, path)
-
-
-def _plot_confusion(matrix: np.ndarray, names, path: str, title: str) -> None:
-  figure, ax = plt.subplots(figsize=(7, 6))
-  image = ax.imshow(matrix, cmap="Blues")
-  ax.set_xticks(range(len(matrix)), names, rotation=45, ha="right")
-  ax.set_yticks(range(len(matrix)), names)
-  for (i, j), n in np.ndenumerate(matrix):
-    ax.text(j, i, str(n), ha="center", va="center", fontsize=7,
-            color="white" if n > matrix.max() / 2 else "black")
-  ax.set_xlabel("predicted")
-  ax.set_ylabel("true")
-  ax.set_title(title)
-  figure.colorbar(image)
-  plots.save_figure(figure, path)
-
-
 def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
   """Evaluates a checkpoint and writes DIR/eval/; returns the metrics dict."""
   out = os.path.join(workdir, "eval")
   files.check_writable(os.path.join(out, "metrics.json"), "the evaluation's output")
-  model, variables, step, why, meta = restore_for_config(config, workdir, step)
-  split = batches.eval_split(config, *sources.load_split(config.data, config.data.eval_split))
-  probabilities = _predict_fn(config, model)
-  labels, predictions = [], []
-  for batch in split.epoch():
-    p = np.asarray(probabilities(variables, batch["image"]))
-    predictions.append(p.argmax(-1)[batch["mask"]])
-    labels.append(batch["label"][batch["mask"]])
-  labels, predictions = np.concatenate(labels), np.concatenate(predictions)
-  matrix = confusion_matrix(labels, predictions, model.num_classes)
-  per_class = matrix.diagonal() / np.maximum(matrix.sum(1), 1)
+  steps, variables, step, why, meta = restore_for_config(config, workdir, step)
+  images, labels = sources.load_split(config.data, config.data.eval_split)
+  summary, predicted = predictions(steps, variables, images, labels, config)
   names = datasets.get(config.data).class_names
-  metrics = {"accuracy": float((labels == predictions).mean()),
+  matrix = confusion_matrix(labels, predicted, len(names))
+  per_class = matrix.diagonal() / np.maximum(matrix.sum(1), 1)
+  metrics = {"accuracy": summary["accuracy"],
              "per_class_accuracy": per_class.tolist(), "confusion_matrix": matrix.tolist(),
              "top_confusions": top_confusions(matrix, names),
-             "num_examples": int(len(labels)), "step": int(step),
+             "num_examples": len(labels), "step": int(step),
              "split": config.data.eval_split, "tta": config.eval.tta,
              "checkpoint": os.path.join(checkpoints.checkpoint_dir(workdir), str(step)),
              "chosen": why, "source": meta.get("source"),
@@ -148,10 +114,10 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
     json.dump(metrics, f, indent=1)
   title = f"{config.data.eval_split}, step {step}: accuracy {metrics['accuracy']:.4f}"
   if len(names) <= MATRIX_CLASSES:
-    _plot_confusion(matrix, names, os.path.join(out, "confusion_matrix.png"), title)
+    plots.plot_confusion(matrix, names, os.path.join(out, "confusion_matrix.png"), title)
   else:
-    _plot_top_confusions(metrics["top_confusions"], os.path.join(out, "top_confusions.png"),
-                         title)
+    plots.plot_top_confusions(metrics["top_confusions"], os.path.join(out, "top_confusions.png"),
+                              title)
   return metrics
 
 
@@ -164,14 +130,8 @@ def predict(config, workdir: str, input_path: str, output_path: str,
   """
   images, ids = unlabeled.load(input_path)
   files.check_writable(output_path, "--output")
-  model, variables, step, why, meta = restore_for_config(config, workdir, step)
-  probabilities = _predict_fn(config, model)
-  norm = datasets.normalization(config.data)
-  labels = []
-  for start in range(0, len(images), config.eval_batch_size):
-    x = datasets.normalize_pixels(images[start:start + config.eval_batch_size], norm)
-    labels.append(np.asarray(probabilities(variables, jnp.asarray(x, jnp.float32))).argmax(-1))
-  labels = np.concatenate(labels) if labels else np.zeros(0, np.int64)
+  steps, variables, step, why, meta = restore_for_config(config, workdir, step)
+  _, labels = predictions(steps, variables, images, np.zeros(len(images), np.int32), config)
   os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
   with files.replaced_atomically(output_path, newline="") as f:
     writer = csv.writer(f)

@@ -195,3 +195,18 @@ class ScalarWriter:
   def close(self) -> None:
     if self._events is not None:
       self._events.close()
+
+
+def metric_writer(workdir: str, hparams: dict | None, tensorflow: bool):
+  """TensorBoard (and log) writer, with `hparams` (flat: {"a.b": value}) written once when
+  given. clu's default writer where TensorFlow is installed (`tensorflow`: clu's
+  metric_writers imports it); tensorboard's own event writer, scalars only, where not."""
+  if tensorflow:
+    from clu import metric_writers  # pylint: disable=g-import-not-at-top
+    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  else:
+    writer = ScalarWriter(workdir if jax.process_index() == 0 else None)
+  if hparams is not None:
+    writer.write_hparams({k: v if isinstance(v, (int, float, str, bool)) else str(v)
+                          for k, v in hparams.items()})
+  return writer

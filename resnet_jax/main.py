@@ -12,6 +12,7 @@ The console shows the run's own lines, warnings and errors; DIR/log.txt has
 every library's too (--log_libraries shows them on the console as well).
 """
 
+import os
 import re
 from typing import Sequence
 
@@ -92,12 +93,21 @@ def _initialize_distributed() -> None:
     jax.distributed.initialize()
 
 
+def enable_compilation_cache(directory: str) -> None:
+  """Jax's persistent compilation cache in `directory` ("" leaves it off), for every program:
+  a start-up compiles many small ones (initialisers, eager ops) that each fall below jax's
+  default one-second threshold but together cost seconds (docs/performance.md)."""
+  if directory:
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(directory))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+
+
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logs.configure(libraries_to_console=FLAGS.log_libraries)
   _initialize_distributed()
-  train.enable_compilation_cache(FLAGS.config.compilation_cache_dir)
+  enable_compilation_cache(FLAGS.config.compilation_cache_dir)
   logging.info("JAX process %d of %d, devices: %s", jax.process_index(), jax.process_count(),
                jax.devices())
   try:

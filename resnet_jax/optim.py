@@ -277,24 +277,30 @@ class Lookahead:
     return average, weights
 
 
+# The weight averages a config can ask for, in the train step's order: name -> (the
+# optimizer key that turns it on, its class). Their names are read from here alone.
+AVERAGES = {"lookahead": ("lookahead_every", Lookahead), "ema": ("ema_decay", EMA)}
+
+
+def average_names(opt_config) -> list[str]:
+  """The names of the weight averages `opt_config` asks for, in the train step's order."""
+  return [name for name, (key, _) in AVERAGES.items() if opt_config[key]]
+
+
 def weight_averages(opt_config, total_steps: int) -> dict:
   """{name: average} of the weight averages the config asks for, each with
   `init(weights)` and `update(step, average, weights, enabled) -> (average, weights)`,
   run by the train step after every optimizer step on {"params", "batch_stats"}, and
   `evaluated`: whether evaluation uses the average instead of the weights."""
-  averages = {}
-  if opt_config.lookahead_every:
-    averages["lookahead"] = Lookahead(opt_config.lookahead_every, opt_config.lookahead_decay,
-                                      total_steps)
-  if opt_config.ema_decay:
-    averages["ema"] = EMA(opt_config.ema_decay)
-  return averages
+  build = {"lookahead": lambda: Lookahead(opt_config.lookahead_every,
+                                          opt_config.lookahead_decay, total_steps),
+           "ema": lambda: EMA(opt_config.ema_decay)}
+  return {name: build[name]() for name in average_names(opt_config)}
 
 
 def evaluated_average(opt_config) -> str | None:
   """The name of the weight average that evaluation uses, or None: the weights."""
-  evaluated = [name for name, average in weight_averages(opt_config, 1).items()
-               if average.evaluated]
+  evaluated = [name for name in average_names(opt_config) if AVERAGES[name][1].evaluated]
   return evaluated[0] if evaluated else None
 
 

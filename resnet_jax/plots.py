@@ -1,4 +1,5 @@
-"""Training curves (the seed's Figure 4, made properly): loss and accuracy per epoch.
+"""The figures: training curves (the seed's Figure 4, made properly) and --mode eval's
+confusion figures, each written whole or not at all (`save_figure`).
 
     python -m resnet_jax.plots DIR
 
@@ -11,6 +12,7 @@ import os
 import sys
 
 import matplotlib
+import numpy as np
 
 from resnet_jax import files
 
@@ -59,6 +61,34 @@ def save_figure(figure, path: str) -> None:
   with files.replaced_atomically(path, "wb") as f:
     figure.savefig(f, format="png", dpi=100)
   plt.close(figure)
+
+
+def plot_top_confusions(confusions: list[dict], path: str, title: str) -> None:
+  """--mode eval's figure for many classes: the most frequent mistakes as bars."""
+  figure, ax = plt.subplots(figsize=(7, 6))
+  rows = confusions[::-1]  # the most frequent at the top
+  ax.barh(range(len(rows)), [c["count"] for c in rows])
+  ax.set_yticks(range(len(rows)), [f"{c['true']} -> {c['predicted']}" for c in rows],
+                fontsize=8)
+  ax.set_xlabel("images")
+  ax.set_title(f"{title}\ntop {len(rows)} confusions (true -> predicted)")
+  save_figure(figure, path)
+
+
+def plot_confusion(matrix, names, path: str, title: str) -> None:
+  """--mode eval's figure: the confusion matrix with its counts."""
+  figure, ax = plt.subplots(figsize=(7, 6))
+  image = ax.imshow(matrix, cmap="Blues")
+  ax.set_xticks(range(len(matrix)), names, rotation=45, ha="right")
+  ax.set_yticks(range(len(matrix)), names)
+  for (i, j), n in np.ndenumerate(matrix):
+    ax.text(j, i, str(n), ha="center", va="center", fontsize=7,
+            color="white" if n > matrix.max() / 2 else "black")
+  ax.set_xlabel("predicted")
+  ax.set_ylabel("true")
+  ax.set_title(title)
+  figure.colorbar(image)
+  save_figure(figure, path)
 
 
 def main(argv: list[str]) -> None:

@@ -31,11 +31,17 @@ import optax
 from absl import logging
 from clu import metrics
 from flax.training import train_state
+from flax.traverse_util import flatten_dict
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from resnet_jax import (checkpoints, config_validation, default_config, logs, models, optim,
                         optional_tf, plots, tta, xla_cpu)
 from resnet_jax.data import batches, datasets, sources
+
+
+# Steps between the host's checks for a non-finite step: reading the device's record
+# waits for the step, so each check costs the pipeline's overlap of host and device.
+NONFINITE_CHECK_EVERY = 100
 
 
 class TrainState(train_state.TrainState):
@@ -100,15 +106,6 @@ def build_model(config: ml_collections.ConfigDict, dtype: str | None = None) -> 
   name, fields = default_config.model_fields(config)
   fields.setdefault("num_classes", datasets.get(config.data).num_classes)
   return models.get_model(name, dtype=dtype or compute_dtype(config)[0], **fields)
-
-
-def enable_compilation_cache(directory: str) -> None:
-  """Jax's persistent compilation cache in `directory` ("" leaves it off), for every program:
-  a start-up compiles many small ones (initialisers, eager ops) that each fall below jax's
-  default one-second threshold but together cost seconds (docs/performance.md)."""
-  if directory:
-    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(directory))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
 
 def create_train_state(config, model: models.Model, tx: optax.GradientTransformation,
@@ -184,21 +181,25 @@ def make_train_step(config, model: models.Model, total_steps: int) -> Callable:
   return train_step
 
 
-def eval_step(state: TrainState, batch: dict, tta_level: int = 0) -> Metrics:
-  """Deterministic evaluation (running BN statistics, no dropout), honouring the mask.
+def eval_step(apply_fn: Callable, variables: dict, batch: dict,
+              tta_level: int = 0) -> tuple[Metrics, jax.Array]:
+  """Deterministic evaluation of `variables` (running BN statistics, no dropout) on a
+  batch: the loss and accuracy over its masked-in examples, and every example's
+  predicted class. The one evaluation step of the loop, --mode eval and --mode predict.
 
   At a test-time augmentation level > 0 the logits are the log of the views' mean
   probability (resnet_jax/tta.py): their argmax is the prediction and their
   cross-entropy -log p(label).
   """
-  logits_fn = functools.partial(state.apply_fn, state.variables, train=False)
+  logits_fn = functools.partial(apply_fn, variables, train=False)
   if tta_level:
     logits = jnp.log(tta.probabilities(logits_fn, batch["image"], tta_level))
   else:
     logits = logits_fn(batch["image"])
   loss = cross_entropy(logits, batch["label"])
-  return Metrics.single_from_model_output(loss=loss, logits=logits, labels=batch["label"],
-                                          mask=batch["mask"])
+  metrics = Metrics.single_from_model_output(loss=loss, logits=logits, labels=batch["label"],
+                                             mask=batch["mask"])
+  return metrics, logits.argmax(-1)
 
 
 def data_mesh(devices=None) -> jax.sharding.Mesh:
@@ -212,25 +213,35 @@ def data_mesh(devices=None) -> jax.sharding.Mesh:
                        axis_types=(jax.sharding.AxisType.Auto,))
 
 
-class Steps:
-  """The jitted train and eval steps of a config's model over a data-parallel mesh."""
+class EvalSteps:
+  """The jitted evaluation steps of a model over a data-parallel mesh: `eval` and, at
+  config.eval.tta's level, `eval_tta`, each (variables, batch) -> (Metrics, predicted
+  classes), the variables replicated and the batch and predictions sharded."""
+
+  def __init__(self, config, model: models.Model, mesh: jax.sharding.Mesh | None = None):
+    self.mesh = mesh or data_mesh()
+    self.replicated = NamedSharding(self.mesh, P())
+    self.data = NamedSharding(self.mesh, P("data"))
+    self.options = xla_cpu.compiler_options(config, model.dtype)
+    xla_cpu.quiet_uncacheable(self.options)
+    self.eval, self.eval_tta = (
+        jax.jit(functools.partial(eval_step, model.apply, tta_level=level),
+                in_shardings=(self.replicated, self.data),
+                out_shardings=(self.replicated, self.data), compiler_options=self.options)
+        for level in (0, config.eval.tta))
+
+
+class Steps(EvalSteps):
+  """The evaluation steps and the jitted train step of a config's model."""
 
   def __init__(self, config, model: models.Model, mesh: jax.sharding.Mesh | None = None,
                total_steps: int = 0):
     """`total_steps`: the run's length, which only weight averages use."""
-    self.mesh = mesh or data_mesh()
-    self.replicated = NamedSharding(self.mesh, P())
-    self.data = NamedSharding(self.mesh, P("data"))
-    options = xla_cpu.compiler_options(config, model.dtype)
-    xla_cpu.quiet_uncacheable(options)
+    super().__init__(config, model, mesh)
     self.train = jax.jit(make_train_step(config, model, total_steps),
                          in_shardings=(self.replicated, self.data),
                          out_shardings=self.replicated, donate_argnums=0,
-                         compiler_options=options)
-    self.eval, self.eval_tta = (
-        jax.jit(functools.partial(eval_step, tta_level=level),
-                in_shardings=(self.replicated, self.data), out_shardings=self.replicated,
-                compiler_options=options) for level in (0, config.eval.tta))
+                         compiler_options=self.options)
 
   def place_state(self, state: TrainState) -> TrainState:
     return jax.device_put(state, self.replicated)
@@ -244,7 +255,7 @@ def eval_metrics(steps: Steps, state: TrainState, eval_data: batches.Batches,
   step, evaluated = steps.eval_tta if tta else steps.eval, state if raw else state.evaluated()
   total = Metrics.empty()
   for batch in eval_data.epoch(0):
-    total = total.merge(step(evaluated, batch))
+    total = total.merge(step(evaluated.variables, batch)[0])
   return {k: float(v) for k, v in total.compute().items()}
 
 
@@ -318,8 +329,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       state = steps.place_state(state.replace(**models.fit_to_data(
           model, state.variables, lambda n: datasets.normalize_pixels(train_images[:n], norm))))
     meta = functools.partial(_checkpoint_meta, config, model)
-    with contextlib.closing(_metric_writer(workdir, config, fresh)) as writer, \
-        _StopSignals() as stop:
+    hparams = flatten_dict(config.to_dict(), sep=".") if fresh else None  # at a run's start
+    writer = logs.metric_writer(workdir, hparams, optional_tf.available())
+    with contextlib.closing(writer), _StopSignals() as stop:
       progress = logs.Progress(steps_per_epoch * config.num_epochs)
       for epoch in range(len(history), config.num_epochs):
         start_time, first_step = time.perf_counter(), epoch_step  # first_step > 0 when resumed
@@ -329,7 +341,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           train_metrics = metrics if train_metrics is None else train_metrics.merge(metrics)
           epoch_step += 1
           progress(int(state.step))
-          if stop.received or epoch_step % 100 == 0 and _nonfinite(config, state):
+          if stop.received or (epoch_step % NONFINITE_CHECK_EVERY == 0
+                               and _nonfinite(config, state)):
             break
         _stop_if_nonfinite(config, state, saved, steps_per_epoch)
 
@@ -384,27 +397,11 @@ def _whole_updates(config, train_data: batches.Batches) -> int:
   return train_data.steps_per_epoch // accumulation * accumulation
 
 
-def _metric_writer(workdir: str, config, fresh: bool):
-  """TensorBoard (and log) writer; the hyper-parameters once, at a run's very start.
-
-  clu's default writer where TensorFlow is installed (clu.metric_writers imports
-  it); tensorboard's own event writer, scalars only, where it is not.
-  """
-  if optional_tf.available():
-    from clu import metric_writers  # pylint: disable=g-import-not-at-top
-    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-  else:
-    writer = logs.ScalarWriter(workdir if jax.process_index() == 0 else None)
-  if fresh:
-    writer.write_hparams(_flatten(config.to_dict()))
-  return writer
-
-
 def _checkpoint_meta(config, model, history: list[dict], epoch_step: int,
                      eval_accuracy: float | None) -> dict:
   return {"model": models.model_config(config.model.name, model), "source": "train",
           "layout": checkpoints.LAYOUT, "evaluated_average": optim.evaluated_average(
-              config.optimizer), "averages": sorted(optim.weight_averages(config.optimizer, 1)),
+              config.optimizer), "averages": sorted(optim.average_names(config.optimizer)),
           "epoch": len(history), "epoch_step": epoch_step,
           "eval_accuracy": eval_accuracy, "config": config.to_json_best_effort(),
           "history": history}
@@ -474,13 +471,3 @@ def _record_epoch(config, workdir: str, step: int, history: list[dict], writer, 
       plots.write_history(workdir, history)  # atomic: the old file survives a failure
     except OSError as e:
       raise saved.write_failed(e) from e
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(_flatten(value, f"{prefix}{key}."))
-    else:
-      flat[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
-  return flat

@@ -36,7 +36,7 @@ import time
 import jax
 import numpy as np
 
-from resnet_jax import default_config, optim, train, xla_cpu
+from resnet_jax import default_config, main as resnet_main, optim, train, xla_cpu
 from resnet_jax.data import batches
 
 # bf16 dense peak FLOP/s of accelerators whose utilisation we report.
@@ -160,7 +160,7 @@ def main() -> None:
                       help="a toy width of the model, for tests of this script")
   args = parser.parse_args()
 
-  train.enable_compilation_cache(args.compilation_cache_dir)
+  resnet_main.enable_compilation_cache(args.compilation_cache_dir)
   steps, state, batch = _jax_setup(args.model, args.batch_size, args.dtype,
                                    cpu_tuning=not args.no_cpu_tuning, tiny=args.tiny,
                                    overrides=tuple(args.override))
@@ -184,7 +184,7 @@ def main() -> None:
     jax.block_until_ready(holder["state"].params)
 
   def jax_eval():
-    jax.block_until_ready(steps.eval(holder["state"], batch))
+    jax.block_until_ready(steps.eval(holder["state"].variables, batch))
 
   jax_eval()  # compile eval outside the timing
   torch_steps = _torch_round(args.model, args.batch_size, args.dtype, args.tiny) \

@@ -203,10 +203,10 @@ def worker_home_and_compilation_cache(tmp_path_factory):
   """This worker's own home (module docstring), and jax's persistent compilation cache in
   it for the in-process runs too, as the command line uses it (config.compilation_cache_dir):
   the many runs of one config compile their steps once. PyTorch on one thread."""
-  from resnet_jax import train  # pylint: disable=g-import-not-at-top
+  from resnet_jax import main  # pylint: disable=g-import-not-at-top
   home = tmp_path_factory.mktemp("home")
   os.environ["HOME"] = str(home)
-  train.enable_compilation_cache(str(home / ".cache" / "resnet_jax" / "jax"))
+  main.enable_compilation_cache(str(home / ".cache" / "resnet_jax" / "jax"))
   # PyTorch's OpenMP threads (two, one a core) spin while they wait for each other, and
   # beside another worker they wait a lot: the deep model's parity took 195 s with two
   # threads and 71 s with one, beside a training run (2026-12-01). One thread per worker,

@@ -262,8 +262,8 @@ def test_an_unusable_compilation_cache_warns_and_compiling_goes_on(tmp_path):
   blocker.write_text("")
   script = textwrap.dedent(f"""
       import jax, jax.numpy as jnp
-      from resnet_jax import train
-      train.enable_compilation_cache({str(blocker / "cache")!r})
+      from resnet_jax import main
+      main.enable_compilation_cache({str(blocker / "cache")!r})
       jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
       print("OK", float(jax.jit(lambda x: (x * 2).sum())(jnp.ones(4))))
       """)
