@@ -75,7 +75,7 @@ def _milliseconds(fn, options: dict, args) -> tuple[float, bool, np.ndarray]:
     for _ in range(3):
       jax.block_until_ready(compiled(*args))
     best = min(best, (time.perf_counter() - start) / 3)
-  return round(best * 1000, 1), "onednn" in compiled.as_text(), result
+  return round(best * 1000, 3), "onednn" in compiled.as_text(), result
 
 
 def main() -> None:

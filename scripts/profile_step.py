@@ -81,7 +81,8 @@ def _thunk_intervals(events: list[dict]) -> list[tuple[str, float, float]]:
     name = e["name"]
     if name.startswith("end: "):
       ends[name[5:]].append(e["ts"] + e["dur"])
-    elif re.fullmatch(r"[a-z][\w\-.]*", name):  # HLO's names, not the runtime's
+    elif re.fullmatch(r"[a-z][\w\-.$]*", name):  # HLO's names, not the runtime's; oneDNN's
+      # calls are named after their target: custom-call.1.clone__onednn$convolution
       starts[name].append(e)
   return [(name, e["ts"], max([e["ts"] + e["dur"]] + ends[name][i:i + 1]))
           for name, occurrences in starts.items() for i, e in enumerate(occurrences)]
@@ -132,8 +133,7 @@ def profile_jax(args) -> dict:
       model, state.variables, lambda n: pixels[:n])))
   batch = batches.place({"image": pixels, "mask": np.ones(batch_size, bool),
                          "label": rng.integers(0, 10, batch_size).astype(np.int32)}, steps.data)
-  compiled = steps.train.lower(state, batch).compile()
-  state = jax.block_until_ready(steps.train(state, batch)[0])
+  state = jax.block_until_ready(steps.train(state, batch)[0])  # compiles
   trace_dir = os.path.join(args.out, "jax_trace")
   with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
     start = time.perf_counter()
@@ -141,17 +141,7 @@ def profile_jax(args) -> dict:
       state, _ = steps.train(state, batch)
     jax.block_until_ready(state)
     wall_s = time.perf_counter() - start
-  return {"dtype": model.dtype, **table(_named_custom_calls(_thunk_us(trace_dir),
-                                                            compiled.as_text()),
-                                        args.steps, wall_s)}
-
-
-def _named_custom_calls(op_us: dict[str, float], hlo: str) -> dict[str, float]:
-  """op_us with each custom call (custom-call.N: oneDNN's convolutions in bfloat16) named
-  after its target, e.g. "custom-call.3 (__onednn$convolution)", so kind() can place it."""
-  targets = dict(re.findall(r"(custom-call[\w.\-]*) = .*?custom_call_target=\"([^\"]+)\"", hlo))
-  return {f"{name} ({targets[name]})" if name in targets else name: us
-          for name, us in op_us.items()}
+  return {"dtype": model.dtype, **table(_thunk_us(trace_dir), args.steps, wall_s)}
 
 
 def profile_torch(args) -> dict:

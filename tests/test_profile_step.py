@@ -20,18 +20,9 @@ from tests.conftest import load_script
     ("aten::_to_copy", "transpose and copy"), ("add_reduce_fusion", "reduction"),
     ("aten::sum", "reduction"), ("multiply_select_fusion", "elementwise and other"),
     ("aten::add_", "elementwise and other"),
-    ("custom-call.3 (__onednn$convolution)", "convolution")])
+    ("custom-call.1.clone__onednn$convolution", "convolution")])
 def test_an_op_is_put_in_its_kind_by_name(name, kind):
   assert load_script("profile_step").kind(name) == kind
-
-
-def test_a_custom_call_is_named_after_its_target():
-  hlo = ('  custom-call.3 = bf16[8,4,4,16]{3,2,1,0} custom-call(convert.1, convert.2), '
-         'custom_call_target="__onednn$convolution", backend_config={}\n'
-         '  fusion.2 = f32[8]{0} fusion(custom-call.3), kind=kLoop\n')
-  named = load_script("profile_step")._named_custom_calls(  # pylint: disable=protected-access
-      {"custom-call.3": 5.0, "fusion.2": 1.0}, hlo)
-  assert named == {"custom-call.3 (__onednn$convolution)": 5.0, "fusion.2": 1.0}
 
 
 def _write_trace(directory, events):
@@ -48,9 +39,10 @@ def test_the_wall_is_shared_among_the_thunks_running_at_each_moment(tmp_path):
   _write_trace(tmp_path, [
       x("cond.1", 0, 10), x("conv_general_dilated.2", 2, 1), x("end: conv_general_dilated.2", 7, 1),
       x("fusion.3", 1, 4, tid=2), x("fusion.4", 12, 3), x("end: fusion.4", 19, 1, tid=2),
-      x("ThunkExecutor::Execute", 0, 30)])
+      x("custom-call.1.clone__onednn$convolution", 20, 2), x("ThunkExecutor::Execute", 0, 30)])
   assert load_script("profile_step")._thunk_us(str(tmp_path)) == {  # pylint: disable=protected-access
-      "cond.1": 3, "fusion.3": 2.5, "conv_general_dilated.2": 4.5, "fusion.4": 8}
+      "cond.1": 3, "fusion.3": 2.5, "conv_general_dilated.2": 4.5, "fusion.4": 8,
+      "custom-call.1.clone__onednn$convolution": 2}
 
 
 def test_a_trace_the_profiler_cut_short_is_an_error(tmp_path, monkeypatch):
