@@ -171,15 +171,7 @@ def test_dtype_auto_is_bfloat16_where_the_hardware_runs_it_fast(monkeypatch):
                     reason=f"jaxlib {jax.lib.__version__} has no oneDNN convolutions")
 @pytest.mark.parametrize("dtype,onednn", [("bfloat16", True), ("float32", False)])
 def test_bfloat16_steps_convolve_through_onednn_and_float32_ones_through_eigen(dtype, onednn):
-  config = _smoke(dtype=dtype)
-  model = train.build_model(config)
-  steps = train.Steps(config, model)
-  tx, _ = optim.create_optimizer(config.optimizer, 10, config.num_epochs)
-  state = steps.place_state(train.create_train_state(config, model, tx))
-  n = config.batch_size
-  batch = batches.place({"image": np.zeros((n, 32, 32, 3), np.float32),
-                         "label": np.zeros(n, np.int32), "mask": np.ones(n, bool)}, steps.data)
-  hlo = steps.train.lower(state, batch).compile().as_text()
+  hlo = _compiled_train_step(_smoke(dtype=dtype))
   assert ("__onednn$convolution" in hlo) == onednn
 
 
@@ -214,6 +206,18 @@ def test_deep_config_trains_with_its_augmentation_on_the_device_pipeline(tmp_pat
   assert np.isfinite(history[-1]["train_loss"]) and np.isfinite(history[-1]["eval_loss"])
 
 
+def _compiled_train_step(config) -> str:
+  """The HLO text of `config`'s train step as XLA compiled it (what its options produced)."""
+  model = train.build_model(config)
+  steps = train.Steps(config, model)
+  tx, _ = optim.create_optimizer(config.optimizer, 10, config.num_epochs)
+  state = steps.place_state(train.create_train_state(config, model, tx))
+  n = config.batch_size
+  batch = batches.place({"image": np.zeros((n, 32, 32, 3), np.float32),
+                         "label": np.zeros(n, np.int32), "mask": np.ones(n, bool)}, steps.data)
+  return steps.train.lower(state, batch).compile().as_text()
+
+
 # What shows that the options arrive: YNNPACK's fusions, which older jaxlibs (Colab's) lack.
 _YNN = (("xla_cpu_experimental_ynn_fusion_type", ""),)
 
@@ -223,15 +227,7 @@ _YNN = (("xla_cpu_experimental_ynn_fusion_type", ""),)
 @pytest.mark.parametrize("options,ynn", [({"xla_cpu_experimental_ynn_fusion_type": ""}, False),
                                          ({}, True)])
 def test_cpu_xla_options_reach_the_compiled_train_step(options, ynn):
-  config = _smoke(**{"cpu.xla_options": options})
-  model = train.build_model(config)
-  steps = train.Steps(config, model)
-  tx, _ = optim.create_optimizer(config.optimizer, 10, config.num_epochs)
-  state = steps.place_state(train.create_train_state(config, model, tx))
-  n = config.batch_size
-  batch = batches.place({"image": np.zeros((n, 32, 32, 3), np.float32),
-                         "label": np.zeros(n, np.int32), "mask": np.ones(n, bool)}, steps.data)
-  hlo = steps.train.lower(state, batch).compile().as_text()
+  hlo = _compiled_train_step(_smoke(**{"cpu.xla_options": options}))
   assert ("__ynn_fusion" in hlo) == ynn  # jaxlib's default fuses the classifier's dot
 
 
