@@ -133,11 +133,12 @@ def _usable(options: tuple[tuple[str, object], ...]) -> tuple[tuple[str, object]
 
 def compiler_options(config: ml_collections.ConfigDict, dtype: str) -> dict | None:
   """XLA options for the jitted steps of a model computing in `dtype`: config.cpu.xla_options
-  and, for bfloat16, config.cpu.bfloat16_xla_options, on the CPU backend only."""
+  and, for bfloat16 on a CPU with bfloat16 instructions, config.cpu.bfloat16_xla_options
+  (elsewhere oneDNN would emulate them); on the CPU backend only."""
   if not on_cpu():
     return None
-  options = {**config.cpu.xla_options,
-             **(config.cpu.bfloat16_xla_options if dtype == "bfloat16" else {})}
+  bfloat16 = dtype == "bfloat16" and cpu_flags().intersection(BFLOAT16_FLAGS)
+  options = {**config.cpu.xla_options, **(config.cpu.bfloat16_xla_options if bfloat16 else {})}
   return dict(_usable(tuple(sorted(options.items())))) or None
 
 
@@ -161,9 +162,11 @@ def _log_uncacheable() -> None:
 def check_options(config: ml_collections.ConfigDict) -> None:
   """Compiles a trivial function with config.cpu's XLA options: XLA names a bad option or
   value (ValueError naming config.cpu.xla_options or bfloat16_xla_options)."""
-  for key, dtype in (("xla_options", "float32"), ("bfloat16_xla_options", "bfloat16")):
-    options = compiler_options(config, dtype)
-    error = options and _compile_error(tuple(sorted(options.items())))
+  if not on_cpu():
+    return
+  for key in ("xla_options", "bfloat16_xla_options"):  # each on every CPU, used or not
+    options = _usable(tuple(sorted(config.cpu[key].items())))
+    error = options and _compile_error(options)
     if error:
       raise ValueError(f"config.cpu.{key}={config.cpu[key].to_dict()}: {error}")
 

@@ -75,6 +75,8 @@ def test_accumulation_never_carries_over_an_epoch_and_plateau_scale_is_logged(tm
     ({"model.inner_activation": "tanh"}, r"config.model.inner_activation='tanh'"),
     ({"cpu.xla_options": {"xla_cpu_no_such_option": "1"}},
      r"config.cpu.xla_options=\{'xla_cpu_no_such_option': '1'\}: .*xla_cpu_no_such_option"),
+    ({"cpu.bfloat16_xla_options": {"xla_cpu_no_such_option": "1"}},  # checked on every CPU
+     r"config.cpu.bfloat16_xla_options=\{'xla_cpu_no_such_option': '1'\}: "),
     ({"model.fusion_barriers": True},
      r"config.model.fusion_barriers is not a model key; set config.cpu.fusion_barriers"),
     ({"model.num_classes": 100},
@@ -170,9 +172,13 @@ def test_dtype_auto_is_bfloat16_where_the_hardware_runs_it_fast(monkeypatch):
 @pytest.mark.skipif(not xla_cpu.onednn_bfloat16_convolutions(),
                     reason=f"jaxlib {jax.lib.__version__} has no oneDNN convolutions")
 @pytest.mark.parametrize("dtype,onednn", [("bfloat16", True), ("float32", False)])
-def test_bfloat16_steps_convolve_through_onednn_and_float32_ones_through_eigen(dtype, onednn):
+def test_bfloat16_steps_convolve_through_onednn_and_float32_ones_through_eigen(
+    dtype, onednn, monkeypatch):
+  monkeypatch.setattr(xla_cpu, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
   hlo = _compiled_train_step(_smoke(dtype=dtype))
   assert ("__onednn$convolution" in hlo) == onednn
+  monkeypatch.setattr(xla_cpu, "cpu_flags", lambda: frozenset({"avx2"}))  # would emulate them
+  assert "__onednn$convolution" not in _compiled_train_step(_smoke(dtype=dtype))
 
 
 def test_the_cache_failing_to_store_onednn_steps_is_one_log_line(caplog):
