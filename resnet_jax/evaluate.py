@@ -30,6 +30,7 @@ from jax.experimental import multihost_utils
 from resnet_jax import checkpoints, config_validation, files, models, plots, train
 from resnet_jax.data import batches, datasets, sources, unlabeled
 
+
 def restore_for_config(config, workdir: str, step: int | None):
   """(evaluation steps, variables, step, why, meta): the workdir's checkpoint, checked
   against the config's model, replicated over the steps' mesh.
