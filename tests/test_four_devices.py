@@ -1,5 +1,6 @@
-"""Four CPU devices (XLA_FLAGS in a subprocess): the same train step as one device, and a
-checkpoint they write restores, evaluates and resumes on one."""
+"""Four CPU devices (XLA_FLAGS in a subprocess): the same train step as one device, the
+same evaluation over the four, and a checkpoint they write restores, evaluates and resumes
+on one."""
 
 import json
 import os
@@ -16,7 +17,7 @@ from tests.conftest import smoke_config as _smoke
 
 
 _ON_FOUR_DEVICES = textwrap.dedent("""
-    import sys, jax, numpy as np
+    import json, sys, jax, numpy as np
     from resnet_jax import config_validation, optim, train
     from resnet_jax.data import batches
     from configs import smoke
@@ -48,6 +49,9 @@ _ON_FOUR_DEVICES = textwrap.dedent("""
     config = smoke.get_config()
     config.num_epochs = 1
     train.train_and_evaluate(config, sys.argv[1])
+    # --mode eval over the 4 devices: the loop's evaluation step, sharded.
+    from resnet_jax import evaluate
+    print("EVAL", json.dumps(evaluate.evaluate_checkpoint(config, sys.argv[1])))
     print("OK")
 """)
 
@@ -76,6 +80,11 @@ def test_checkpoint_written_on_four_devices_restores_on_one(four_device_run):
   assert jax.device_count() == 1
   with open(os.path.join(workdir, "history.json")) as f:
     logged = json.load(f)[0]["eval_accuracy"]
-  assert evaluate.evaluate_checkpoint(_smoke(), workdir)["accuracy"] == pytest.approx(logged, abs=1e-6)
+  on_four = json.loads(next(line for line in result.stdout.splitlines()
+                             if line.startswith("EVAL "))[5:])
+  on_one = evaluate.evaluate_checkpoint(_smoke(), workdir)
+  assert on_one["accuracy"] == pytest.approx(logged, abs=1e-6)
+  assert on_four["accuracy"] == pytest.approx(logged, abs=1e-6)
+  assert on_four["confusion_matrix"] == on_one["confusion_matrix"]  # every example, once
   state, history = train.train_and_evaluate(_smoke(num_epochs=2), workdir)  # resume on 1
   assert int(state.step) == 32 and len(history) == 2
