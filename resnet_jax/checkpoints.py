@@ -299,11 +299,9 @@ def trained_dtype(workdir: str) -> str | None:
   """The compute dtype of the newest readable training checkpoint in `workdir`, or None:
   what dtype "auto" keeps when the run resumes (TrainingCheckpoints.restore checks the
   rest, and reports what it cannot read)."""
-  if not os.path.isdir(checkpoint_dir(workdir)):
-    return None
   try:
     manager = reading_manager(workdir)
-  except CheckpointError:  # no checkpoint yet
+  except CheckpointError:  # no checkpoint (or no checkpoint directory) yet
     return None
   with contextlib.closing(manager):
     for step in sorted(manager.all_steps(), reverse=True):

@@ -59,6 +59,11 @@ def cpu_flags() -> frozenset[str]:
   return frozenset()
 
 
+def reported_flags() -> list[str]:
+  """The CPU flags a speed figure is stated with: the vector width and bfloat16 support."""
+  return sorted(cpu_flags() & {"avx2", "avx512f", *BFLOAT16_FLAGS})
+
+
 @functools.cache
 def onednn_bfloat16_convolutions() -> bool:
   """Whether this jaxlib turns a bfloat16 convolution into a oneDNN call under the project's

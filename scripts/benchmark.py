@@ -211,7 +211,7 @@ def main() -> None:
       "eval_images_per_s": round(rate("jax_eval"), 1),
       "cpu_tuning": not args.no_cpu_tuning and xla_cpu.on_cpu(),
       "overrides": args.override,
-      "cpu_flags": sorted(xla_cpu.cpu_flags() & {"avx2", "avx512f", *xla_cpu.BFLOAT16_FLAGS}),
+      "cpu_flags": xla_cpu.reported_flags(),
       "compile_s": round(compile_s, 2),
       "train_flops_per_image": flops_per_image,
       "achieved_flops_per_s": flops_per_image * rate("jax_train"),

@@ -59,7 +59,7 @@ def _machine() -> dict:
   from resnet_jax import xla_cpu  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   return {"platform": platform.platform(), "cpus": os.cpu_count(), "jax": jax.__version__,
-          "cpu_flags": sorted(xla_cpu.cpu_flags() & {"avx2", "avx512f", *xla_cpu.BFLOAT16_FLAGS}),
+          "cpu_flags": xla_cpu.reported_flags(),
           "jax_dtype_auto": xla_cpu.auto_dtype()[0]}
 
 
