@@ -1,4 +1,4 @@
-"""The seed's deep recipe (4,999,689 parameters), from its final notebook.
+"""The original project's deep recipe (4,999,689 parameters), from its final notebook.
 
 Flips (horizontal and vertical), rotation 10, random crop with padding 4,
 translation 0.1, colour jitter (0.2, 0.2, 0.2, 0.1); Normalize(0.5, 0.5);
@@ -13,7 +13,7 @@ Departures from the notebook, and why:
   summed unscaled losses) and never carries over an epoch boundary (the
   notebook carried two mini-batches into the next epoch): a trailing partial
   group of mini-batches is skipped.
-- dtype "auto": bfloat16 compute on GPU and TPU (the seed's fp16 autocast was
+- dtype "auto": bfloat16 compute on GPU and TPU (the original project's fp16 autocast was
   a GPU speed trick; bf16 keeps float32's range and needs no loss scaling),
   and on CPUs with bfloat16 instructions (oneDNN's convolutions), float32 on other
   CPUs; parameters, BatchNorm statistics and the loss stay float32.
@@ -29,8 +29,7 @@ from resnet_jax.data import augmentations
 
 
 def get_config():
-  config = default_config.get_config()
-  config.model.name = "deep"
+  config = default_config.get_config("deep")
   config.num_epochs = 200
   config.batch_size = 64
   config.data.augment = augmentations.preset("deep")

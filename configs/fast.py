@@ -34,8 +34,7 @@ from resnet_jax.data import augmentations
 
 
 def get_config():
-  config = default_config.get_config()
-  config.model.name = "fast"
+  config = default_config.get_config("fast")
   config.num_epochs = 10
   config.batch_size = 1024
   config.eval_batch_size = 1000
@@ -53,8 +52,8 @@ def get_config():
   config.optimizer.learning_rate = 11.5
   config.optimizer.weight_decay = 0.0153
   config.optimizer.per_examples = 1024
-  config.optimizer.bn_bias_lr_multiplier = 64.0
-  config.optimizer.whiten_bias_epochs = 3.0
+  config.optimizer.groups.bn_bias.lr_multiplier = 64.0
+  config.optimizer.groups.whiten_bias.epochs = 3.0
   config.optimizer.schedule = "triangle"
   config.optimizer.warmup_epochs = 2.3
   config.optimizer.start_factor = 0.2

@@ -41,7 +41,7 @@ def get_config():
   opt.muon.ns_steps = 3
   opt.learning_rate = 6.5
   opt.weight_decay = 0.0157
-  opt.whiten_bias_lr_multiplier = 64.0
+  opt.groups.whiten_bias.lr_multiplier = 64.0
   opt.warmup_epochs = 0.0
   opt.start_factor = 1.0
   opt.end_factor = 0.0

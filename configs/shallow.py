@@ -1,11 +1,11 @@
-"""The seed's shallow recipe (2,777,674 parameters).
+"""The original project's shallow recipe (2,777,674 parameters).
 
-As coded in the seed: flip + 4-pixel-padded random crop, Normalize(0.5, 0.5),
+As coded in the original project: flip + 4-pixel-padded random crop, Normalize(0.5, 0.5),
 batch 128, Adam lr 1e-3 without weight decay or schedule, 30 epochs, fp32.
 
 Departures from the notebook, and why:
-- Evaluation is deterministic (no augmentation of eval images); the seed
-  evaluated test images with the training augmentations.
+- Evaluation is deterministic (no augmentation of eval images); the original
+  project evaluated test images with the training augmentations.
 - Data default to TFDS cifar10 with the test split for evaluation. Offline or
   without the test split, use the files and a hold-out:
   --config.data.source=files --config.data.dir=data/cifar-10-batches-py

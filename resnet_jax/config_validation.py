@@ -2,12 +2,15 @@
 
 import jax
 
-from resnet_jax import default_config, models, optim, tta, xla_cpu
+from resnet_jax import default_config, model_setup, models, optim, tta, xla_cpu
 from resnet_jax.data import augmentations, batches, datasets, sources, splits
 from resnet_jax.models import layers
 
 # Keys that moved: where a config that sets the old one must set it now.
-MOVED_KEYS = {"model.fusion_barriers": "cpu.fusion_barriers"}
+MOVED_KEYS = {"model.fusion_barriers": "cpu.fusion_barriers",
+              "optimizer.bn_bias_lr_multiplier": "optimizer.groups.bn_bias.lr_multiplier",
+              "optimizer.whiten_bias_lr_multiplier": "optimizer.groups.whiten_bias.lr_multiplier",
+              "optimizer.whiten_bias_epochs": "optimizer.groups.whiten_bias.epochs"}
 
 
 class ConfigError(ValueError):
@@ -38,7 +41,7 @@ def _check_moved_keys(config) -> None:
   for old, new in MOVED_KEYS.items():
     parent, _, leaf = old.rpartition(".")
     if leaf in default_config.lookup(config, parent):
-      raise ConfigError(f"config.{old} is not a {parent} key; set config.{new}")
+      raise ConfigError(f"config.{old} is not a key of config.{parent}; set config.{new}")
 
 
 def _check_optimizer(config) -> None:
@@ -47,8 +50,12 @@ def _check_optimizer(config) -> None:
   _choice(config, "optimizer.decay", optim.DECAY_TARGETS)
   _choice(config, "optimizer.plateau.metric", optim.PLATEAU_METRICS)
   _positive(config, "optimizer.learning_rate", "optimizer.accumulation_steps",
-            "optimizer.bn_bias_lr_multiplier", "optimizer.whiten_bias_lr_multiplier",
-            "optimizer.muon.learning_rate", "optimizer.muon.ns_steps")
+            "optimizer.muon.learning_rate", "optimizer.muon.ns_steps",
+            *(f"optimizer.groups.{label}.lr_multiplier" for label in config.optimizer.groups))
+  for label, settings in config.optimizer.groups.items():
+    if not settings.epochs >= 0:
+      raise ConfigError(f"config.optimizer.groups.{label}.epochs={settings.epochs} must be >= 0 "
+                        "(0: the whole run)")
   if config.optimizer.per_examples and config.optimizer.name != "sgd":
     raise ConfigError(f"config.optimizer.per_examples={config.optimizer.per_examples} is for "
                       f"optimizer.name='sgd' (airbench's), not {config.optimizer.name!r}")
@@ -76,7 +83,17 @@ def _check_data(config) -> None:
 
 def _check_model(config) -> None:
   _choice(config, "model.name", models.PRESET_NAMES)
-  name, fields = default_config.model_fields(config)
+  name, fields = model_setup.fields(config)
+  family = models.family_of(name)
+  family_name = f"{family.module.__name__}, the family of config.model.name={name!r}"
+  foreign = sorted(set(fields) - set(models.config_fields(family)))
+  if foreign:
+    raise ConfigError(f"config.model.{foreign[0]} is not a field of {family_name}; its fields "
+                      f"are {sorted(models.config_fields(family))}")
+  foreign = sorted(set(config.optimizer.groups) - set(family.groups))
+  if foreign:
+    raise ConfigError(f"config.optimizer.groups.{foreign[0]}: {family_name}, has no such "
+                      f"parameter group; its groups are {list(family.groups)}")
   classes = datasets.get(config.data).num_classes
   if fields.get("num_classes", classes) != classes:
     raise ConfigError(f"config.model.num_classes={fields['num_classes']}, but "

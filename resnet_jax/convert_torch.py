@@ -1,10 +1,10 @@
-"""Convert the seed's PyTorch checkpoints into Flax variables and Orbax checkpoints.
+"""Convert the original project's PyTorch checkpoints into Flax variables and Orbax checkpoints.
 
     python -m resnet_jax.convert_torch --model shallow \\
         --checkpoint ModifiedResNet.pth --output DIR
 
 reads a .pth holding either the bare state_dict or a dict with
-"model_state_dict" (the seed's training checkpoints), converts it, and writes an
+"model_state_dict" (the original project's training checkpoints), converts it, and writes an
 Orbax checkpoint to DIR/checkpoints/0 that evaluation restores like a trained one.
 
 Key mapping (seed -> Flax): `layerI.J.*` -> `layerI_J/*`, `downsample.0` ->
@@ -219,8 +219,9 @@ def main(argv: Sequence[str]) -> None:
 if __name__ == "__main__":
   # Defined only when run as a program, so that importing this module never
   # collides with another module's --model.
-  flags.DEFINE_enum("model", None, sorted(resnet.PRESETS), "Seed model the weights belong to.")
-  flags.DEFINE_string("checkpoint", None, "The seed's .pth file.")
+  flags.DEFINE_enum("model", None, sorted(resnet.PRESETS),
+                    "The original project's model the weights belong to.")
+  flags.DEFINE_string("checkpoint", None, "The original project's .pth file.")
   flags.DEFINE_string("output", None, "Workdir to write the Orbax checkpoint into.")
   flags.mark_flags_as_required(["model", "checkpoint", "output"])
   app.run(main)

@@ -3,9 +3,10 @@
 This file holds what every run uses; each other section comes from the code that
 reads it, which documents its keys:
   model.name           a preset (models.PRESET_NAMES); every other model.<field> is a field
-                       of a family (models/resnet.py, models/fast_resnet.py), None for the
+                       of its family (models/resnet.py, models/fast_resnet.py), None for the
                        preset's value (--config.model.stage_widths='(32,64,128)')
-  optimizer.*          resnet_jax/optim.py (default_config)
+  optimizer.*          resnet_jax/optim.py (default_config); optimizer.groups.<label> the
+                       family's parameter groups (optim.group_config)
   cpu.*                XLA:CPU speed settings, resnet_jax/xla_cpu.py (default_config)
   data.augment.*       resnet_jax/data/augmentations.py
 Any key is overridden on the command line as --config.a.b=value.
@@ -24,18 +25,19 @@ def lookup(config: ml_collections.ConfigDict, key: str):
   return config
 
 
-def model_fields(config: ml_collections.ConfigDict) -> tuple[str, dict]:
-  """(preset name, the model fields the config sets): unset (None) fields are the preset's."""
-  fields = {k: v for k, v in config.model.items() if v is not None}
-  return fields.pop("name"), fields
-
-
-def get_config() -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict()
-  # A key must exist to be overridden: every family's field, unset.
+def set_model(config: ml_collections.ConfigDict, name: str) -> None:
+  """Makes `config` train the preset `name` with its family's keys: config.model its fields,
+  unset (a key must exist to be overridden), config.optimizer.groups its parameter groups."""
+  family = models.family_of(name)
   config.model = ml_collections.ConfigDict(
-      {"name": "shallow", **{name: ml_collections.config_dict.placeholder(kind)
-                             for name, kind in models.config_fields().items()}})
+      {"name": name, **{field: ml_collections.config_dict.placeholder(kind)
+                        for field, kind in models.config_fields(family).items()}})
+  config.optimizer.groups = optim.group_config(family.groups)
+
+
+def get_config(model: str = "shallow") -> ml_collections.ConfigDict:
+  """Every key with its default, for the preset `model` (its family's fields and groups)."""
+  config = ml_collections.ConfigDict()
   # Compute dtype: "auto" (bfloat16 on GPU, TPU and CPUs with bfloat16 instructions,
   # float32 on other CPUs: xla_cpu.auto_dtype; a resumed run keeps its own), "float32",
   # "bfloat16"; parameters, BatchNorm statistics and the loss stay float32.
@@ -66,10 +68,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.train_split = "train"  # TFDS split strings (data/splits.py)
   config.data.eval_split = "test"
   config.data.augment = augmentations.preset("shallow")
-  config.data.normalization = "seed"  # "seed": 0.5/0.5; "cifar": the dataset's statistics
+  # "minus_one_to_one": (x - 0.5) / 0.5; "cifar": the dataset's statistics (data/datasets.py)
+  config.data.normalization = "minus_one_to_one"
   config.data.pipeline = "tfdata"  # "tfdata" (host) or "device" (data/batches.py)
   config.data.synthetic_train_size = 512
   config.data.synthetic_test_size = 256
 
   config.optimizer = optim.default_config()
+  set_model(config, model)
   return config

@@ -10,7 +10,7 @@ eval:    the checkpoints.choose_step checkpoint (--checkpoint_step N, else the
          and DIR/eval/confusion_matrix.png, or for more than 20 classes
          (CIFAR-100) DIR/eval/top_confusions.png.
 predict: labels for an unlabeled image file (data/unlabeled.py: a pickle, .npz or
-         .npy, every value checked), written as the seed's Kaggle-style CSV with
+         .npy, every value checked), written as the original project's Kaggle-style CSV with
          columns ID,Labels.
 
 Checkpoints converted from PyTorch (resnet_jax.convert_torch) work the same way.
@@ -27,7 +27,7 @@ import os
 import numpy as np
 from jax.experimental import multihost_utils
 
-from resnet_jax import checkpoints, config_validation, files, models, plots, train
+from resnet_jax import checkpoints, config_validation, files, model_setup, models, plots, train
 from resnet_jax.data import batches, datasets, sources, unlabeled
 
 
@@ -43,7 +43,8 @@ def restore_for_config(config, workdir: str, step: int | None):
     meta = checkpoints.read_meta(manager, step)
     # dtype auto evaluates in the dtype the run trained in (its logged accuracies'); any
     # other dtype will do.
-    model = train.build_model(config, train.compute_dtype(config, meta["model"].get("dtype"))[0])
+    dtype, _ = model_setup.compute_dtype(config, meta["model"].get("dtype"))
+    model = model_setup.build_model(config, dtype)
     differs = checkpoints.model_differences(meta["model"], config.model.name, model,
                                             ignore=("dtype",))
     if differs:
@@ -129,7 +130,7 @@ def predict(config, workdir: str, input_path: str, output_path: str,
 
   Returns {"count", "checkpoint", "chosen"}: how many rows, from which checkpoint, and why it.
   """
-  images, ids = unlabeled.load(input_path)
+  images, ids = unlabeled.load(input_path, datasets.get(config.data).image_shape)
   files.check_writable(output_path, "--output")
   steps, variables, step, why, meta = restore_for_config(config, workdir, step)
   _, labels = predictions(steps, variables, images, np.zeros(len(images), np.int32), config)

@@ -75,9 +75,20 @@ def _unknown_key_message(argv: list[str], error: str) -> str:
   moved = config_validation.MOVED_KEYS.get(f"{parent}.{key}".removeprefix("config."))
   if moved:
     message += f"; it is config.{moved} now"
-  elif parent == "config.model":
-    message += f"; the model's fields are {['name', *models.config_fields()]}"
+  elif parent in ("config.model", "config.optimizer.groups"):
+    message += "; " + _families_with(key)
   return message
+
+
+def _families_with(key: str) -> str:
+  """Which families have `key` as a model field or parameter group: the config's model
+  section holds only its own family's (a config of another family, configs/*.py, has it)."""
+  owners = [f"{family.module.__name__} (presets {', '.join(sorted(family.presets))})"
+            for family in models.FAMILIES
+            if key in models.config_fields(family) or key in family.groups]
+  if not owners:
+    return "no model family has it"
+  return f"it belongs to {' and '.join(owners)}: start from a config of that family"
 
 
 def _initialize_distributed() -> None:

@@ -20,8 +20,9 @@ DECAY_TARGETS = ("all", "kernels")
 PLATEAU_METRICS = ("train_loss", "eval_loss")
 
 
-def default_config() -> ml_collections.ConfigDict:
-  """config.optimizer, with defaults (the seed's shallow recipe: Adam 1e-3, nothing else)."""
+def default_config(groups: tuple[str, ...] = ()) -> ml_collections.ConfigDict:
+  """config.optimizer, with defaults (the original project's shallow recipe: Adam 1e-3,
+  nothing else), for a model family whose parameter groups `groups` take settings (group_config)."""
   config = ml_collections.ConfigDict()
   config.name = "adam"  # OPTIMIZERS: "adam" (torch's: L2 added to the gradient), "adamw", "sgd"
   config.learning_rate = 1e-3
@@ -37,16 +38,12 @@ def default_config() -> ml_collections.ConfigDict:
   config.warmup_epochs = 0.0
   config.start_factor, config.end_factor = 0.2, 0.07
   config.per_examples = 0  # 0, or N: lr and weight decay stated per N examples (sgd; below)
-  # Parameter groups, as a model family's param_labels name them (models/registry.py):
-  # "bn_bias" and "whiten_bias" train at a multiple of the lr, the whitening bias only for
-  # its first whiten_bias_epochs (0: always); "conv_kernel" with Muon when muon.enabled.
-  config.bn_bias_lr_multiplier = 1.0
-  config.whiten_bias_epochs = 0.0
-  config.whiten_bias_lr_multiplier = 1.0
+  config.groups = group_config(groups)
   config.lookahead_every = 0  # 0, or train steps between lookahead averages (Lookahead)
   config.lookahead_decay = 0.95 ** 5
   config.ema_decay = 0.0  # 0, or the decay of an average of the weights evaluation uses (EMA)
-  # Muon for the convolution kernels (muon_kernels), at its own rate on the same schedule.
+  # Muon for the convolution kernels (the "conv_kernel" group, muon_kernels), at its own
+  # rate on the same schedule.
   config.muon = ml_collections.ConfigDict(
       {"enabled": False, "learning_rate": 0.24, "momentum": 0.6, "ns_steps": 3})
   # ReduceLROnPlateau once per epoch on `metric` (PLATEAU_METRICS; Plateau).
@@ -54,6 +51,15 @@ def default_config() -> ml_collections.ConfigDict:
       {"enabled": False, "metric": "train_loss", "factor": 0.1, "patience": 2, "cooldown": 0,
        "rtol": 1e-4})
   return config
+
+
+def group_config(groups: tuple[str, ...]) -> ml_collections.ConfigDict:
+  """config.optimizer.groups: for each parameter group a model family lets a config set
+  (models.Family.groups, labelled by its param_labels), `lr_multiplier`, its rate as a
+  multiple of the schedule's, and `epochs`, after which it stops training (0: never).
+  E.g. airbench's BatchNorm biases at 64x, its whitening bias for 3 epochs only."""
+  return ml_collections.ConfigDict(
+      {label: {"lr_multiplier": 1.0, "epochs": 0.0} for label in groups})
 
 
 def learning_rate_schedule(opt_config, updates_per_epoch: int,
@@ -144,6 +150,18 @@ def _base_optimizer(opt_config, schedule: optax.Schedule, wd: float, mask):
   raise ValueError(f"config.optimizer.name={name!r} is not one of {list(OPTIMIZERS)}")
 
 
+def _group_rate(schedule: optax.Schedule, wd: float, settings,
+                updates_per_epoch: int) -> tuple[optax.Schedule, float]:
+  """A parameter group's (learning rate, weight decay): the schedule times its multiplier,
+  0 after its first `epochs`; the same decay per step, so the coupled rate divides by the
+  multiplier."""
+  multiplier, cutoff = settings.lr_multiplier, settings.epochs * updates_per_epoch
+  if not cutoff:
+    return (lambda count: schedule(count) * multiplier), wd / multiplier
+  return (lambda count: jnp.where(count < cutoff, schedule(count) * multiplier, 0.0),
+          wd / multiplier)
+
+
 def create_optimizer(opt_config, updates_per_epoch: int, num_epochs: int, batch_size: int = 1,
                      param_labels=None) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """(optimizer, schedule); the optimizer includes gradient accumulation.
@@ -161,14 +179,9 @@ def create_optimizer(opt_config, updates_per_epoch: int, num_epochs: int, batch_
   wd = opt_config.weight_decay / opt_config.learning_rate if opt_config.per_examples \
       else opt_config.weight_decay
   groups = {"other": (schedule, wd)}
-  multiplier = opt_config.bn_bias_lr_multiplier
-  if multiplier != 1.0:  # the same decay per step: the coupled rate divides by the multiplier
-    groups["bn_bias"] = (lambda count: schedule(count) * multiplier, wd / multiplier)
-  if opt_config.whiten_bias_epochs:  # FastResNet's whitening bias stops training after these
-    cutoff = opt_config.whiten_bias_epochs * updates_per_epoch
-    whiten = opt_config.whiten_bias_lr_multiplier
-    groups["whiten_bias"] = (
-        lambda count: jnp.where(count < cutoff, schedule(count) * whiten, 0.0), wd / whiten)
+  for label, settings in opt_config.groups.items():
+    if settings.lr_multiplier != 1.0 or settings.epochs:
+      groups[label] = _group_rate(schedule, wd, settings, updates_per_epoch)
   mask = _decay_mask(opt_config.decay)
   transforms = {name: _base_optimizer(opt_config, rate, decay, mask)
                 for name, (rate, decay) in groups.items()}
@@ -177,7 +190,7 @@ def create_optimizer(opt_config, updates_per_epoch: int, num_epochs: int, batch_
     transforms["conv_kernel"] = muon_kernels(
         lambda count: base(count) * (muon.learning_rate / opt_config.learning_rate),
         muon.momentum, muon.ns_steps)
-  if len(transforms) == 1:  # parameter groups only when needed: the seed's state stays as it was
+  if len(transforms) == 1:  # groups only when needed: the original recipes' state stays as it was
     tx = transforms["other"]
   elif param_labels is None:
     raise ValueError(f"optimizer groups {sorted(set(transforms) - {'other'})} need the "
@@ -220,8 +233,20 @@ class Plateau:
     return state
 
 
+class _WeightAverage:
+  """What the weight averages share: a buffer of their own, and the blend that moves it
+  towards the weights, a + (1 - d) (w - a), where `when` holds."""
+
+  def init(self, weights):
+    return jax.tree.map(jnp.copy, weights)  # a buffer of its own: the train step donates
+
+  @staticmethod
+  def _blend(average, weights, d: jax.Array, when: jax.Array):
+    return jax.tree.map(lambda a, w: jnp.where(when, a + (1 - d) * (w - a), a), average, weights)
+
+
 @dataclasses.dataclass(frozen=True)
-class EMA:
+class EMA(_WeightAverage):
   """An exponential moving average of the weights, which evaluation and prediction use.
 
   After every train step the average takes the weights in with weight 1 - d,
@@ -236,19 +261,14 @@ class EMA:
   decay: float
   evaluated: ClassVar[bool] = True  # evaluation reports these weights (and the raw ones)
 
-  def init(self, weights):
-    return jax.tree.map(jnp.copy, weights)  # a buffer of its own: the train step donates
-
   def update(self, step: jax.Array, average, weights, enabled: jax.Array = True):
     """(average, weights) after the 1-based train step `step`."""
     d = jnp.minimum(self.decay, (1 + step) / (10 + step))
-    average = jax.tree.map(lambda a, w: jnp.where(enabled, a + (1 - d) * (w - a), a),
-                           average, weights)
-    return average, weights
+    return self._blend(average, weights, d, enabled), weights
 
 
 @dataclasses.dataclass(frozen=True)
-class Lookahead:
+class Lookahead(_WeightAverage):
   """airbench's lookahead: every `every` steps the weights move to an average of themselves.
 
   The average (of parameters and BatchNorm statistics) takes the weights in with
@@ -263,16 +283,12 @@ class Lookahead:
   total_steps: int
   evaluated: ClassVar[bool] = False  # the weights end on it: evaluation uses them
 
-  def init(self, weights):
-    return jax.tree.map(jnp.copy, weights)  # a buffer of its own: the train step donates
-
   def update(self, step: jax.Array, average, weights, enabled: jax.Array = True):
     """(average, weights) after the 1-based train step `step`."""
     regular = step % self.every == 0
     sync = (regular | (step == self.total_steps)) & enabled
     d = jnp.where(regular, self.decay * (step / self.total_steps) ** 3, 1.0)
-    average = jax.tree.map(lambda a, w: jnp.where(sync, a + (1 - d) * (w - a), a),
-                           average, weights)
+    average = self._blend(average, weights, d, sync)
     weights = jax.tree.map(lambda a, w: jnp.where(sync, a, w), average, weights)
     return average, weights
 

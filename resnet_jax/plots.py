@@ -1,4 +1,4 @@
-"""The figures: training curves (the seed's Figure 4, made properly) and --mode eval's
+"""The figures: training curves (the original project's Figure 4, made properly) and --mode eval's
 confusion figures, each written whole or not at all (`save_figure`).
 
     python -m resnet_jax.plots DIR

@@ -1,11 +1,11 @@
-"""A layer table like the seed's torchsummary output.
+"""A layer table like the original project's torchsummary output.
 
     python -m resnet_jax.summary --model deep
 
 One row per module in call order: its path, type, output shape, the trainable
 parameters it owns, and the running total. flax's own `tabulate` adds the
 BatchNorm statistics into its "Total Parameters" line; this table counts only
-the "params" collection, as the seed's 2,777,674 and 4,999,689 do.
+the "params" collection, as the original project's 2,777,674 and 4,999,689 do.
 """
 
 import math

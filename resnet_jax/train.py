@@ -18,8 +18,6 @@ import contextlib
 import functools
 import itertools
 import os
-import signal
-import threading
 import time
 from typing import Any, Callable
 
@@ -34,8 +32,8 @@ from flax.training import train_state
 from flax.traverse_util import flatten_dict
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from resnet_jax import (checkpoints, config_validation, default_config, logs, models, optim,
-                        optional_tf, plots, tta, xla_cpu)
+from resnet_jax import (checkpoints, config_validation, logs, model_setup, models, optim,
+                        optional_tf, plots, preemption, tta, xla_cpu)
 from resnet_jax.data import batches, datasets, sources
 
 
@@ -85,27 +83,6 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
   """Per-example softmax cross-entropy in float32, with optional label smoothing."""
   targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
   return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
-
-
-def compute_dtype(config: ml_collections.ConfigDict, trained_in: str | None = None
-                  ) -> tuple[str, str]:
-  """(config.dtype, why), "auto" resolved: `trained_in`, the dtype of the checkpoints a run
-  resumes, else xla_cpu.auto_dtype() for this backend (bfloat16 on GPUs, TPUs and CPUs with
-  bfloat16 instructions; parameters, BatchNorm statistics and the loss stay float32)."""
-  if config.dtype != "auto":
-    return config.dtype, "config.dtype"
-  if trained_in:
-    return trained_in, "dtype auto: the run being resumed was trained in it"
-  dtype, why = xla_cpu.auto_dtype()
-  return dtype, f"dtype auto: {why}"
-
-
-def build_model(config: ml_collections.ConfigDict, dtype: str | None = None) -> models.Model:
-  """The config's model, computing in `dtype` (compute_dtype's by default), with the
-  dataset's class count."""
-  name, fields = default_config.model_fields(config)
-  fields.setdefault("num_classes", datasets.get(config.data).num_classes)
-  return models.get_model(name, dtype=dtype or compute_dtype(config)[0], **fields)
 
 
 def create_train_state(config, model: models.Model, tx: optax.GradientTransformation,
@@ -259,46 +236,20 @@ def eval_metrics(steps: Steps, state: TrainState, eval_data: batches.Batches,
   return {k: float(v) for k, v in total.compute().items()}
 
 
-class Preempted(SystemExit):
-  """Training stopped on SIGTERM/SIGINT after checkpointing; rerunning resumes it."""
-
-
-class _StopSignals:
-  """Turns SIGTERM and SIGINT into a flag checked between steps (main thread only)."""
-
-  SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-  def __enter__(self):
-    self.received = None
-    self._previous = {}
-    if threading.current_thread() is threading.main_thread():
-      for sig in self.SIGNALS:
-        self._previous[sig] = signal.signal(sig, self._handle)
-    return self
-
-  def _handle(self, signum, frame):
-    del frame
-    self.received = signal.Signals(signum).name
-
-  def __exit__(self, *exc):
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> tuple[TrainState, list[dict]]:
   """Trains `config` for config.num_epochs, evaluating on config.data.eval_split each epoch.
 
   Resumes from the newest checkpoint in `workdir`. On SIGTERM or SIGINT it
-  finishes the current step, checkpoints, and raises Preempted (a SystemExit
-  whose message says how to resume). Returns the final state and the history:
+  finishes the current step, checkpoints, and raises preemption.Preempted (a
+  SystemExit whose message says how to resume). Returns the final state and the history:
   one dict of scalars per epoch, as written to TensorBoard.
   """
   config_validation.validate(config)
   checkpoints.check_writable(workdir)
-  dtype, why = compute_dtype(config, checkpoints.trained_dtype(workdir))
+  dtype, why = model_setup.compute_dtype(config, checkpoints.trained_dtype(workdir))
   logging.info("computing in %s (%s)", dtype, why)
-  model, mesh = build_model(config, dtype), data_mesh()
+  model, mesh = model_setup.build_model(config, dtype), data_mesh()
   batch_sharding = NamedSharding(mesh, P("data"))
   train_images, train_labels = sources.load_split(config.data, config.data.train_split)
   _check_train_size(config, len(train_labels))
@@ -324,14 +275,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     state, history, epoch_step, train_metrics = saved.restore(
         state, Metrics.empty(), steps.replicated, config.model.name, model)
     fresh = not history and not epoch_step  # a resumed run has its fit in its checkpoint
-    if fresh:
-      norm = datasets.normalization(config.data)
+    if fresh:  # the fit sees the first training images as the train steps do
       state = steps.place_state(state.replace(**models.fit_to_data(
-          model, state.variables, lambda n: datasets.normalize_pixels(train_images[:n], norm))))
+          model, state.variables,
+          lambda n: datasets.normalize_pixels(train_images[:n], train_data.normalization))))
     meta = functools.partial(_checkpoint_meta, config, model)
     hparams = flatten_dict(config.to_dict(), sep=".") if fresh else None  # at a run's start
     writer = logs.metric_writer(workdir, hparams, optional_tf.available())
-    with contextlib.closing(writer), _StopSignals() as stop:
+    with contextlib.closing(writer), preemption.StopSignals() as stop:
       progress = logs.Progress(steps_per_epoch * config.num_epochs)
       for epoch in range(len(history), config.num_epochs):
         start_time, first_step = time.perf_counter(), epoch_step  # first_step > 0 when resumed
@@ -373,7 +324,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           saved.save(state, Metrics.empty() if train_metrics is None else train_metrics,
                      meta(history, epoch_step, eval_accuracy))
         if stop.received and len(history) < config.num_epochs:
-          raise _preempted(stop.received, state, history, epoch_step, steps_per_epoch, workdir)
+          raise preemption.preempted(stop.received, int(state.step), len(history), epoch_step,
+                                     steps_per_epoch, workdir)
   if history and jax.process_index() == 0:
     plots.plot_curves(history, os.path.join(workdir, plots.CURVES_FILE))
   return state, history
@@ -419,16 +371,6 @@ def _stop_if_nonfinite(config, state: TrainState, saved, steps_per_epoch: int) -
         f"non-finite loss or gradient at step {first} (epoch {first // steps_per_epoch + 1}); "
         f"training stopped before applying it. Last good checkpoint: {saved.latest_path()}. "
         "Lower the learning rate, or set config.skip_nonfinite_steps=True to skip such steps.")
-
-
-def _preempted(signal_name: str, state, history, epoch_step: int, steps_per_epoch: int,
-               workdir: str) -> Preempted:
-  code = 130 if signal_name == "SIGINT" else 143  # the shell's 128 + signal number
-  message = (f"{signal_name}: stopped at step {int(state.step)} (epoch {len(history) + 1}, "
-             f"step {epoch_step} of {steps_per_epoch}) and saved a checkpoint to "
-             f"{checkpoints.checkpoint_dir(workdir)}; rerun the same command to resume")
-  logging.warning(message)  # once: the console shows every warning (logs.py)
-  return Preempted(code)
 
 
 def _plateau_value(config, train_summary: dict, eval_summary: dict) -> float:

@@ -14,14 +14,15 @@ prediction's dependence on exactly where the object sits. No TensorFlow here.
 import jax
 import jax.numpy as jnp
 
+from resnet_jax.data import augmentations
+
 LEVELS = (0, 1, 2)
 
 
-def _shift(images: jax.Array, dy: int, dx: int) -> jax.Array:
-  """Content moved by (dy, dx) pixels (|d| <= 1) with reflect padding, NHWC."""
-  padded = jnp.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
-  height, width = images.shape[1:3]
-  return padded[:, 1 - dy:1 - dy + height, 1 - dx:1 - dx + width]
+def _shift(images: jax.Array, d: int) -> jax.Array:
+  """Every image's content moved by d pixels down and right, reflect padded."""
+  shifts = jnp.full((images.shape[0], 2), d, jnp.int32)
+  return augmentations.shift(images, shifts, abs(d), mode="reflect")
 
 
 def views(images: jax.Array, level: int) -> tuple[list[jax.Array], list[float]]:
@@ -30,7 +31,7 @@ def views(images: jax.Array, level: int) -> tuple[list[jax.Array], list[float]]:
     return [images], [1.0]
   if level == 1:
     return [images, jnp.flip(images, 2)], [0.5, 0.5]
-  shifted = [images, _shift(images, -1, -1), _shift(images, 1, 1)]
+  shifted = [images, _shift(images, -1), _shift(images, 1)]
   return ([v for s in shifted for v in (s, jnp.flip(s, 2))],
           [0.25, 0.25, 0.125, 0.125, 0.125, 0.125])
 

@@ -17,7 +17,7 @@ declare -A changes=(
   [random_flip]="--config.data.augment.alternating_flip=0 --config.data.augment.hflip=0.5"
   [zero_padded_crop]="--config.data.augment.reflect_crop=0 --config.data.augment.crop_padding=2"
   [no_label_smoothing]="--config.label_smoothing=0"
-  [no_bn_bias_lr]="--config.optimizer.bn_bias_lr_multiplier=1"
+  [no_bn_bias_lr]="--config.optimizer.groups.bn_bias.lr_multiplier=1"
 )
 order=(baseline no_lookahead random_flip zero_padded_crop no_label_smoothing no_bn_bias_lr)
 [ $# -gt 0 ] && order=("$@")
@@ -29,7 +29,7 @@ for name in "${order[@]}"; do
   # shellcheck disable=SC2086  # the changes are separate flags
   "$python" -m resnet_jax.main --config configs/fast.py --workdir "$out/$name$suffix" \
       --config.data.source=cifar10_dir --config.data.dir="$data" --config.num_epochs=4 \
-      --config.optimizer.warmup_epochs=0.92 --config.optimizer.whiten_bias_epochs=1.2 \
+      --config.optimizer.warmup_epochs=0.92 --config.optimizer.groups.whiten_bias.epochs=1.2 \
       --config.seed="$seed" ${changes[$name]}
 done
 "$python" - "$out" "${order[@]/%/$suffix}" <<'PY'

@@ -1,4 +1,4 @@
-"""Training and evaluation speed of a seed model, printed as one JSON object.
+"""Training and evaluation speed of one of the original project's models, as one JSON object.
 
     python scripts/benchmark.py --model shallow --batch_size 128 --dtype float32 [--compare_torch]
         [--no_cpu_tuning] [--compilation_cache_dir DIR] [--flops_only] [--tiny]
@@ -8,7 +8,7 @@ on the device) and the eval forward on JAX's default backend, and reports
 first-step compile seconds, model FLOPs per image from XLA's cost analysis
 (of the step lowered for the CPU, whatever the backend; --flops_only prints just that),
 achieved FLOP/s, peak host RSS and, where the backend reports it, device memory.
-With --compare_torch it times the same seed model in PyTorch (the test-only
+With --compare_torch it times the same model in PyTorch (the test-only
 reference in tests/torch_reference.py; channels_last; autocast for bfloat16) in
 the same run and on the same device (the GPU when JAX has one: AMP), alternating
 JAX and PyTorch rounds, and reports the ratio.
@@ -36,7 +36,7 @@ import time
 import jax
 import numpy as np
 
-from resnet_jax import default_config, main as resnet_main, optim, train, xla_cpu
+from resnet_jax import default_config, main as resnet_main, model_setup, optim, train, xla_cpu
 from resnet_jax.data import batches
 
 # bf16 dense peak FLOP/s of accelerators whose utilisation we report.
@@ -61,7 +61,7 @@ def _jax_setup(model_name: str, batch_size: int, dtype: str, cpu_tuning: bool, t
     key, _, value = override.partition("=")
     parent, _, name = key.rpartition(".")
     default_config.lookup(config, parent)[name] = ast.literal_eval(value)
-  model = train.build_model(config)
+  model = model_setup.build_model(config)
   steps = train.Steps(config, model)
   state = steps.place_state(train.create_train_state(
       config, model, optim.create_optimizer(config.optimizer, 100, config.num_epochs)[0]))

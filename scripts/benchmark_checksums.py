@@ -33,14 +33,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 # pylint: disable=g-import-not-at-top,wrong-import-position,protected-access
 from configs import frontier, smoke
-from resnet_jax import checkpoints, models, optim, train
+from resnet_jax import checkpoints, model_setup, models, optim, train
 
 STEPS_PER_EPOCH = 98  # CIFAR-10's 50,000 at frontier's batch 512: only schedules read it
 
 
 def _state(config):
   """(model, train state on the replicated sharding, epoch metrics, that sharding)."""
-  model = train.build_model(config)
+  model = model_setup.build_model(config)
   steps = train.Steps(config, model, total_steps=STEPS_PER_EPOCH * config.num_epochs)
   tx, _ = optim.create_optimizer(config.optimizer, STEPS_PER_EPOCH, config.num_epochs,
                                  batch_size=config.batch_size,

@@ -22,7 +22,7 @@ import numpy as np
 
 from resnet_jax.data import augmentations, batches, datasets, device_pipeline, sources
 
-# The seed's Normalize(0.5, 0.5): every normalisation costs the same.
+# The original project's Normalize(0.5, 0.5): every normalisation costs the same.
 NORMALIZATION = (np.full(3, 0.5, np.float32), np.full(3, 0.5, np.float32))
 
 

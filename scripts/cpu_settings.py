@@ -1,5 +1,5 @@
-"""Each XLA:CPU speed setting of config.cpu measured alone: the seed's step with every
-setting (today's defaults), then with one setting changed, each in its own process of
+"""Each XLA:CPU speed setting of config.cpu measured alone: the shallow model's step with
+every setting (today's defaults), then with one setting changed, each in its own process of
 scripts/benchmark.py, as one JSON list.
 
     python scripts/cpu_settings.py [--model shallow] [--batch_size 128] [--out FILE] [--tiny]

@@ -23,7 +23,7 @@ fails is recorded and the rest still run):
       train[45000:], device pipeline, dtype auto: wall time, images/s, hold-out
       accuracy against issue 13's 90.3% target (airbench94: 3.8 s on an A100)
   benchmark_deep  as benchmark_shallow, for the deep model
-  shallow  the seed's shallow recipe, 30 epochs, the same split: wall time,
+  shallow  the original project's shallow recipe, 30 epochs, the same split: wall time,
       hold-out accuracy
 OUT/device_check.json has each part's result; OUT/device_check.log every line
 the parts printed. On one H200 (2026-11-27) the parts took 49-102 s each, about 5 minutes

@@ -39,7 +39,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import fast_muon
-from resnet_jax import models, optim, train
+from resnet_jax import model_setup, models, optim, train
 from resnet_jax.data import batches
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -122,7 +122,7 @@ def profile_jax(args) -> dict:
   batch_size = TINY["batch_size"] if args.tiny else config.batch_size
   if args.tiny:
     config.model.widths = TINY["widths"]
-  model = train.build_model(config)
+  model = model_setup.build_model(config)
   steps = train.Steps(config, model, total_steps=100)
   tx, _ = optim.create_optimizer(config.optimizer, 10, config.num_epochs, batch_size=batch_size,
                                  param_labels=models.family_of(model).param_labels)

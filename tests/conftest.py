@@ -108,16 +108,19 @@ def write_unlabeled(tmp_path) -> str:
 def data_config(location: str, **overrides) -> ml_collections.ConfigDict:
   from resnet_jax.data import augmentations  # pylint: disable=g-import-not-at-top
   config = dict(dataset="cifar10", source="files", dir=location, tfds_data_dir=None,
-                augment=augmentations.preset("none"), normalization="seed")
+                augment=augmentations.preset("none"), normalization="minus_one_to_one")
   config.update(overrides)
   return ml_collections.ConfigDict(config)
 
 
-def smoke_config(**changes):
-  """configs/smoke.py with dotted-key changes, e.g. smoke_config(**{"optimizer.name": "sgd"})."""
+def smoke_config(model: str | None = None, **changes):
+  """configs/smoke.py with dotted-key changes, e.g. smoke_config(**{"optimizer.name": "sgd"});
+  `model`: another preset instead, with its family's keys, unset (default_config.set_model)."""
   from configs import smoke  # pylint: disable=g-import-not-at-top
   from resnet_jax import default_config  # pylint: disable=g-import-not-at-top
   config = smoke.get_config()
+  if model:
+    default_config.set_model(config, model)
   for key, value in changes.items():
     parent, _, leaf = key.rpartition(".")
     default_config.lookup(config, parent)[leaf] = value

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorstore as ts
 
-from resnet_jax import checkpoints, evaluate, models, train
+from resnet_jax import checkpoints, evaluate, model_setup, models, train
 from tests.conftest import REPO, load_script, write_unlabeled
 from tests.conftest import smoke_config as _smoke
 from tests.test_reliability import _remove_metadata, _truncate_model_files  # resume's damage
@@ -112,7 +112,7 @@ def test_a_garbage_metrics_file_does_not_stop_eval_or_resume(finished, trained, 
 
 def test_converted_weights_are_checksummed_and_verified(tmp_path):
   config = _smoke()
-  model = train.build_model(config)
+  model = model_setup.build_model(config)
   variables = models.init_variables(model, jax.random.PRNGKey(0))
   checkpoints.save_model(str(tmp_path), 0, variables, models.model_config(config.model.name,
                                                                           model), source="test")

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from configs import smoke
-from resnet_jax import checkpoints, evaluate, train
+from resnet_jax import checkpoints, config_validation, default_config, evaluate, optim, train
 from resnet_jax.data import augmentations, sources
 from tests.conftest import REPO
 
@@ -37,13 +37,25 @@ def _as_where_written() -> bool:
   return jax.__version__ == WRITTEN_WITH_JAX and WRITTEN_WITH_CPU_FLAG in flags
 
 
-def _config_from_json(saved: dict, config: ml_collections.ConfigDict) -> None:
-  """Applies a run's saved config (config.json) to today's; every saved key must still exist."""
+def _config_from_json(saved: dict, root: ml_collections.ConfigDict, prefix: str = "") -> None:
+  """Applies a run's saved config (config.json) to today's, as a user's old config file would
+  set it: moved keys at their new place, the other family's unset model fields left out."""
+  config = default_config.lookup(root, prefix)
   for key, value in saved.items():
-    if key == "augment":
+    dotted = prefix + key
+    if dotted in config_validation.MOVED_KEYS:
+      parent, _, leaf = config_validation.MOVED_KEYS[dotted].rpartition(".")
+      group, _, _ = parent.rpartition(".")
+      if parent.split(".")[-1] in default_config.lookup(root, group):
+        default_config.lookup(root, parent)[leaf] = value
+      else:  # the other family's group: the old config held it at its default
+        assert value == optim.group_config(("any",)).any[leaf], (dotted, value)
+    elif key == "augment":
       config[key] = augmentations.preset("none", **value)
     elif isinstance(value, dict) and isinstance(config[key], ml_collections.ConfigDict):
-      _config_from_json(value, config[key])
+      _config_from_json(value, root, f"{dotted}.")
+    elif prefix == "model." and key not in config:
+      assert value is None, f"{dotted}={value} is not a field of {config.name!r}"
     else:
       config[key] = tuple(value) if isinstance(value, list) else value
 
@@ -55,7 +67,9 @@ def v1_run(request, tmp_path):
   shutil.copytree(os.path.join(V1_WORKDIRS, request.param), workdir)
   config = smoke.get_config()
   with open(os.path.join(workdir, "config.json")) as f:
-    _config_from_json(json.load(f), config)
+    saved = json.load(f)
+  default_config.set_model(config, saved["model"]["name"])
+  _config_from_json(saved, config)
   with open(os.path.join(workdir, "history.json")) as f:
     return workdir, config, json.load(f)
 

@@ -15,12 +15,16 @@ import numpy as np
 import pytest
 import torch
 
-from resnet_jax import checkpoints, convert_torch, evaluate, files, plots, train, xla_cpu
+from resnet_jax import (checkpoints, convert_torch, evaluate, files, model_setup, plots,
+                        preemption, train, xla_cpu)
 from resnet_jax.data import datasets, pickles, sources, unlabeled
 from tests import torch_reference
 from tests.conftest import REPO, signal_at_batch, write_cifar100_dir, write_unlabeled
 from tests.test_data_sources import _Planted
 from tests.conftest import smoke_config as _smoke
+
+
+CIFAR10_IMAGE = datasets.DATASETS["cifar10"].image_shape
 
 
 def _snapshot(directory):
@@ -100,13 +104,13 @@ def test_predict_reads_npy_and_npz_and_refuses_a_pickle_that_would_run_code(tmp_
   np.savez(tmp_path / "in.npz", data=images.transpose(0, 3, 1, 2).reshape(6, 3072),
            ids=np.array([f"img{i}" for i in range(6)]))
   for name, ids in (("in.npy", list(range(6))), ("in.npz", [f"img{i}" for i in range(6)])):
-    data, read_ids = unlabeled.load(str(tmp_path / name))
+    data, read_ids = unlabeled.load(str(tmp_path / name), CIFAR10_IMAGE)
     np.testing.assert_array_equal(data, images)
     assert read_ids == ids
   np.savez(tmp_path / "nodata.npz", images=images)
   with pytest.raises(unlabeled.InputFileError, match=r"nodata.npz: expected an array named "
                                                     r"'data' .* found \['images'\]"):
-    unlabeled.load(str(tmp_path / "nodata.npz"))
+    unlabeled.load(str(tmp_path / "nodata.npz"), CIFAR10_IMAGE)
   planted = tmp_path / "planted"
   with open(tmp_path / "evil.pkl", "wb") as f:
     pickle.dump({b"data": images, b"ids": _Planted(str(planted))}, f)
@@ -125,7 +129,7 @@ def test_converted_pytorch_checkpoint_evaluates_like_pytorch(tmp_path):
   torch.save({"model_state_dict": reference.state_dict()}, pth)
   workdir = str(tmp_path / "converted")
   convert_torch.convert_checkpoint("shallow", str(pth), workdir)
-  config = _smoke(**{"model": {"name": "shallow"}})
+  config = _smoke(model="shallow")
   metrics = evaluate.evaluate_checkpoint(config, workdir)
   images, labels = sources.load_synthetic("test", {"train": 512, "test": 256})
   with torch.no_grad():
@@ -144,7 +148,7 @@ def test_errors_are_clear_and_leave_the_workdir_untouched(tmp_path, trained):
   assert not empty.exists()
   with pytest.raises(checkpoints.CheckpointError, match=r"holds model 'shallow', which differs "
                                                         r"from the config's model 'deep'"):
-    evaluate.evaluate_checkpoint(_smoke(**{"model": {"name": "deep"}}), workdir)
+    evaluate.evaluate_checkpoint(_smoke(model="deep"), workdir)
   with pytest.raises(checkpoints.CheckpointError, match=r"differs .* in \['stage_widths'\]"):
     evaluate.evaluate_checkpoint(_smoke(**{"model.stage_widths": (8, 16, 64)}), workdir)
   with pytest.raises(checkpoints.CheckpointError, match=r"no checkpoint step 7 .* has \[16, 32, 48\]"):
@@ -161,7 +165,7 @@ def test_errors_are_clear_and_leave_the_workdir_untouched(tmp_path, trained):
   # dtype "auto" was stored resolved (auto resumes in it); resuming in another dtype says how
   # to go on.
   trained_in = checkpoints.trained_dtype(workdir)
-  assert trained_in == train.compute_dtype(_smoke())[0]
+  assert trained_in == model_setup.compute_dtype(_smoke())[0]
   assert checkpoints.trained_dtype(str(tmp_path / "new")) is None  # nothing trained there
   other = {"float32": "bfloat16", "bfloat16": "float32"}[trained_in]
   with pytest.raises(checkpoints.CheckpointError, match=rf"trained computing in {trained_in}, "
@@ -255,7 +259,7 @@ def _preempt(config, workdir: str, step: int) -> None:
   """Trains until a SIGTERM that arrives during `step` (counted from 1) stops the run."""
   with pytest.MonkeyPatch.context() as patch:
     signal_at_batch(patch, step, signal.SIGTERM)
-    with pytest.raises(train.Preempted):
+    with pytest.raises(preemption.Preempted):
       train.train_and_evaluate(config, workdir)
 
 
@@ -275,7 +279,7 @@ def test_every_kind_of_checkpoint_through_every_command(tmp_path, trained):
   convert_torch.convert_checkpoint("shallow", pth, kinds["converted"])
   unlabeled = write_unlabeled(tmp_path)
   for kind, workdir in kinds.items():
-    config = _smoke(**{"model": {"name": "shallow"}}) if kind == "converted" else _smoke()
+    config = _smoke(model="shallow") if kind == "converted" else _smoke()
     expected_step = {"end_of_epoch": None, "mid_epoch": 5, "converted": 0}[kind]
     metrics = evaluate.evaluate_checkpoint(config, workdir)
     if expected_step is not None:  # no accuracy to rank by: the latest, and said so

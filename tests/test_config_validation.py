@@ -5,15 +5,15 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
-from resnet_jax import config_validation, train
+from resnet_jax import config_validation, default_config, train
 from resnet_jax.data import datasets
 from tests.conftest import REPO, smoke_config
 
-# The smoke config as a FastResNet: the shallow family's fields it sets, unset.
-FAST = {"model.name": "fast", "model.stem_width": None, "model.stage_widths": None,
-        "model.stage_blocks": None}
+# The smoke config as a FastResNet: that family's keys, unset.
+FAST = {"model": "fast"}
 
 
 @pytest.mark.parametrize("changes,message", [
@@ -71,3 +71,21 @@ def test_cli_negative_seed_exits_1_in_one_line_and_makes_no_workdir(tmp_path):
   assert "Traceback" not in result.stderr
   assert "error: config.seed=-1 must be an integer in [0, 2**32)" in result.stderr
   assert not os.path.exists(workdir)
+
+
+def test_a_config_holds_and_prints_only_its_family_s_keys():
+  shallow, fast = default_config.get_config(), default_config.get_config("fast")
+  assert "stage_widths" in shallow.model and "widths" not in shallow.model
+  assert "widths" in fast.model and "stage_widths" not in fast.model
+  assert "whiten_kernel_size" not in str(shallow) and "stem_width" not in str(fast)
+  assert list(shallow.optimizer.groups) == ["bn_bias"]
+  assert list(fast.optimizer.groups) == ["bn_bias", "whiten_bias"]
+
+
+def test_the_old_name_of_the_minus_one_to_one_normalization_still_works():
+  """config.data.normalization="seed", its name before, normalises as "minus_one_to_one"."""
+  config = smoke_config(**{"data.normalization": "seed"})
+  config_validation.validate(config)
+  old, new = datasets.normalization(config.data), datasets.normalization(smoke_config().data)
+  assert smoke_config().data.normalization == "minus_one_to_one"
+  np.testing.assert_array_equal(old, new)

@@ -30,7 +30,7 @@ def _levels(images):
   return np.asarray(jax.jit(lambda x: x.astype(jnp.float32) / np.float32(255))(_uint8(images)))
 
 
-def _norm(name: str = "seed"):
+def _norm(name: str = "minus_one_to_one"):
   return datasets.normalization(data_config("", normalization=name))
 
 

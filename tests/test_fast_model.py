@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from resnet_jax import checkpoints, evaluate, models, optim, summary, train
+from resnet_jax import checkpoints, evaluate, models, optim, preemption, summary, train
 from resnet_jax.data import datasets, sources
 from resnet_jax.models import fast_resnet, layers
 from tests.conftest import signal_at_batch
@@ -125,9 +125,9 @@ def test_muon_takes_every_group_convolution_and_nothing_else():
                                  jax.random.key(0))["params"]
   # Dirac kernels with c_in >= c_out already have norm sqrt(c_out): move every weight.
   params = jax.tree.map(lambda p: 2 * p + 0.5, params)
-  config = _smoke(**{"optimizer.name": "sgd", "optimizer.weight_decay": 0.0,
-                     "optimizer.bn_bias_lr_multiplier": 64.0,
-                     "optimizer.whiten_bias_epochs": 1.0, "optimizer.muon.enabled": True})
+  config = _smoke(model="fast", **{"optimizer.name": "sgd", "optimizer.weight_decay": 0.0,
+                     "optimizer.groups.bn_bias.lr_multiplier": 64.0,
+                     "optimizer.groups.whiten_bias.epochs": 1.0, "optimizer.muon.enabled": True})
   tx, _ = optim.create_optimizer(config.optimizer, 10, 1, param_labels=fast_resnet.param_labels)
   updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
   after = optax.apply_updates(params, updates)
@@ -140,14 +140,14 @@ def test_muon_takes_every_group_convolution_and_nothing_else():
 
 
 def _fast_smoke(**changes):
-  return _smoke(**{"model": {"name": "fast", "widths": (8, 16, 16)}, **changes})
+  return _smoke(model="fast", **{"model.widths": (8, 16, 16), **changes})
 
 
 @pytest.mark.parametrize("pipeline", ["tfdata", "device"])
 def test_whitening_is_fitted_once_stored_and_never_refitted_on_resume(tmp_path, monkeypatch,
                                                                        pipeline):
   config = _fast_smoke(num_epochs=1, **{"data.pipeline": pipeline,
-                                        "optimizer.whiten_bias_epochs": 1.0})
+                                        "optimizer.groups.whiten_bias.epochs": 1.0})
   state, _ = train.train_and_evaluate(config, str(tmp_path))
   images, _ = sources.load_split(config.data, config.data.train_split)
   expected = fast_resnet.whitening_kernel(
@@ -165,7 +165,7 @@ def test_whitening_is_fitted_once_stored_and_never_refitted_on_resume(tmp_path, 
   state, history = train.train_and_evaluate(config, str(tmp_path))
   assert len(history) == 2
   np.testing.assert_array_equal(np.asarray(state.constants["whiten"]["kernel"]), expected)
-  # Its bias trained for whiten_bias_epochs=1 only; everything else went on.
+  # Its bias trained for groups.whiten_bias.epochs=1 only; everything else went on.
   np.testing.assert_array_equal(np.asarray(state.params["whiten"]["bias"]), first_bias)
   with checkpoints.reading_manager(str(tmp_path)) as manager:
     before = checkpoints.restore_variables(manager, 16, models.get_model("fast", widths=(8, 16, 16)),
@@ -192,7 +192,7 @@ def test_lookahead_ema_and_muon_train_resume_exactly_and_eval_uses_the_ema(tmp_p
   assert history[-1]["eval_loss"] != history[-1]["eval_raw_loss"]
   with pytest.MonkeyPatch.context() as patch:
     signal_at_batch(patch, 21, signal.SIGTERM)  # step 5 of epoch 2
-    with pytest.raises(train.Preempted):
+    with pytest.raises(preemption.Preempted):
       train.train_and_evaluate(config, str(tmp_path / "resumed"))
   resumed, resumed_history = train.train_and_evaluate(config, str(tmp_path / "resumed"))
   for a, b in zip(jax.tree.leaves(jax.device_get((resumed.params, resumed.averages))),

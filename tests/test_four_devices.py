@@ -18,7 +18,7 @@ from tests.conftest import smoke_config as _smoke
 
 _ON_FOUR_DEVICES = textwrap.dedent("""
     import json, sys, jax, numpy as np
-    from resnet_jax import config_validation, optim, train
+    from resnet_jax import config_validation, model_setup, optim, train
     from resnet_jax.data import batches
     from configs import smoke
     assert jax.device_count() == 4
@@ -28,7 +28,7 @@ _ON_FOUR_DEVICES = textwrap.dedent("""
     rng = np.random.default_rng(0)
     batch = {"image": rng.normal(size=(8, 32, 32, 3)).astype(np.float32),
              "label": rng.integers(0, 10, 8).astype(np.int32)}
-    model = train.build_model(config)
+    model = model_setup.build_model(config)
     results = []
     for devices in (jax.devices()[:1], jax.devices()):
       steps = train.Steps(config, model, train.data_mesh(devices))

@@ -9,7 +9,7 @@ from resnet_jax.data import augmentations, datasets, sources, tfdata_pipeline
 from tests.conftest import data_config
 
 
-def _undo(images, normalization="seed"):
+def _undo(images, normalization="minus_one_to_one"):
   mean, std = datasets.normalization(data_config("", normalization=normalization))
   return np.round((images * std + mean) * 255).astype(np.int64)
 

@@ -13,9 +13,12 @@ from tests import airbench_reference as airbench
 
 
 def _opt_config(**changes):
-  config = default_config.get_config().optimizer
+  """config.optimizer with FastResNet's groups and changes, dotted for a group's settings
+  (_opt_config(**{"groups.bn_bias.lr_multiplier": 64.0}))."""
+  config = default_config.get_config("fast").optimizer
   for key, value in changes.items():
-    config[key] = value
+    parent, _, leaf = key.rpartition(".")
+    default_config.lookup(config, parent)[leaf] = value
   return config
 
 
@@ -167,7 +170,8 @@ def test_per_example_sgd_with_bn_bias_multiplier_and_triangle_matches_airbench_i
     sched.step()
 
   config = _opt_config(name="sgd", learning_rate=lr, weight_decay=wd, momentum=momentum,
-                       nesterov=True, per_examples=1024, bn_bias_lr_multiplier=64.0,
+                       nesterov=True, per_examples=1024,
+                       **{"groups.bn_bias.lr_multiplier": 64.0},
                        schedule="triangle", warmup_epochs=0.2)
   tx, schedule = optim.create_optimizer(config, 10, 1, batch_size=batch,
                                         param_labels=resnet.param_labels)
@@ -265,8 +269,10 @@ def test_muon_on_conv_kernels_matches_airbench_muon_in_torch():
 
 
 def test_whitening_bias_trains_at_its_multiplier_until_its_epochs_end():
-  config = _opt_config(name="sgd", momentum=0.0, learning_rate=0.1, bn_bias_lr_multiplier=64.0,
-                       whiten_bias_lr_multiplier=64.0, whiten_bias_epochs=0.3)
+  config = _opt_config(name="sgd", momentum=0.0, learning_rate=0.1,
+                       **{"groups.bn_bias.lr_multiplier": 64.0,
+                          "groups.whiten_bias.lr_multiplier": 64.0,
+                          "groups.whiten_bias.epochs": 0.3})
   # The whitening bias trains for 3 steps.
   tx, _ = optim.create_optimizer(config, 10, 1, param_labels=fast_resnet.param_labels)
   params = {"whiten": {"bias": jnp.zeros(3)}, "bn1": {"bias": jnp.zeros(3)}}
@@ -281,4 +287,4 @@ def test_whitening_bias_trains_at_its_multiplier_until_its_epochs_end():
 def test_parameter_groups_need_the_family_labels():
   with pytest.raises(ValueError, match=r"optimizer groups \['bn_bias'\] need the model's "
                                        r"param_labels"):
-    optim.create_optimizer(_opt_config(bn_bias_lr_multiplier=64.0), 10, 1)
+    optim.create_optimizer(_opt_config(**{"groups.bn_bias.lr_multiplier": 64.0}), 10, 1)

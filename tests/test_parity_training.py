@@ -48,7 +48,7 @@ import torch
 
 from configs import deep as deep_config
 from configs import shallow as shallow_config
-from resnet_jax import convert_torch, optim, train
+from resnet_jax import convert_torch, model_setup, optim, train
 from resnet_jax.data import batches
 from resnet_jax.models import layers, resnet
 from tests import torch_reference
@@ -187,7 +187,7 @@ def test_seed_recipe_trains_as_pytorch_update_by_update(name, monkeypatch):
   torch_model, config = _recipe(name)
   if name == "deep":
     torch_model.maxpool.forward = decisions.torch_max_pool
-  model = train.build_model(config)
+  model = model_setup.build_model(config)
   decisions.count_sites(model)
   steps = train.Steps(config, model)
   torch_optimizer = torch.optim.Adam(torch_model.parameters(), lr=config.optimizer.learning_rate,

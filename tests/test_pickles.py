@@ -32,6 +32,8 @@ ARRAYS = {
     "empty": np.zeros((0, 3072), np.uint8), "0-d": np.array(7, np.uint16),
 }
 
+CIFAR10_IMAGE = datasets.DATASETS["cifar10"].image_shape
+
 
 @pytest.mark.parametrize("protocol", range(6))
 def test_what_numpy_and_python_write_reads_back_as_fresh_owned_arrays(protocol):
@@ -233,7 +235,7 @@ def test_predict_s_reader_gives_the_right_arrays_or_one_input_error(request):
       with open(path, "wb") as f:
         f.write(data)
       try:
-        images, ids = unlabeled.load(path)
+        images, ids = unlabeled.load(path, CIFAR10_IMAGE)
       except datasets.DataError as e:  # InputFileError, PickleError: the one input error
         assert expected is None and str(e).startswith(path), e
         return

@@ -13,7 +13,7 @@ def _undo(images, normalization):
   return np.round((images * std + mean) * 255).astype(np.int64)
 
 
-@pytest.mark.parametrize("normalization", ["seed", "cifar"])
+@pytest.mark.parametrize("normalization", ["minus_one_to_one", "cifar"])
 def test_eval_batches_are_the_files_pixels_once_each(cifar_dir, normalization):
   directory, arrays = cifar_dir  # 100 train examples
   config = ml_collections.ConfigDict(dict(

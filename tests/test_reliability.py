@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from resnet_jax import checkpoints, evaluate, train
+from resnet_jax import checkpoints, evaluate, preemption, train
 from tests.conftest import REPO, poison_batch, signal_at_batch, write_unlabeled
 from tests.conftest import smoke_config as _smoke
 
@@ -30,7 +30,7 @@ def test_signal_mid_epoch_checkpoints_and_the_rerun_matches_uninterrupted(
   workdir = tmp_path / "run"
   with pytest.MonkeyPatch.context() as patch:
     signal_at_batch(patch, 21, signum)  # step 5 of epoch 2
-    with pytest.raises(train.Preempted) as info:
+    with pytest.raises(preemption.Preempted) as info:
       train.train_and_evaluate(config, str(workdir))
   assert info.value.code == code
   assert sorted(os.listdir(workdir / "checkpoints")) == ["16", "21"]

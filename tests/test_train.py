@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from resnet_jax import config_validation, optim, train, xla_cpu
+from resnet_jax import config_validation, model_setup, optim, train, xla_cpu
 from resnet_jax.data import batches
 from tests.conftest import REPO, smoke_config as _smoke
 
@@ -66,8 +66,8 @@ def test_accumulation_never_carries_over_an_epoch_and_plateau_scale_is_logged(tm
     ({"eval.tta": 3}, r"config.eval.tta=3 is not one of \[0, 1, 2\]"),
     ({"optimizer.per_examples": 1024},
      r"config.optimizer.per_examples=1024 is for optimizer.name='sgd' \(airbench's\), not 'adam'"),
-    ({"optimizer.bn_bias_lr_multiplier": 0.0},
-     r"config.optimizer.bn_bias_lr_multiplier=0.0 must be positive"),
+    ({"optimizer.groups.bn_bias.lr_multiplier": 0.0},
+     r"config.optimizer.groups.bn_bias.lr_multiplier=0.0 must be positive"),
     ({"optimizer.muon.ns_steps": 0}, r"config.optimizer.muon.ns_steps=0 must be positive"),
     ({"optimizer.muon.momentum": 1.0}, r"config.optimizer.muon.momentum=1.0 is not in \[0, 1\)"),
     ({"optimizer.ema_decay": 1.0}, r"config.optimizer.ema_decay=1.0 is not in \[0, 1\)"),
@@ -78,7 +78,17 @@ def test_accumulation_never_carries_over_an_epoch_and_plateau_scale_is_logged(tm
     ({"cpu.bfloat16_xla_options": {"xla_cpu_no_such_option": "1"}},  # checked on every CPU
      r"config.cpu.bfloat16_xla_options=\{'xla_cpu_no_such_option': '1'\}: "),
     ({"model.fusion_barriers": True},
-     r"config.model.fusion_barriers is not a model key; set config.cpu.fusion_barriers"),
+     r"config.model.fusion_barriers is not a key of config.model; set config.cpu.fusion_barriers"),
+    # An old config file setting the keys of before, or another family's field or group.
+    ({"optimizer.whiten_bias_epochs": 3.0}, r"config.optimizer.whiten_bias_epochs is not a key "
+     r"of config.optimizer; set config.optimizer.groups.whiten_bias.epochs"),
+    ({"model.widths": (8, 16, 16)}, r"config.model.widths is not a field of ResNet, the family "
+     r"of config.model.name='shallow'; its fields are \['head_pool_size', "),
+    ({"model": "fast", "model.name": "shallow"}, r"config.optimizer.groups.whiten_bias: ResNet, "
+     r"the family of config.model.name='shallow', has no such parameter group; its groups are "
+     r"\['bn_bias'\]"),
+    ({"optimizer.groups.bn_bias.epochs": -1.0},
+     r"config.optimizer.groups.bn_bias.epochs=-1.0 must be >= 0 \(0: the whole run\)"),
     ({"model.num_classes": 100},
      r"config.model.num_classes=100, but config.data.dataset='cifar10' has 10 classes"),
     ({"data.dataset": "mnist"},
@@ -116,11 +126,18 @@ def test_unknown_augmentation_key_is_named():
      "error: --config.optimizer.learnig_rate=0.1: config.optimizer has no key 'learnig_rate'; "
      "did you mean 'learning_rate'?"),
     (["--config.model.depth=9"],
-     "error: --config.model.depth=9: config.model has no key 'depth'; the model's "
-     "fields are ['name', 'stem_width', 'stage_widths', "),
-    # A field of the other family (FastResNet's) names the preset family's real fields.
+     "error: --config.model.depth=9: config.model has no key 'depth'; no model family has it"),
+    # A config holds its own family's keys: the other family's field or group is named.
     (["--config.model.widths=(8,16)"],
-     "error: config.model: unknown model field(s) ['widths']; fields are ['dtype', "),
+     "error: --config.model.widths=(8,16): config.model has no key 'widths'; it belongs to "
+     "FastResNet (presets fast, fast_large, frontier): start from a config of that family"),
+    (["--config.optimizer.groups.whiten_bias.epochs=2"],
+     "error: --config.optimizer.groups.whiten_bias.epochs=2: config.optimizer.groups has no "
+     "key 'whiten_bias'; it belongs to FastResNet"),
+    # Keys of before name their new place.
+    (["--config.optimizer.bn_bias_lr_multiplier=64"],
+     "error: --config.optimizer.bn_bias_lr_multiplier=64: config.optimizer has no key "
+     "'bn_bias_lr_multiplier'; it is config.optimizer.groups.bn_bias.lr_multiplier now"),
     # Any ResNet field is a key on the command line: this one reaches the budget check.
     (["--config.model.stage_widths=(64,128,1024)"], "over its budget max_params=5,000,000"),
     (["--config.data.source=cifar10_dir", "--config.data.dir=no/such/dir"],
@@ -150,23 +167,23 @@ def test_device_pipeline_trains_the_smoke_config(tmp_path):
 def test_dtype_auto_is_bfloat16_where_the_hardware_runs_it_fast(monkeypatch):
   auto = functools.partial(_smoke, dtype="auto")  # smoke.py fixes float32
   monkeypatch.setattr(xla_cpu, "cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
-  assert train.compute_dtype(auto()) == (
+  assert model_setup.compute_dtype(auto()) == (
       "float32", "dtype auto: this CPU has no bfloat16 instructions (none of avx512_bf16, "
       "amx_bf16)")
-  assert train.build_model(auto()).dtype == "float32"
+  assert model_setup.build_model(auto()).dtype == "float32"
   monkeypatch.setattr(xla_cpu, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
   if xla_cpu.onednn_bfloat16_convolutions():  # jaxlib 0.12
-    dtype, why = train.compute_dtype(auto())
+    dtype, why = model_setup.compute_dtype(auto())
     assert dtype == "bfloat16" and "this CPU has avx512_bf16 and jaxlib" in why
   else:  # older jaxlibs (the lower bounds', Colab's) convert bfloat16 to float32 for Eigen
-    assert train.compute_dtype(auto()) == ("float32", f"dtype auto: jaxlib "
+    assert model_setup.compute_dtype(auto()) == ("float32", f"dtype auto: jaxlib "
         f"{jax.lib.__version__} has no oneDNN bfloat16 convolutions (jaxlib 0.12 has them)")
   # A resumed run keeps the dtype it was trained in; an explicit value wins over both.
-  assert train.compute_dtype(auto(), trained_in="float32")[0] == "float32"
-  assert train.compute_dtype(_smoke(), trained_in="bfloat16")[0] == "float32"
+  assert model_setup.compute_dtype(auto(), trained_in="float32")[0] == "float32"
+  assert model_setup.compute_dtype(_smoke(), trained_in="bfloat16")[0] == "float32"
   monkeypatch.setattr(xla_cpu, "on_cpu", lambda: False)  # as on a GPU or TPU
-  assert train.compute_dtype(auto())[0] == "bfloat16"
-  assert train.build_model(auto()).dtype == "bfloat16"
+  assert model_setup.compute_dtype(auto())[0] == "bfloat16"
+  assert model_setup.build_model(auto()).dtype == "bfloat16"
 
 
 @pytest.mark.skipif(not xla_cpu.onednn_bfloat16_convolutions(),
@@ -214,7 +231,7 @@ def test_deep_config_trains_with_its_augmentation_on_the_device_pipeline(tmp_pat
 
 def _compiled_train_step(config) -> str:
   """The HLO text of `config`'s train step as XLA compiled it (what its options produced)."""
-  model = train.build_model(config)
+  model = model_setup.build_model(config)
   steps = train.Steps(config, model)
   tx, _ = optim.create_optimizer(config.optimizer, 10, config.num_epochs)
   state = steps.place_state(train.create_train_state(config, model, tx))

@@ -6,9 +6,11 @@ import pickle
 import numpy as np
 import pytest
 
-from resnet_jax.data import unlabeled
+from resnet_jax.data import datasets, unlabeled
 
 IMAGES = np.arange(2 * 32 * 32 * 3, dtype=np.uint8).reshape(2, 32, 32, 3)
+
+CIFAR10_IMAGE = datasets.DATASETS["cifar10"].image_shape
 
 
 def _pickle(tmp_path, obj) -> str:
@@ -27,7 +29,7 @@ def test_ids_are_integers_or_strings_one_per_image(tmp_path, ids, expected):
   obj = {b"data": IMAGES.transpose(0, 3, 1, 2).reshape(2, 3072)}  # CIFAR's rows
   if ids is not None:
     obj[b"ids"] = ids
-  images, read = unlabeled.load(_pickle(tmp_path, obj))
+  images, read = unlabeled.load(_pickle(tmp_path, obj), CIFAR10_IMAGE)
   np.testing.assert_array_equal(images, IMAGES)
   assert read == expected and [type(i) for i in read] == [type(i) for i in expected]
 
@@ -48,7 +50,7 @@ def test_ids_are_integers_or_strings_one_per_image(tmp_path, ids, expected):
 def test_bad_ids_are_named(tmp_path, ids, message):
   path = _pickle(tmp_path, {b"data": IMAGES, b"ids": ids})
   with pytest.raises(unlabeled.InputFileError, match=r"input.pkl: " + message):
-    unlabeled.load(path)
+    unlabeled.load(path, CIFAR10_IMAGE)
 
 
 @pytest.mark.parametrize("obj, message", [
@@ -59,27 +61,27 @@ def test_bad_ids_are_named(tmp_path, ids, message):
 ])
 def test_bad_images_are_named(tmp_path, obj, message):
   with pytest.raises(unlabeled.InputFileError, match=r"input.pkl: " + message):
-    unlabeled.load(_pickle(tmp_path, obj))
+    unlabeled.load(_pickle(tmp_path, obj), CIFAR10_IMAGE)
 
 
 def test_bad_npy_and_npz_files_are_named(tmp_path):
   np.save(tmp_path / "floats.npy", IMAGES.astype(np.float32))
   with pytest.raises(unlabeled.InputFileError, match=r"floats.npy: the array has shape .* "
                                                     r"dtype float32"):
-    unlabeled.load(str(tmp_path / "floats.npy"))
+    unlabeled.load(str(tmp_path / "floats.npy"), CIFAR10_IMAGE)
   np.savez(tmp_path / "objects.npz", data=IMAGES, ids=np.array([{}, {}], dtype=object))
   with pytest.raises(unlabeled.InputFileError, match=r"objects.npz: not a readable .npy or "
                                                     r".npz file \(ValueError: .*allow_pickle"):
-    unlabeled.load(str(tmp_path / "objects.npz"))
+    unlabeled.load(str(tmp_path / "objects.npz"), CIFAR10_IMAGE)
   np.savez(tmp_path / "points.npz", data=IMAGES, ids=np.frombuffer(b"a\0\0\0\0\0\x11\0", "<U1"))
   with pytest.raises(unlabeled.InputFileError, match=r"points.npz: 'ids': a str array holds a "
                                                     r"code point that is no character"):
-    unlabeled.load(str(tmp_path / "points.npz"))  # numpy's own str() of it: SystemError
+    unlabeled.load(str(tmp_path / "points.npz"), CIFAR10_IMAGE)  # numpy's own str() of it: SystemError
   (tmp_path / "cut.npz").write_bytes((tmp_path / "objects.npz").read_bytes()[:100])
   with pytest.raises(unlabeled.InputFileError, match=r"cut.npz: not a readable .npy or .npz"):
-    unlabeled.load(str(tmp_path / "cut.npz"))
+    unlabeled.load(str(tmp_path / "cut.npz"), CIFAR10_IMAGE)
   with pytest.raises(unlabeled.InputFileError, match=r"missing.npy: no such file"):
-    unlabeled.load(str(tmp_path / "missing.npy"))
+    unlabeled.load(str(tmp_path / "missing.npy"), CIFAR10_IMAGE)
 
 
 def test_a_pickle_that_cannot_be_read_is_named_as_such(tmp_path, monkeypatch):
@@ -89,4 +91,4 @@ def test_a_pickle_that_cannot_be_read_is_named_as_such(tmp_path, monkeypatch):
   monkeypatch.setattr(unlabeled, "open", refused, raising=False)  # root reads any mode
   with pytest.raises(unlabeled.InputFileError, match=r"input.pkl: cannot be read "
                                                     r"\(Permission denied\)"):
-    unlabeled.load(path)
+    unlabeled.load(path, CIFAR10_IMAGE)

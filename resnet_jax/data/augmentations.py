@@ -1,6 +1,6 @@
 """Training augmentations: each one entry of `OPS`, its tf.data and JAX kernels side by side.
 
-The ops, in the order they apply (the seed's torchvision Compose order), each
+The ops, in the order they apply (the original project's torchvision Compose order), each
 with its keys in `config.data.augment` (0 disables it):
   alternating_flip  1: instead of random horizontal flips, each image is flipped on
                     alternate epochs (a random half in even epochs, the other half
@@ -11,9 +11,9 @@ with its keys in `config.data.augment` (0 disables it):
   rotation          degrees: angle ~ U(-r, r), nearest neighbour, zero fill
                     (torchvision RandomRotation)
   zoom              scale ~ U(1 - z, 1 + z) about the centre, nearest, zero fill
-  crop_padding      RandomCrop(32, padding=p): a uniform integer shift in [-p, p]
+  crop_padding      RandomCrop(size, padding=p): a uniform integer shift in [-p, p]
                     per axis with zero fill, which is exactly pad-then-crop
-  translate         fraction f: shift = round(U(-32 f, 32 f)) pixels per axis
+  translate         fraction f: shift = round(U(-f W, f W)) pixels in x, f H in y
                     (torchvision RandomAffine(translate=(f, f)))
   reflect_crop      pixels p: a uniform integer shift in [-p, p] per axis with the
                     borders reflected, not zero-filled (airbench's reflect-padded
@@ -261,8 +261,9 @@ def _tf_crop(images, seed, padding, info):
 
 
 def _tf_translate(images, seed, fraction, info):
-  limit = fraction * 32
-  shift = _tf().round(_tf_uniform(seed, info, (2,), -limit, limit))
+  tf = _tf()
+  limit = fraction * tf.cast(tf.shape(images)[2:0:-1], tf.float32)  # (width, height): dx, dy
+  shift = tf.round(_tf_uniform(seed, info, (2,), -limit, limit))
   return _tf_transform(images, _tf_shift_transforms(shift[:, 0], shift[:, 1]))
 
 
@@ -274,9 +275,10 @@ def _tf_reflect_crop(images, seed, pixels, info):
   return shifted[:, pad:pad + size, pad:pad + size]
 
 
-def _shift(images: jax.Array, shifts: jax.Array, limit: int, mode: str = "constant") -> jax.Array:
-  """Moves each image's content by integer (dx, dy) in [-limit, limit]; `mode` is jnp.pad's
-  fill (zeros, or "reflect": the borders mirrored without repeating the edge, as torch's)."""
+def shift(images: jax.Array, shifts: jax.Array, limit: int, mode: str = "constant") -> jax.Array:
+  """Moves each image's content by integer (dx, dy) in [-limit, limit] (`shifts` [b, 2]);
+  `mode` is jnp.pad's fill (zeros, or "reflect": the borders mirrored without repeating
+  the edge, as torch's). The crops' and translation's kernel, and test-time augmentation's."""
   padded = jnp.pad(images, ((0, 0), (limit, limit), (limit, limit), (0, 0)), mode=mode)
   size = images.shape[1:]
 
@@ -289,20 +291,20 @@ def _shift(images: jax.Array, shifts: jax.Array, limit: int, mode: str = "consta
 def _jax_crop(key, images, padding, info):
   del info
   pad = int(padding)
-  return _shift(images, jax.random.randint(key, (images.shape[0], 2), -pad, pad + 1), pad)
+  return shift(images, jax.random.randint(key, (images.shape[0], 2), -pad, pad + 1), pad)
 
 
 def _jax_translate(key, images, fraction, info):
   del info
-  limit = fraction * images.shape[1]
+  limit = fraction * np.array([images.shape[2], images.shape[1]], np.float32)  # dx, dy
   shifts = jnp.round(_jax_uniform(key, images, (2,), -limit, limit))
-  return _shift(images, shifts.astype(jnp.int32), int(np.ceil(limit)))
+  return shift(images, shifts.astype(jnp.int32), int(np.ceil(limit.max())))
 
 
 def _jax_reflect_crop(key, images, pixels, info):
   del info
   pad = int(pixels)
-  return _shift(images, jax.random.randint(key, (images.shape[0], 2), -pad, pad + 1), pad,
+  return shift(images, jax.random.randint(key, (images.shape[0], 2), -pad, pad + 1), pad,
                 "reflect")
 
 
@@ -479,9 +481,9 @@ OPS = {
 FIELDS = tuple(field for op in OPS.values() for field in op.fields)
 PRESETS = {
     "none": {},
-    # Seed shallow notebook: RandomHorizontalFlip, RandomCrop(32, padding=4).
+    # The original project's shallow notebook: RandomHorizontalFlip, RandomCrop(32, padding=4).
     "shallow": {"hflip": 0.5, "crop_padding": 4},
-    # Seed deep notebook: flips both ways, RandomRotation(10), RandomCrop(32, 4),
+    # The original project's deep notebook: flips both ways, RandomRotation(10), RandomCrop(32, 4),
     # RandomAffine(translate=(0.1, 0.1)), ColorJitter(0.2, 0.2, 0.2, 0.1).
     "deep": {"hflip": 0.5, "vflip": 0.5, "rotation": 10.0, "crop_padding": 4,
              "translate": 0.1, "brightness": 0.2, "contrast": 0.2, "saturation": 0.2,

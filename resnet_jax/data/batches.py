@@ -24,6 +24,7 @@ PIPELINES = ("tfdata", "device")
 class Batches(Protocol):
   num_examples: int
   steps_per_epoch: int
+  normalization: tuple[np.ndarray, np.ndarray]  # the (mean, std) its images are normalised by
 
   def epoch(self, epoch: int, start: int = 0) -> Iterator[dict]:
     """Batches `start`, `start + 1`, ... of epoch `epoch`, on the devices."""
@@ -35,6 +36,7 @@ class HostBatches:
   def __init__(self, split, sharding: jax.sharding.NamedSharding):
     self.split, self.sharding = split, sharding
     self.num_examples, self.steps_per_epoch = split.num_examples, split.steps_per_epoch
+    self.normalization = split.normalization
 
   def epoch(self, epoch: int, start: int = 0) -> Iterator[dict]:
     for batch in self.split.epoch(epoch, start):

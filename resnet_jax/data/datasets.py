@@ -16,10 +16,12 @@ class DataError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-  """One image-classification dataset of 32x32 RGB images.
+  """One image-classification dataset.
 
   Attributes:
     title: its name in messages ("CIFAR-10").
+    image_shape: (height, width, channels) of every image: what the sources read, the
+      augmentations move and the model is initialised for.
     class_names: one per label, in label order.
     tfds_name: the TFDS builder.
     split_sizes: split name -> examples.
@@ -32,6 +34,7 @@ class Dataset:
   """
 
   title: str
+  image_shape: tuple[int, int, int]
   class_names: tuple[str, ...]
   tfds_name: str
   split_sizes: dict[str, int]
@@ -51,6 +54,7 @@ class Dataset:
 DATASETS = {
     "cifar10": Dataset(
         title="CIFAR-10",
+        image_shape=(32, 32, 3),
         class_names=("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
                      "ship", "truck"),
         tfds_name="cifar10",
@@ -65,6 +69,7 @@ DATASETS = {
     # superclasses are not used.
     "cifar100": Dataset(
         title="CIFAR-100",
+        image_shape=(32, 32, 3),
         class_names=tuple("""
             apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy
             bridge bus butterfly camel can castle caterpillar cattle chair chimpanzee clock
@@ -87,8 +92,10 @@ DATASETS = {
 DOWNLOAD_PAGE = "https://www.cs.toronto.edu/~kriz/cifar.html"  # CIFAR's own files
 DOWNLOAD_URL = "https://www.cs.toronto.edu/~kriz/"  # + Dataset.archive
 
-# config.data.normalization: the seed's Normalize(0.5, 0.5), or the dataset's own statistics.
-NORMALIZATIONS = ("seed", "cifar")
+# config.data.normalization: "minus_one_to_one", the original project's Normalize(0.5, 0.5),
+# which maps [0, 1] to [-1, 1]; "cifar", the dataset's own statistics; "seed", the first's
+# name before, kept for the configs that set it.
+NORMALIZATIONS = ("minus_one_to_one", "cifar", "seed")
 
 
 def get(data_config) -> Dataset:
@@ -98,7 +105,7 @@ def get(data_config) -> Dataset:
 
 def normalization(data_config) -> tuple[np.ndarray, np.ndarray]:
   """(mean, std) per channel, float32, of config.data.normalization."""
-  if data_config.normalization == "seed":
+  if data_config.normalization in ("minus_one_to_one", "seed"):
     mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
   elif data_config.normalization == "cifar":
     mean, std = get(data_config).mean, get(data_config).std

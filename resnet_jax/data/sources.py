@@ -11,12 +11,13 @@ Sources behind `config.data.source`:
       TFDS_DATA_DIR; downloaded and prepared on first use.
   "synthetic": generated, learnable images for smoke runs and tests.
 
-Each returns (images uint8 [N, 32, 32, 3], labels int32 [N]) of a split string
-(splits.py). CIFAR is 150 MB, so a split is simply held in memory; every pipeline
+Each returns (images uint8 [N, H, W, C], the dataset's image_shape; labels int32 [N]) of
+a split string (splits.py). CIFAR is 150 MB, so a split is simply held in memory; every pipeline
 starts from these arrays. Only "tfds" imports TensorFlow (lazily).
 """
 
 import lzma
+import math
 import os
 import socket
 import tarfile
@@ -40,9 +41,16 @@ def offline_hint(dataset: Dataset) -> str:
           "or keras cache).")
 
 
-def cifar_rows_to_images(rows: np.ndarray) -> np.ndarray:
-  """CIFAR's rows (N x 3072: the red plane, then green, then blue) as NHWC images."""
-  return np.ascontiguousarray(rows.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+def row_length(image_shape: tuple[int, int, int]) -> int:
+  """The values in one of CIFAR's rows: an image's pixels, plane after plane."""
+  return math.prod(image_shape)
+
+
+def cifar_rows_to_images(rows: np.ndarray, image_shape: tuple[int, int, int]) -> np.ndarray:
+  """CIFAR's rows (N x H*W*C: the red plane, then green, then blue) as NHWC images."""
+  height, width, channels = image_shape
+  return np.ascontiguousarray(
+      rows.reshape(-1, channels, height, width).transpose(0, 2, 3, 1))
 
 
 def _labels(path: str, key: bytes, value, count: int, num_classes: int) -> np.ndarray:
@@ -84,13 +92,13 @@ def _read_batch(path: str, read: Callable[[], bytes],
   label_key = dataset.label_key
   if not isinstance(batch, dict) or b"data" not in batch or label_key not in batch:
     raise DataError(f"{path}: expected a dict with b'data' and {label_key!r}")
-  data = batch[b"data"]
+  data, length = batch[b"data"], row_length(dataset.image_shape)
   if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 \
-      or data.shape[1] != 3072:
+      or data.shape[1] != length:
     raise DataError(f"{path}: b'data' has shape {getattr(data, 'shape', None)} and dtype "
-                    f"{getattr(data, 'dtype', type(data).__name__)}; expected N x 3072 uint8")
+                    f"{getattr(data, 'dtype', type(data).__name__)}; expected N x {length} uint8")
   labels = _labels(path, label_key, batch[label_key], len(data), dataset.num_classes)
-  return cifar_rows_to_images(data), labels
+  return cifar_rows_to_images(data, dataset.image_shape), labels
 
 
 # CIFAR-100's train file, the largest, is 155 MB: far larger is no batch file (and an
@@ -185,8 +193,9 @@ def load_tfds(split: str, data_dir: str | None,
           np.concatenate([c["label"] for c in chunks]).astype(np.int32))
 
 
-def load_synthetic(split: str, sizes: dict[str, int],
-                   num_classes: int = 10) -> tuple[np.ndarray, np.ndarray]:
+def load_synthetic(split: str, sizes: dict[str, int], num_classes: int = 10,
+                   image_shape: tuple[int, int, int] = datasets.DATASETS["cifar10"].image_shape
+                   ) -> tuple[np.ndarray, np.ndarray]:
   """Generated, learnable data of `num_classes` classes (no files, no network).
 
   Each class has its own mean colour and a bright square at a class-specific
@@ -196,10 +205,10 @@ def load_synthetic(split: str, sizes: dict[str, int],
   name, start, stop = splits.parse_split(split, sizes)
   rng = np.random.default_rng({"train": 0, "test": 1}[name])
   labels = rng.integers(0, num_classes, sizes[name]).astype(np.int32)
-  colours = np.random.default_rng(10).integers(40, 216, (num_classes, 3))
-  images = colours[labels][:, None, None, :] + rng.integers(-40, 41, (sizes[name], 32, 32, 3))
+  colours = np.random.default_rng(10).integers(40, 216, (num_classes, image_shape[2]))
+  images = colours[labels][:, None, None, :] + rng.integers(-40, 41, (sizes[name], *image_shape))
   columns = max(4, int(np.ceil(np.sqrt(num_classes))))
-  cell = 28 // columns
+  cell = (min(image_shape[:2]) - 4) // columns  # a 4-pixel margin
   for c in range(num_classes):
     y, x = divmod(c, columns)
     images[labels == c, 4 + cell * y:3 + cell * (y + 1), 4 + cell * x:3 + cell * (x + 1)] = 255
@@ -208,7 +217,8 @@ def load_synthetic(split: str, sizes: dict[str, int],
 
 
 def load_split(data_config, split: str) -> tuple[np.ndarray, np.ndarray]:
-  """(images uint8 [N, 32, 32, 3], labels int32 [N]) of `split` from the configured source."""
+  """(images uint8 [N, H, W, C] as the dataset's image_shape, labels int32 [N]) of `split`
+  from the configured source."""
   dataset = datasets.get(data_config)
   if data_config.source in ("files", "cifar10_dir"):
     return load_files(data_config.dir, split, dataset)
@@ -217,5 +227,5 @@ def load_split(data_config, split: str) -> tuple[np.ndarray, np.ndarray]:
   if data_config.source == "synthetic":
     return load_synthetic(split, {"train": data_config.synthetic_train_size,
                                   "test": data_config.synthetic_test_size},
-                          dataset.num_classes)
+                          dataset.num_classes, dataset.image_shape)
   raise DataError(f"config.data.source={data_config.source!r} is not one of {list(SOURCES)}")

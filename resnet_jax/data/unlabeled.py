@@ -1,7 +1,7 @@
 """Predict's input: unlabeled images and their ids from a file a stranger may have made.
 
-Three formats: a pickled dict with b"data" (N x 32 x 32 x 3, or CIFAR's N x 3072
-channel-major rows, uint8) and optional b"ids", read by pickles.loads (no code
+Three formats: a pickled dict with b"data" (N x H x W x C as the dataset's images,
+or CIFAR's N x H*W*C channel-major rows, uint8) and optional b"ids", read by pickles.loads (no code
 runs, every array a fresh copy); an .npz with "data" and optional "ids"; an .npy
 of the images (both through numpy without pickles). Every value is checked:
 images uint8 of those shapes, ids a list or 1-D array of integers or strings, one
@@ -43,13 +43,17 @@ def _arrays(path: str) -> tuple[object, object, str, str]:
   return obj[b"data"], obj.get(b"ids"), "b'data'", "b'ids'"
 
 
-def _images(path: str, data, key: str) -> np.ndarray:
+def _images(path: str, data, key: str, image_shape: tuple[int, int, int]) -> np.ndarray:
   shape, dtype = getattr(data, "shape", None), getattr(data, "dtype", None)
+  length = sources.row_length(image_shape)
   if not isinstance(data, np.ndarray) or dtype != np.uint8 or not (
-      data.ndim == 4 and shape[1:] == (32, 32, 3) or data.ndim == 2 and shape[1] == 3072):
+      data.ndim == 4 and shape[1:] == image_shape or data.ndim == 2 and shape[1] == length):
     raise InputFileError(f"{path}: {key} has shape {shape} and dtype {dtype} "
-                         f"({type(data).__name__}); expected N x 32 x 32 x 3 or N x 3072 uint8")
-  return sources.cifar_rows_to_images(data) if data.ndim == 2 else np.ascontiguousarray(data)
+                         f"({type(data).__name__}); expected N x "
+                         f"{' x '.join(map(str, image_shape))} or N x {length} uint8")
+  if data.ndim == 2:
+    return sources.cifar_rows_to_images(data, image_shape)
+  return np.ascontiguousarray(data)
 
 
 def _id(path: str, key: str, index: int, value) -> int | str:
@@ -92,8 +96,9 @@ def _ids(path: str, ids, key: str, count: int) -> list:
   return [_id(path, key, i, value) for i, value in enumerate(ids)]
 
 
-def load(path: str) -> tuple[np.ndarray, list]:
-  """(images uint8 [N, 32, 32, 3], ids: N integers or strings) from predict's input file."""
+def load(path: str, image_shape: tuple[int, int, int]) -> tuple[np.ndarray, list]:
+  """(images uint8 [N, *image_shape], ids: N integers or strings) from predict's input file,
+  `image_shape` the dataset's (datasets.Dataset.image_shape)."""
   if not os.path.isfile(path):
     raise InputFileError(f"{path}: no such file")
   try:
@@ -107,5 +112,5 @@ def load(path: str) -> tuple[np.ndarray, list]:
     # header), and others like them.
     raise InputFileError(f"{path}: not a readable .npy or .npz file "
                          f"({type(e).__name__}: {pickles.short_repr(str(e))})") from None
-  images = _images(path, data, data_key)
+  images = _images(path, data, data_key, image_shape)
   return images, _ids(path, ids, ids_key, len(images))

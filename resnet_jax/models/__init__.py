@@ -1,4 +1,4 @@
-"""Model families: layers.py (what they share), resnet.py (the seed's), fast_resnet.py
+"""Model families: layers.py (what they share), resnet.py (the original project's), fast_resnet.py
 (airbench's), registry.py (presets, budget, what the package asks of a family)."""
 
 from resnet_jax.models.registry import (FAMILIES, IMAGE_SHAPE, PRESET_NAMES, Family, Model,

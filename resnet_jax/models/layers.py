@@ -1,6 +1,6 @@
 """Layers both model families share, with PyTorch's semantics where it matters for parity.
 
-Converted seed weights must compute the same function as in PyTorch, so: explicit
+Converted weights of the original project must compute the same function as in PyTorch, so: explicit
 padding 1 on 3x3 convolutions (the families pass `padding=1`; flax's "SAME" pads
 stride-2 layers asymmetrically), BatchNorm with PyTorch's running-variance update,
 exact-erf GELU, PyTorch's default initialisers, and adaptive pooling with PyTorch's

@@ -40,6 +40,9 @@ class Family:
     presets: name -> fields, the named models of the family.
     param_labels: params -> a tree of optimizer group names ("bn_bias",
       "conv_kernel", "whiten_bias", "other"; optim.py says what each gets).
+    groups: the labels among those that a config may give settings of their own
+      (config.optimizer.groups.<label>: a learning-rate multiplier and the epochs
+      the group trains for, optim.group_config).
     blocks: the module classes whose outputs end a residual block.
     fit_to_data: (model, variables, train_inputs) -> variables, run once before a
       fresh run's first step; `train_inputs(n)` gives the first n training
@@ -50,13 +53,16 @@ class Family:
   presets: Mapping[str, dict]
   param_labels: Callable[[Any], Any]
   blocks: tuple[type[nn.Module], ...]
+  groups: tuple[str, ...]
   fit_to_data: Callable[[Any, dict, Callable[[int], np.ndarray]], dict] | None = None
 
 
 FAMILIES = (
-    Family(resnet.ResNet, resnet.PRESETS, resnet.param_labels, (resnet.ResidualBlock,)),
+    Family(resnet.ResNet, resnet.PRESETS, resnet.param_labels, (resnet.ResidualBlock,),
+           groups=("bn_bias",)),
     Family(fast_resnet.FastResNet, fast_resnet.PRESETS, fast_resnet.param_labels,
-           (fast_resnet.FastGroup,), fast_resnet.fit_to_data),
+           (fast_resnet.FastGroup,), groups=("bn_bias", "whiten_bias"),
+           fit_to_data=fast_resnet.fit_to_data),
 )
 PRESET_NAMES = tuple(name for family in FAMILIES for name in sorted(family.presets))
 
@@ -75,11 +81,11 @@ def family_fields(module: type[nn.Module]) -> tuple[str, ...]:
   return tuple(f.name for f in dataclasses.fields(module) if f.name not in ("parent", "name"))
 
 
-def config_fields() -> dict[str, type]:
-  """Every family's fields but the compute dtype (config.dtype), each with its type: the keys
+def config_fields(family: Family) -> dict[str, type]:
+  """A family's fields but the compute dtype (config.dtype), each with its type: the keys
   of config.model beside "name" (tuple for sequences)."""
   return {f.name: tuple if typing.get_origin(f.type) else f.type
-          for family in FAMILIES for f in dataclasses.fields(family.module)
+          for f in dataclasses.fields(family.module)
           if f.name in family_fields(family.module) and f.name != "dtype"}
 
 

@@ -1,8 +1,8 @@
-"""The seed's family: one CIFAR ResNet whose fields express both seed models.
+"""The original project's family: one CIFAR ResNet whose fields express both of its models.
 
-Presets "shallow" and "deep" are the seed's two models (2,777,674 and 4,999,689
-trainable parameters), layer by layer as the seed's notebooks build them. Module
-names mirror the seed's state_dict keys (`conv1`, `bn1`, `layer{i}_{j}`, `fc`; a
+Presets "shallow" and "deep" are the original project's two models (2,777,674 and 4,999,689
+trainable parameters), layer by layer as the original project's notebooks build them. Module
+names mirror the original project's state_dict keys (`conv1`, `bn1`, `layer{i}_{j}`, `fc`; a
 block holds `conv1`, `bn1`, `conv2`, `bn2`, `downsample_conv`, `downsample_bn`) so
 that converting its PyTorch weights (convert_torch.py) is a plain renaming.
 """
@@ -141,10 +141,10 @@ def _check_fields(model: ResNet) -> None:
 
 
 PRESETS = {
-    # The seed's ModifiedResNet: 3 stages of 2 blocks, ReLU, no dropout.
+    # The original project's ModifiedResNet: 3 stages of 2 blocks, ReLU, no dropout.
     "shallow": dict(stem_width=64, stage_widths=(64, 128, 256), stage_blocks=(2, 2, 2),
                     stage_strides=(1, 2, 2), stage_dropout=(0.0, 0.0, 0.0)),
-    # The seed's final deep notebook (stage 4 has 2 blocks, not the report's 5).
+    # The original project's final deep notebook (stage 4 has 2 blocks, not the report's 5).
     "deep": dict(stem_width=16, stage_widths=(32, 64, 115, 256), stage_blocks=(3, 4, 11, 2),
                  stage_strides=(1, 2, 2, 2), stage_dropout=(0.287, 0.0, 0.287, 0.0),
                  stem_dropout=0.432, outer_activation="gelu",
