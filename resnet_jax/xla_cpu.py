@@ -74,8 +74,10 @@ def onednn_bfloat16_convolutions() -> bool:
   x = jnp.zeros((1, 4, 4, 8), jnp.bfloat16)
   conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
                                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  compiled = jax.jit(conv, compiler_options=options).lower(x, jnp.zeros((3, 3, 8, 8),
-                                                                          jnp.bfloat16)).compile()
+  with warnings.catch_warnings():  # the probe, like the steps, is not cacheable
+    warnings.filterwarnings("ignore", _UNCACHEABLE_WARNING, UserWarning)
+    compiled = jax.jit(conv, compiler_options=options).lower(
+        x, jnp.zeros((3, 3, 8, 8), jnp.bfloat16)).compile()
   return "onednn" in compiled.as_text()
 
 
@@ -147,14 +149,17 @@ def compiler_options(config: ml_collections.ConfigDict, dtype: str) -> dict | No
   return dict(_usable(tuple(sorted(options.items())))) or None
 
 
+_UNCACHEABLE_WARNING = (r"Error writing persistent compilation cache entry for 'jit_\w+': "
+                        r"MemoryError: std::bad_alloc")
+
+
 def quiet_uncacheable(options: dict | None) -> None:
   """Steps compiled with oneDNN's calls do not reach jax's persistent compilation cache:
   XLA:CPU cannot serialise them (jaxlib 0.12.0.1), and jax warns "MemoryError:
   std::bad_alloc" at each such compile. One log line a process says so instead; the
   steps compile anew in each process (seconds; docs/performance.md)."""
   if options and options.get("xla_cpu_experimental_onednn_custom_call"):
-    warnings.filterwarnings("ignore", r"Error writing persistent compilation cache entry for "
-                            r"'jit_\w+': MemoryError: std::bad_alloc", UserWarning)
+    warnings.filterwarnings("ignore", _UNCACHEABLE_WARNING, UserWarning)
     _log_uncacheable()
 
 

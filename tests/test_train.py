@@ -214,6 +214,23 @@ def test_the_cache_failing_to_store_onednn_steps_is_one_log_line(caplog):
   assert caplog.text.count("compile in each process") == 1
 
 
+def test_the_dtype_probe_compiles_without_a_cache_warning(tmp_path):
+  """dtype auto's probe compiles a oneDNN convolution before any step: under the persistent
+  cache (main's default) it must not print the warning the steps' compiles no longer do."""
+  probe = textwrap.dedent(f"""
+      import warnings
+      from resnet_jax import main, xla_cpu
+      main.enable_compilation_cache({str(tmp_path)!r})
+      with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        onednn = xla_cpu.onednn_bfloat16_convolutions()
+      print(onednn, [str(w.message) for w in caught if "compilation cache" in str(w.message)])
+      """)
+  result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          cwd=REPO, check=True)
+  assert result.stdout.split(" ", 1)[1].strip() == "[]", result.stdout + result.stderr[-2000:]
+
+
 def test_deep_config_trains_with_its_augmentation_on_the_device_pipeline(tmp_path):
   from configs import deep  # pylint: disable=g-import-not-at-top
   config = deep.get_config()
