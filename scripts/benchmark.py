@@ -1,7 +1,12 @@
-"""Training and evaluation speed of one of the original project's models, as one JSON object.
+"""Training and evaluation speed of a model's train step, printed as one JSON object.
 
     python scripts/benchmark.py --model shallow --batch_size 128 --dtype float32 [--compare_torch]
         [--no_cpu_tuning] [--compilation_cache_dir DIR] [--flops_only] [--tiny]
+    python scripts/benchmark.py --config configs/fast_muon.py --batch_size 2000 --dtype bfloat16
+
+--model times one of the original project's models with Adam (default_config's
+optimizer); --config a config file's model and optimizer (the fast recipes' Muon,
+parameter groups, lookahead), whose PyTorch side this script does not have.
 
 Times the jitted train step (forward, backward, Adam update, on random data already
 on the device) and the eval forward on JAX's default backend, and reports
@@ -24,6 +29,7 @@ numbers measure nothing.
 
 import argparse
 import ast
+import importlib.util
 import json
 import os
 import platform
@@ -36,24 +42,38 @@ import time
 import jax
 import numpy as np
 
-from resnet_jax import default_config, main as resnet_main, model_setup, optim, train, xla_cpu
+from resnet_jax import (default_config, main as resnet_main, model_setup, models, optim, train,
+                        xla_cpu)
 from resnet_jax.data import batches
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # bf16 dense peak FLOP/s of accelerators whose utilisation we report.
 PEAK_BF16_FLOPS = {"NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H200": 989e12,
                    "NVIDIA A100-SXM4-80GB": 312e12, "NVIDIA A100-SXM4-40GB": 312e12}
 # --tiny's models: the full-width steps take 5-20 s each to compile on a CPU.
 TINY_FIELDS = {"shallow": dict(stem_width=8, stage_widths=(8, 16, 32), stage_blocks=(1, 1, 1)),
                "deep": dict(stem_width=8, stage_widths=(8, 8, 16, 16),
-                            stage_blocks=(1, 1, 1, 1))}
+                            stage_blocks=(1, 1, 1, 1)),
+               "fast": dict(widths=(8, 16, 16))}
 
 
-def _jax_setup(model_name: str, batch_size: int, dtype: str, cpu_tuning: bool, tiny: bool,
+def _config(args):
+  """--config's get_config(), or the defaults with --model."""
+  if not args.config:
+    return default_config.get_config(args.model)
+  if REPO not in sys.path:  # configs/*.py import each other as the package `configs`
+    sys.path.insert(0, REPO)
+  spec = importlib.util.spec_from_file_location("benchmarked_config", args.config)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def _jax_setup(config, batch_size: int, dtype: str, cpu_tuning: bool, tiny: bool,
                overrides: tuple[str, ...] = ()):
-  config = default_config.get_config()
-  config.model.name, config.dtype, config.batch_size = model_name, dtype, batch_size
+  config.dtype, config.batch_size = dtype, batch_size
   if tiny:
-    config.model.update(TINY_FIELDS[model_name])
+    config.model.update(TINY_FIELDS[config.model.name])
   if not cpu_tuning:
     config.cpu.xla_options, config.cpu.bfloat16_xla_options = {}, {}
     config.cpu.fusion_barriers = False
@@ -62,9 +82,12 @@ def _jax_setup(model_name: str, batch_size: int, dtype: str, cpu_tuning: bool, t
     parent, _, name = key.rpartition(".")
     default_config.lookup(config, parent)[name] = ast.literal_eval(value)
   model = model_setup.build_model(config)
-  steps = train.Steps(config, model)
-  state = steps.place_state(train.create_train_state(
-      config, model, optim.create_optimizer(config.optimizer, 100, config.num_epochs)[0]))
+  steps = train.Steps(config, model, total_steps=100 * config.num_epochs)
+  tx, _ = optim.create_optimizer(config.optimizer, 100, config.num_epochs, batch_size=batch_size,
+                                 param_labels=models.family_of(model).param_labels)
+  state = steps.place_state(train.create_train_state(config, model, tx,
+                                                     optim.plateau_from_config(config.optimizer),
+                                                     total_steps=100 * config.num_epochs))
   rng = np.random.default_rng(0)
   batch = batches.place({
       "image": rng.normal(size=(batch_size, 32, 32, 3)).astype(np.float32),
@@ -88,7 +111,8 @@ def _train_flops_per_image(lowered, args) -> float:
   if jax.default_backend() == "cpu":
     raise RuntimeError("XLA:CPU gave no FLOP count for the train step")
   counted = subprocess.run(
-      [sys.executable, os.path.abspath(__file__), "--model", args.model, "--dtype", args.dtype,
+      [sys.executable, os.path.abspath(__file__), "--model", args.model, "--config", args.config,
+       "--dtype", args.dtype,
        "--batch_size", str(args.batch_size), "--flops_only", *(["--tiny"] if args.tiny else [])],
       env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True, check=True)
   return float(counted.stdout.split()[-1])
@@ -105,7 +129,7 @@ def _time(fn, steps: int) -> float:
 def _torch_round(model_name: str, batch_size: int, dtype: str, tiny: bool):
   """PyTorch's train and eval steps on the device JAX uses (a GPU's, else the CPU)."""
   import torch  # pylint: disable=g-import-not-at-top
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  sys.path.insert(0, REPO)
   from tests import torch_reference  # pylint: disable=g-import-not-at-top
   device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
   shape = {}
@@ -142,6 +166,8 @@ def _torch_round(model_name: str, batch_size: int, dtype: str, tiny: bool):
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--model", choices=["shallow", "deep"], default="shallow")
+  parser.add_argument("--config", default="", help="a config file's model and optimizer "
+                      "instead of --model's (no --compare_torch)")
   parser.add_argument("--batch_size", type=int, default=128)
   parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
   parser.add_argument("--steps", type=int, default=5, help="timed steps per round")
@@ -159,9 +185,12 @@ def main() -> None:
   parser.add_argument("--tiny", action="store_true",
                       help="a toy width of the model, for tests of this script")
   args = parser.parse_args()
+  if args.config and args.compare_torch:
+    parser.error("--compare_torch has PyTorch models for --model only, not for --config")
 
   resnet_main.enable_compilation_cache(args.compilation_cache_dir)
-  steps, state, batch = _jax_setup(args.model, args.batch_size, args.dtype,
+  config = _config(args)
+  steps, state, batch = _jax_setup(config, args.batch_size, args.dtype,
                                    cpu_tuning=not args.no_cpu_tuning, tiny=args.tiny,
                                    overrides=tuple(args.override))
   start = time.perf_counter()  # first-step compile: tracing, lowering and XLA
@@ -205,7 +234,8 @@ def main() -> None:
       "command": " ".join(shlex.quote(a) for a in ["scripts/benchmark.py"] + sys.argv[1:]),
       "backend": jax.default_backend(), "device": device.device_kind,
       "devices": jax.device_count(), "cpus": os.cpu_count(), "platform": platform.platform(),
-      "model": args.model, "tiny": args.tiny, "dtype": args.dtype,
+      "model": config.model.name, "config": args.config or None, "tiny": args.tiny,
+      "dtype": args.dtype,
       "batch_size": args.batch_size,
       "train_images_per_s": round(rate("jax_train"), 1),
       "eval_images_per_s": round(rate("jax_eval"), 1),

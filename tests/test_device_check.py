@@ -43,6 +43,17 @@ def test_the_benchmark_counts_the_flops_of_the_seed_models_train_step(monkeypatc
   assert 1.5e9 < float(capsys.readouterr().out.split()[-1]) < 3.5e9
 
 
+def test_the_benchmark_times_a_config_s_own_model_and_optimizer(monkeypatch, capsys):
+  """--config: the fast recipes' step (Muon, parameter groups) as their runs train it."""
+  monkeypatch.setattr(sys, "argv", ["benchmark.py", "--config", "configs/fast_muon.py", "--tiny",
+                                    "--batch_size", "8", "--steps", "1", "--rounds", "1",
+                                    "--dtype", "float32"])
+  load_script("benchmark").main()
+  result = json.loads(capsys.readouterr().out)
+  assert result["model"] == "fast" and result["config"] == "configs/fast_muon.py"
+  assert result["train_images_per_s"] > 0 and result["eval_images_per_s"] > 0
+
+
 def test_a_zip_is_unpacked_into_the_folder_the_recipes_read(tmp_path):
   """The shared make_cifar10_batches.py ZIP OUT_DIR writes the batches into OUT_DIR itself."""
   device_check = load_script("device_check")
