@@ -352,12 +352,13 @@ def restore_training(manager: ocp.CheckpointManager, step: int, state, train_met
 
 
 def restore_variables(manager: ocp.CheckpointManager, step: int, model: models.Model,
-                      meta: dict, sharding=None) -> dict:
-  """The variables of `model` that evaluation uses at `step` (whose `meta` says its layout,
-  checksums and evaluated average), on `sharding` (default: one device): the evaluated
-  weight average's params and statistics where the run kept one, else the weights'."""
-  shapes = dict(jax.eval_shape(functools.partial(models.init_variables, model),
-                               jax.random.key(0)))
+                      meta: dict, image_shape: models.ImageShape, sharding=None) -> dict:
+  """The variables of `model` for inputs of `image_shape` that evaluation uses at `step`
+  (whose `meta` says its layout, checksums and evaluated average), on `sharding` (default:
+  one device): the evaluated weight average's params and statistics where the run kept
+  one, else the weights'."""
+  shapes = dict(jax.eval_shape(functools.partial(models.init_variables, model,
+                                                 image_shape=image_shape), jax.random.key(0)))
   average = meta.get("evaluated_average")
   if average:
     shapes[average] = {"params": shapes["params"], "batch_stats": shapes["batch_stats"]}
@@ -375,13 +376,15 @@ def evaluated_weights(meta: dict) -> str:
   return f"the weights' {average} average" if average else "the weights"
 
 
-def restore_model(workdir: str, step: int | None = None) -> tuple[models.Model, dict, dict]:
-  """(model, variables, meta) of `step`, or of the latest step when None."""
+def restore_model(workdir: str, image_shape: models.ImageShape,
+                  step: int | None = None) -> tuple[models.Model, dict, dict]:
+  """(model, variables, meta) of `step`, or of the latest step when None, for inputs of
+  `image_shape` (the dataset's)."""
   with reading_manager(workdir) as manager:
     step = manager.latest_step() if step is None else step
     meta = read_meta(manager, step)
     model = models.from_config(meta["model"])
-    return model, restore_variables(manager, step, model, meta), meta
+    return model, restore_variables(manager, step, model, meta, image_shape), meta
 
 
 class TrainingCheckpoints:

@@ -99,8 +99,11 @@ def _check_model(config) -> None:
     raise ConfigError(f"config.model.num_classes={fields['num_classes']}, but "
                       f"config.data.dataset={config.data.dataset!r} has {classes} classes")
   try:
-    models.get_model(name, **fields)  # any compute dtype has the same fields
-  except ValueError as e:  # field and budget errors say "model.<field>" or the count
+    model = models.get_model(name, **fields)  # any compute dtype has the same fields
+    models.check_budget(model, datasets.get(config.data).image_shape)
+  except models.ParamBudgetError as e:
+    raise ConfigError(f"config.model.name={name!r} with its fields: {e}") from e
+  except ValueError as e:  # a field's error says "model.<field>"
     raise ConfigError(f"config.{e}" if str(e).startswith("model") else f"config.model: {e}") \
         from e
 

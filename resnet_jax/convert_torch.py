@@ -24,6 +24,7 @@ from absl import app, flags, logging
 from flax import traverse_util
 
 from resnet_jax import checkpoints, models
+from resnet_jax.data import datasets
 from resnet_jax.models import resnet
 
 _IGNORED_SUFFIX = ".num_batches_tracked"
@@ -82,9 +83,12 @@ def convert_state_dict(state_dict: Mapping[str, Any], model_name: str,
 
 @functools.lru_cache(maxsize=8)
 def _variable_shapes(model: resnet.ResNet) -> dict:
-  """{path: ShapeDtypeStruct} of the model's variables (tracing the model once per model)."""
-  return traverse_util.flatten_dict(
-      jax.eval_shape(functools.partial(models.init_variables, model), jax.random.key(0)))
+  """{path: ShapeDtypeStruct} of the model's variables (tracing the model once per model),
+  for CIFAR-10's images: the original project's models were trained on them."""
+  image_shape = datasets.DATASETS["cifar10"].image_shape
+  return traverse_util.flatten_dict(jax.eval_shape(
+      functools.partial(models.init_variables, model, image_shape=image_shape),
+      jax.random.key(0)))
 
 
 def convert_for_model(state_dict: Mapping[str, Any], model: resnet.ResNet,

@@ -54,7 +54,9 @@ def restore_for_config(config, workdir: str, step: int | None):
           f"from the config's model {config.model.name!r} in {differs}: "
           + ", ".join(f"{k}={meta['model'].get(k)} vs {expected.get(k)}" for k in differs))
     steps = train.EvalSteps(config, model)
-    variables = checkpoints.restore_variables(manager, step, model, meta, steps.replicated)
+    variables = checkpoints.restore_variables(manager, step, model, meta,
+                                              datasets.get(config.data).image_shape,
+                                              steps.replicated)
     return steps, variables, step, why, meta
 
 

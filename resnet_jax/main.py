@@ -30,7 +30,8 @@ config_flags.DEFINE_config_file("config", None, "Training configuration file.",
 flags.DEFINE_string("workdir", None, "Directory for TensorBoard summaries and checkpoints.")
 flags.DEFINE_enum("mode", "train", ["train", "eval", "predict"], "What to do.")
 flags.DEFINE_integer("checkpoint_step", None, "eval/predict: this checkpoint instead of the best.")
-flags.DEFINE_string("input", None, "predict: pickled dict with b'data' (N x 32 x 32 x 3 uint8), "
+flags.DEFINE_string("input", None, "predict: pickled dict with b'data' (N x H x W x C uint8, "
+                    "the dataset's image shape), "
                     "or an .npz with 'data', or an .npy of the images.")
 flags.DEFINE_string("output", None, "predict: CSV file to write (ID,Labels).")
 flags.DEFINE_bool("class_names", False, "predict: a third column, Name, with each label's class "

@@ -31,7 +31,10 @@ def compute_dtype(config: ml_collections.ConfigDict, trained_in: str | None = No
 
 def build_model(config: ml_collections.ConfigDict, dtype: str | None = None) -> models.Model:
   """The config's model, computing in `dtype` (compute_dtype's by default), with the
-  dataset's class count."""
+  dataset's class count, within its parameter budget for the dataset's images."""
   name, set_fields = fields(config)
-  set_fields.setdefault("num_classes", datasets.get(config.data).num_classes)
-  return models.get_model(name, dtype=dtype or compute_dtype(config)[0], **set_fields)
+  dataset = datasets.get(config.data)
+  set_fields.setdefault("num_classes", dataset.num_classes)
+  model = models.get_model(name, dtype=dtype or compute_dtype(config)[0], **set_fields)
+  models.check_budget(model, dataset.image_shape)
+  return model

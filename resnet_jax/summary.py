@@ -1,6 +1,6 @@
 """A layer table like the original project's torchsummary output.
 
-    python -m resnet_jax.summary --model deep
+    python -m resnet_jax.summary --model deep [--dataset cifar100]
 
 One row per module in call order: its path, type, output shape, the trainable
 parameters it owns, and the running total. flax's own `tabulate` adds the
@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from absl import app, flags, logging
 
 from resnet_jax import models
+from resnet_jax.data import datasets
 
 
 def _own_param_count(tree) -> int:
@@ -25,8 +26,10 @@ def _own_param_count(tree) -> int:
   return sum(math.prod(v.shape) for v in tree.values() if not isinstance(v, dict))
 
 
-def layer_rows(model: models.Model) -> list[tuple[str, str, tuple[int, ...], int]]:
-  """(path, module type, output shape, own parameters) per module call."""
+def layer_rows(model: models.Model, image_shape: models.ImageShape
+               ) -> list[tuple[str, str, tuple[int, ...], int]]:
+  """(path, module type, output shape, own parameters) per module call, for inputs of
+  `image_shape`."""
   calls = []
 
   def record(module, method_name):
@@ -36,8 +39,9 @@ def layer_rows(model: models.Model) -> list[tuple[str, str, tuple[int, ...], int
     return False
 
   # Shapes only (jax.eval_shape): nothing is initialised, compiled or computed.
-  variables = jax.eval_shape(lambda: models.init_variables(model, jax.random.key(0)))
-  images = jax.ShapeDtypeStruct((1, *models.IMAGE_SHAPE), jnp.float32)
+  variables = jax.eval_shape(lambda: models.init_variables(model, jax.random.key(0),
+                                                           image_shape))
+  images = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
   _, state = jax.eval_shape(
       lambda v, x: model.apply(v, x, train=False, capture_intermediates=record,
                                mutable=["intermediates"]), variables, images)
@@ -51,15 +55,16 @@ def layer_rows(model: models.Model) -> list[tuple[str, str, tuple[int, ...], int
   return rows
 
 
-def format_table(model: models.Model) -> str:
-  rows = layer_rows(model)
+def format_table(model: models.Model, image_shape: models.ImageShape) -> str:
+  rows = layer_rows(model, image_shape)
   header = f"{'Layer (type)':<40}{'Output Shape':>22}{'Param #':>12}{'Total':>14}"
   lines = ["-" * len(header), header, "=" * len(header)]
   total = 0
   for path, kind, shape, n in rows:
     total += n
     lines.append(f"{f'{path} ({kind})':<40}{str(list(shape)):>22}{n:>12,}{total:>14,}")
-  variables = jax.eval_shape(lambda: models.init_variables(model, jax.random.key(0)))
+  variables = jax.eval_shape(lambda: models.init_variables(model, jax.random.key(0),
+                                                           image_shape))
   n_stats = sum(math.prod(leaf.shape) for name, tree in variables.items() if name != "params"
                 for leaf in jax.tree.leaves(tree))
   lines += ["=" * len(header),
@@ -79,11 +84,15 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)  # keep JAX's and Orbax's INFO lines off the output
-  print(format_table(models.get_model(FLAGS.model)))
+  dataset = datasets.DATASETS[FLAGS.dataset]
+  print(format_table(models.get_model(FLAGS.model, num_classes=dataset.num_classes),
+                     dataset.image_shape))
 
 
 if __name__ == "__main__":
   # Flags are defined only when run as a program, so importing this module
   # (tests, other tools) never collides with another module's --model.
   flags.DEFINE_enum("model", "shallow", models.PRESET_NAMES, "Model preset to summarise.")
+  flags.DEFINE_enum("dataset", "cifar10", sorted(datasets.DATASETS),
+                    "The dataset whose images and classes the model takes.")
   app.run(main)

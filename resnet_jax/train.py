@@ -92,7 +92,7 @@ def create_train_state(config, model: models.Model, tx: optax.GradientTransforma
   `total_steps`, the run's length, matters only to weight averages that follow it.
   """
   init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-  variables = models.init_variables(model, init_rng)
+  variables = models.init_variables(model, init_rng, datasets.get(config.data).image_shape)
   averages = optim.weight_averages(config.optimizer, total_steps)
   trained = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
   return TrainState.create(
@@ -266,8 +266,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   plateau = optim.plateau_from_config(config.optimizer)
   state = steps.place_state(create_train_state(config, model, tx, plateau,
                                                steps_per_epoch * config.num_epochs))
+  params = models.count_params(model, datasets.get(config.data).image_shape)
   logging.info("model %s: %s parameters; %d train / %d eval examples; "
-               "%d steps per epoch", config.model.name, f"{models.count_params(model):,}",
+               "%d steps per epoch", config.model.name, f"{params:,}",
                train_data.num_examples, eval_data.num_examples, steps_per_epoch)
 
   with checkpoints.TrainingCheckpoints(workdir, config.keep_checkpoints) as saved:

@@ -34,6 +34,7 @@ sys.path.insert(0, REPO)
 # pylint: disable=g-import-not-at-top,wrong-import-position,protected-access
 from configs import frontier, smoke
 from resnet_jax import checkpoints, model_setup, models, optim, train
+from resnet_jax.data import datasets
 
 STEPS_PER_EPOCH = 98  # CIFAR-10's 50,000 at frontier's batch 512: only schedules read it
 
@@ -107,7 +108,8 @@ def main() -> None:
     manager.close()
   print(json.dumps({
       "command": " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0])] + sys.argv[1:]),
-      "model": config.model.name, "params": models.count_params(model),
+      "model": config.model.name,
+      "params": models.count_params(model, datasets.get(config.data).image_shape),
       "algorithm": checkpoints.CHECKSUM, "arrays": len(jax.tree.leaves(items)),
       "bytes_hashed": size, "hash_on_save_s": hash_on_save,
       "verify_on_restore_s": verify_on_restore, "save_s": save_s, "restore_s": restore_s,

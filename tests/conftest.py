@@ -16,6 +16,8 @@ import ml_collections
 import numpy as np
 import pytest
 
+from resnet_jax.data import datasets
+
 # PyTorch's CUDA wheel (the one pip takes on Python 3.13) loads triton on first use, which
 # torch.optim triggers, and triton imported after TensorFlow 2.21 segfaults: loaded here first.
 try:
@@ -30,6 +32,8 @@ SHARED_DATA = os.path.join(REPO, "..", "shared", "data")
 # 16->24 max pool) at a fraction of the 20 blocks' compile, for tests whose point does not
 # depend on how often a block repeats.
 DEEP_EVERY_KIND_OF_BLOCK = (1, 1, 2, 1)
+# The shape models are initialised and counted for in tests of the models alone.
+CIFAR10_IMAGE = datasets.DATASETS["cifar10"].image_shape
 
 
 def load_script(name: str):

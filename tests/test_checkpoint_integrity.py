@@ -14,7 +14,7 @@ import pytest
 import tensorstore as ts
 
 from resnet_jax import checkpoints, evaluate, model_setup, models, train
-from tests.conftest import REPO, load_script, write_unlabeled
+from tests.conftest import CIFAR10_IMAGE, REPO, load_script, write_unlabeled
 from tests.conftest import smoke_config as _smoke
 from tests.test_reliability import _remove_metadata, _truncate_model_files  # resume's damage
 
@@ -113,16 +113,16 @@ def test_a_garbage_metrics_file_does_not_stop_eval_or_resume(finished, trained, 
 def test_converted_weights_are_checksummed_and_verified(tmp_path):
   config = _smoke()
   model = model_setup.build_model(config)
-  variables = models.init_variables(model, jax.random.PRNGKey(0))
+  variables = models.init_variables(model, jax.random.PRNGKey(0), CIFAR10_IMAGE)
   checkpoints.save_model(str(tmp_path), 0, variables, models.model_config(config.model.name,
                                                                           model), source="test")
-  _, restored, meta = checkpoints.restore_model(str(tmp_path))
+  _, restored, meta = checkpoints.restore_model(str(tmp_path), CIFAR10_IMAGE)
   assert meta["checksum"] == checkpoints.CHECKSUM
   assert len(meta["checksums"]["model"]) == len(jax.tree.leaves(restored))
   _flip_bytes(tmp_path / "checkpoints" / "0")
   with pytest.raises(checkpoints.DamagedCheckpointError,
                      match=f"checkpoints/0: array model/{DAMAGED_ARRAY} does not match"):
-    checkpoints.restore_model(str(tmp_path))
+    checkpoints.restore_model(str(tmp_path), CIFAR10_IMAGE)
 
 
 def test_a_workdir_from_before_checksums_restores_unverified_with_one_warning(tmp_path, caplog):
@@ -130,7 +130,7 @@ def test_a_workdir_from_before_checksums_restores_unverified_with_one_warning(tm
   shutil.copytree(os.path.join(REPO, "tests", "data", "v1_workdirs", "resnet"), workdir)
   checkpoints._warn_once.cache_clear()  # pylint: disable=protected-access  # once a process
   for step in (16, 21):
-    _, variables, meta = checkpoints.restore_model(str(workdir), step)
+    _, variables, meta = checkpoints.restore_model(str(workdir), CIFAR10_IMAGE, step)
     assert "checksums" not in meta and jax.tree.leaves(variables)
   assert caplog.text.count("written before checksums were kept") == 1
 

@@ -19,12 +19,11 @@ from resnet_jax import (checkpoints, convert_torch, evaluate, files, model_setup
                         preemption, train, xla_cpu)
 from resnet_jax.data import datasets, pickles, sources, unlabeled
 from tests import torch_reference
-from tests.conftest import REPO, signal_at_batch, write_cifar100_dir, write_unlabeled
+from tests.conftest import (CIFAR10_IMAGE, REPO, signal_at_batch, write_cifar100_dir,
+                            write_unlabeled)
 from tests.test_data_sources import _Planted
 from tests.conftest import smoke_config as _smoke
 
-
-CIFAR10_IMAGE = datasets.DATASETS["cifar10"].image_shape
 
 
 def _snapshot(directory):

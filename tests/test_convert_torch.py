@@ -12,6 +12,7 @@ import torch
 
 from resnet_jax import checkpoints, convert_torch, models
 from tests import torch_reference
+from tests.conftest import CIFAR10_IMAGE
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +91,7 @@ def test_cli_writes_an_orbax_checkpoint_that_restores(tmp_path, shallow_state):
   result = _run_cli("--model", "shallow", "--checkpoint", str(pth), "--output",
                     str(tmp_path / "out"))
   assert result.returncode == 0, result.stderr
-  model, variables, meta = checkpoints.restore_model(str(tmp_path / "out"))
+  model, variables, meta = checkpoints.restore_model(str(tmp_path / "out"), CIFAR10_IMAGE)
   assert meta["source"] == "convert_torch" and meta["model"]["name"] == "shallow"
   assert model == models.get_model("shallow")
   expected = convert_torch.convert_state_dict(shallow_state, "shallow")

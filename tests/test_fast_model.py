@@ -12,7 +12,7 @@ import pytest
 from resnet_jax import checkpoints, evaluate, models, optim, preemption, summary, train
 from resnet_jax.data import datasets, sources
 from resnet_jax.models import fast_resnet, layers
-from tests.conftest import signal_at_batch
+from tests.conftest import CIFAR10_IMAGE, signal_at_batch
 from tests.conftest import smoke_config as _smoke
 
 
@@ -20,10 +20,10 @@ from tests.conftest import smoke_config as _smoke
                                         ("frontier", 4_844_152)])
 def test_presets_have_their_parameter_counts_within_the_budget(name, count):
   model = models.get_model(name)
-  assert models.count_params(model) == count <= model.max_params
-  assert f"Total params: {count:,}" in summary.format_table(model)
+  assert models.count_params(model, CIFAR10_IMAGE) == count <= model.max_params
+  assert f"Total params: {count:,}" in summary.format_table(model, CIFAR10_IMAGE)
   with pytest.raises(models.ParamBudgetError, match="over its budget"):
-    models.get_model(name, widths=(256, 512, 1024))
+    models.check_budget(models.get_model(name, widths=(256, 512, 1024)), CIFAR10_IMAGE)
 
 
 def _smooth_images(n: int) -> np.ndarray:
@@ -55,7 +55,7 @@ def test_whitened_patches_have_identity_covariance_where_eigenvalues_exceed_eps(
 
 def test_group_convolutions_start_dirac_as_airbench_initialises_them():
   variables = models.init_variables(models.get_model("fast", widths=(8, 16, 16)),
-                                    jax.random.key(0))
+                                    jax.random.key(0), CIFAR10_IMAGE)
   group = variables["params"]["group2"]
   second = np.asarray(group["conv2"]["kernel"])  # 16 -> 16: all the identity
   expected = np.zeros_like(second)
@@ -73,7 +73,7 @@ def test_group_convolutions_start_dirac_as_airbench_initialises_them():
 def test_groups_add_their_first_half_back_unless_shortcuts_are_off():
   """shortcuts=False is airbench's plain group: gelu(bn2(conv2(h))) alone, h its first half;
   with them the group is h plus branch_weight times that branch."""
-  variables = models.init_variables(models.get_model("fast", widths=(4, 8, 8)), jax.random.key(0))
+  variables = models.init_variables(models.get_model("fast", widths=(4, 8, 8)), jax.random.key(0), CIFAR10_IMAGE)
   whiten = variables["constants"]["whiten"]  # zeros until fitted: give the groups an input
   whiten["kernel"] = jax.random.normal(jax.random.key(1), whiten["kernel"].shape)
   x = jax.random.normal(jax.random.key(2), (2, 16, 16, 3))
@@ -95,7 +95,7 @@ def test_a_deeper_branch_chains_its_convolutions_behind_the_same_identity_path()
   """branch_depth=2 (airbench96's group): h + gelu(bn3(conv3(gelu(bn2(conv2(h)))))), the
   third convolution dirac like the second."""
   model = models.get_model("fast", widths=(4, 8, 8), branch_depth=2)
-  variables = models.init_variables(model, jax.random.key(0))
+  variables = models.init_variables(model, jax.random.key(0), CIFAR10_IMAGE)
   whiten = variables["constants"]["whiten"]
   whiten["kernel"] = jax.random.normal(jax.random.key(1), whiten["kernel"].shape)
   group = variables["params"]["group1"]
@@ -122,7 +122,7 @@ def test_muon_takes_every_group_convolution_and_nothing_else():
   """With a zero gradient Muon's step is only its renormalisation to |kernel| = sqrt(c_out):
   exactly the kernels it owns change."""
   params = models.init_variables(models.get_model("fast", widths=(8, 16, 16)),
-                                 jax.random.key(0))["params"]
+                                 jax.random.key(0), CIFAR10_IMAGE)["params"]
   # Dirac kernels with c_in >= c_out already have norm sqrt(c_out): move every weight.
   params = jax.tree.map(lambda p: 2 * p + 0.5, params)
   config = _smoke(model="fast", **{"optimizer.name": "sgd", "optimizer.weight_decay": 0.0,
@@ -169,7 +169,7 @@ def test_whitening_is_fitted_once_stored_and_never_refitted_on_resume(tmp_path, 
   np.testing.assert_array_equal(np.asarray(state.params["whiten"]["bias"]), first_bias)
   with checkpoints.reading_manager(str(tmp_path)) as manager:
     before = checkpoints.restore_variables(manager, 16, models.get_model("fast", widths=(8, 16, 16)),
-                                           checkpoints.read_meta(manager, 16))
+                                           checkpoints.read_meta(manager, 16), CIFAR10_IMAGE)
   assert np.abs(np.asarray(before["params"]["fc"]["kernel"])
                 - np.asarray(state.params["fc"]["kernel"])).max() > 0
 
@@ -204,7 +204,7 @@ def test_lookahead_ema_and_muon_train_resume_exactly_and_eval_uses_the_ema(tmp_p
   metrics = evaluate.evaluate_checkpoint(config, workdir)
   assert metrics["weights"] == "the weights' ema average"
   assert metrics["accuracy"] == pytest.approx(history[-1]["eval_accuracy"], abs=1e-6)
-  _, variables, _ = checkpoints.restore_model(workdir)
+  _, variables, _ = checkpoints.restore_model(workdir, CIFAR10_IMAGE)
   assert sorted(variables) == ["batch_stats", "constants", "params"]
   for a, b in zip(jax.tree.leaves((variables["params"], variables["batch_stats"])),
                   jax.tree.leaves((state.averages["ema"]["params"],

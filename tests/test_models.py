@@ -12,12 +12,12 @@ import pytest
 
 from resnet_jax import models, xla_cpu
 from resnet_jax.models import layers
-from tests.conftest import DEEP_EVERY_KIND_OF_BLOCK, smoke_config
+from tests.conftest import CIFAR10_IMAGE, DEEP_EVERY_KIND_OF_BLOCK, smoke_config
 
 
 @pytest.mark.parametrize("name,count", [("shallow", 2_777_674), ("deep", 4_999_689)])
 def test_seed_parameter_counts_are_exact(name, count):
-  assert models.count_params(models.get_model(name)) == count
+  assert models.count_params(models.get_model(name), CIFAR10_IMAGE) == count
 
 
 # Each preset's structure (stages, pools, dropout) at a fraction of its width: what applying
@@ -36,7 +36,7 @@ def _jitted_apply(model):
 @pytest.mark.parametrize("name", ["shallow", "deep"])
 def test_apply_returns_float32_logits_and_fills_both_collections(name):
   model = models.get_model(name, **(SHALLOW_NARROW if name == "shallow" else NARROW))
-  variables = models.init_variables(model, jax.random.key(0))
+  variables = models.init_variables(model, jax.random.key(0), CIFAR10_IMAGE)
   assert set(variables) == {"params", "batch_stats"}
   images = jnp.ones((2, 32, 32, 3))
   apply = _jitted_apply(model)
@@ -47,12 +47,13 @@ def test_apply_returns_float32_logits_and_fills_both_collections(name):
   assert logits.shape == (2, 10) and set(updates) == {"batch_stats"}
 
 
-def test_over_budget_model_fails_at_construction_with_count_and_budget():
+def test_over_budget_model_fails_its_budget_check_with_count_and_budget():
   with pytest.raises(models.ParamBudgetError, match=r"4,999,689.*max_params=4,000,000"):
-    models.get_model("deep", max_params=4_000_000)
+    models.check_budget(models.get_model("deep", max_params=4_000_000), CIFAR10_IMAGE)
   # The report's 5-block stage 4 is over the 5M budget: 8,541,705 parameters.
   with pytest.raises(models.ParamBudgetError, match="8,541,705"):
-    models.get_model("deep", stage_blocks=(3, 4, 11, 5))
+    models.check_budget(models.get_model("deep", stage_blocks=(3, 4, 11, 5)), CIFAR10_IMAGE)
+  assert models.check_budget(models.get_model("deep"), CIFAR10_IMAGE) == 4_999_689
 
 
 @pytest.mark.parametrize("overrides,message", [
@@ -78,7 +79,7 @@ def test_unknown_preset_is_named():
 
 def test_bfloat16_computes_in_bf16_with_float32_parameters():
   model = models.get_model("shallow", dtype="bfloat16", stage_widths=(8, 16, 32), stem_width=8)
-  variables = models.init_variables(model, jax.random.key(0))
+  variables = models.init_variables(model, jax.random.key(0), CIFAR10_IMAGE)
   dtypes = {leaf.dtype for leaf in jax.tree.leaves(variables)}
   assert dtypes == {jnp.dtype(jnp.float32)}
   apply = _jitted_apply(model)
@@ -91,7 +92,7 @@ def test_bfloat16_computes_in_bf16_with_float32_parameters():
 
 def test_torch_initialisation_bounds():
   """Conv/linear kernels U(+-1/sqrt(fan_in)); linear bias U(+-1/sqrt(fan_in)); BN 1 and 0."""
-  params = models.init_variables(models.get_model("shallow"), jax.random.key(0))["params"]
+  params = models.init_variables(models.get_model("shallow"), jax.random.key(0), CIFAR10_IMAGE)["params"]
   kernel = np.asarray(params["layer3_1"]["conv2"]["kernel"])  # fan_in 3*3*256
   bound = 1 / math.sqrt(3 * 3 * 256)
   assert np.abs(kernel).max() <= bound and np.abs(kernel).max() > 0.95 * bound
@@ -104,7 +105,7 @@ def test_torch_initialisation_bounds():
 
 def test_he_normal_initialisation_is_selectable():
   params = models.init_variables(models.get_model("shallow", kernel_init="he_normal"),
-                                 jax.random.key(0))["params"]
+                                 jax.random.key(0), CIFAR10_IMAGE)["params"]
   kernel = np.asarray(params["layer3_1"]["conv2"]["kernel"])  # fan_out 3*3*256
   np.testing.assert_allclose(kernel.std(), math.sqrt(2 / (3 * 3 * 256)), rtol=0.02)
 
@@ -116,8 +117,8 @@ def test_initialisation_is_one_program_with_the_values_of_eager_init(name, field
   op per parameter shape; the values are bitwise flax's eager model.init."""
   model = models.get_model(name, **fields)
   rng = jax.random.PRNGKey(3)
-  jitted = models.init_variables(model, rng)
-  eager = model.init(rng, jnp.zeros((1, 32, 32, 3)), train=False)
+  jitted = models.init_variables(model, rng, CIFAR10_IMAGE)
+  eager = model.init(rng, jnp.zeros((1, *CIFAR10_IMAGE)), train=False)
   assert jax.tree.structure(jitted) == jax.tree.structure(eager)
   for a, b in zip(jax.tree.leaves(jitted), jax.tree.leaves(eager)):
     np.testing.assert_array_equal(a, b)
@@ -125,7 +126,7 @@ def test_initialisation_is_one_program_with_the_values_of_eager_init(name, field
 
 def test_dropout_is_active_only_in_training():
   model = models.get_model("deep", **NARROW)
-  variables = models.init_variables(model, jax.random.key(0))
+  variables = models.init_variables(model, jax.random.key(0), CIFAR10_IMAGE)
   images = jax.random.normal(jax.random.key(2), (4, 32, 32, 3))
   apply = _jitted_apply(model)
   evals = [apply(variables, images, train=False) for _ in range(2)]
@@ -174,7 +175,7 @@ def test_fusion_barriers_change_the_compiled_step_not_the_results(name, widths):
   """Each family's blocks end in a barrier inside xla_cpu.fusion_barriers, and nowhere else."""
   images = jnp.asarray(np.random.default_rng(0).normal(size=(4, 32, 32, 3)), jnp.float32)
   model = models.get_model(name, **widths)
-  variables = models.init_variables(model, jax.random.key(0))
+  variables = models.init_variables(model, jax.random.key(0), CIFAR10_IMAGE)
   blocks = models.family_of(model).blocks
   results = []
   for barriers in (False, True):

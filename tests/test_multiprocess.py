@@ -10,7 +10,7 @@ import jax
 import numpy as np
 
 from resnet_jax import checkpoints, train
-from tests.conftest import REPO
+from tests.conftest import CIFAR10_IMAGE, REPO
 from tests.conftest import smoke_config as _smoke
 
 
@@ -35,7 +35,7 @@ def test_two_processes_train_like_one(tmp_path):
   outputs = [p.communicate(timeout=600)[0] for p in processes]
   assert [p.returncode for p in processes] == [0, 0], outputs[0][-3000:]
   assert "JAX process 1 of 2" in outputs[1]
-  _, two, meta = checkpoints.restore_model(str(tmp_path / "two"))
+  _, two, meta = checkpoints.restore_model(str(tmp_path / "two"), CIFAR10_IMAGE)
   state, history = train.train_and_evaluate(_smoke(num_epochs=1), str(tmp_path / "one"))
   one = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
   for a, b in zip(jax.tree.leaves(dict(two)), jax.tree.leaves(one)):

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from resnet_jax.data import datasets, pickles, sources, unlabeled
-from tests.conftest import REPO
+from tests.conftest import CIFAR10_IMAGE, REPO
 
 CIFAR10 = datasets.DATASETS["cifar10"]
 read_batch = sources._read_batch  # pylint: disable=protected-access
@@ -31,8 +31,6 @@ ARRAYS = {
     "bool": np.array([True, False]), "str": np.array(["ab", "c"]), "bytes": np.array([b"x"]),
     "empty": np.zeros((0, 3072), np.uint8), "0-d": np.array(7, np.uint16),
 }
-
-CIFAR10_IMAGE = datasets.DATASETS["cifar10"].image_shape
 
 
 @pytest.mark.parametrize("protocol", range(6))

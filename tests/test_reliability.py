@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from resnet_jax import checkpoints, evaluate, preemption, train
-from tests.conftest import REPO, poison_batch, signal_at_batch, write_unlabeled
+from tests.conftest import CIFAR10_IMAGE, REPO, poison_batch, signal_at_batch, write_unlabeled
 from tests.conftest import smoke_config as _smoke
 
 
@@ -86,7 +86,7 @@ def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint
                      match=r"at step 19 \(epoch 2\).*Last good checkpoint: .*checkpoints/16"):
     train.train_and_evaluate(_smoke(**{"data.pipeline": pipeline}), str(tmp_path))
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["16"]
-  _, variables, _ = checkpoints.restore_model(str(tmp_path))
+  _, variables, _ = checkpoints.restore_model(str(tmp_path), CIFAR10_IMAGE)
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(variables))
 
 
@@ -159,7 +159,7 @@ def test_disk_full_during_a_save_is_a_clear_error_and_earlier_checkpoints_surviv
   complete = sorted(int(n) for n in os.listdir(workdir / "checkpoints") if n.isdigit())
   assert complete and complete == list(range(16, 16 * len(complete) + 1, 16))
   for step in complete:  # every complete checkpoint still restores
-    _, variables, meta = checkpoints.restore_model(str(workdir), step)
+    _, variables, meta = checkpoints.restore_model(str(workdir), CIFAR10_IMAGE, step)
     assert meta["epoch"] == step // 16
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(variables))
 

@@ -1,11 +1,13 @@
 """Training end to end on the smoke config, data parallelism, dtypes, config validation."""
 
+import dataclasses
 import functools
 import glob
 import importlib
 import logging
 import os
 import pathlib
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -308,3 +310,24 @@ def test_an_unusable_compilation_cache_warns_and_compiling_goes_on(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   assert "OK 8.0" in result.stdout
   assert str(blocker) in result.stderr  # the warning names the path it could not use
+
+
+def test_a_dataset_of_another_image_size_trains_evaluates_and_predicts(tmp_path, monkeypatch):
+  """The image's geometry comes from the dataset record alone: a 16x16 dataset's synthetic
+  images, crops, translation, test-time shifts, model initialisation and predict's input
+  all follow it."""
+  from resnet_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from resnet_jax.data import datasets, sources  # pylint: disable=g-import-not-at-top
+  small = dataclasses.replace(datasets.DATASETS["cifar10"], image_shape=(16, 16, 3))
+  monkeypatch.setitem(datasets.DATASETS, "small16", small)
+  config = _smoke(**{"data.dataset": "small16", "num_epochs": 1, "eval.tta": 2,
+                     "data.augment.crop_padding": 2, "data.augment.translate": 0.1})
+  state, history = train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert 0 <= history[-1]["eval_tta_accuracy"] <= 1
+  images, _ = sources.load_split(config.data, "test[:8]")
+  assert images.shape == (8, 16, 16, 3)
+  with open(tmp_path / "in.pkl", "wb") as f:
+    pickle.dump({b"data": images.transpose(0, 3, 1, 2).reshape(8, 16 * 16 * 3)}, f)  # rows
+  result = evaluate.predict(config, str(tmp_path / "run"), str(tmp_path / "in.pkl"),
+                            str(tmp_path / "p.csv"))
+  assert result["count"] == 8

@@ -6,11 +6,10 @@ import pickle
 import numpy as np
 import pytest
 
-from resnet_jax.data import datasets, unlabeled
+from resnet_jax.data import unlabeled
+from tests.conftest import CIFAR10_IMAGE
 
 IMAGES = np.arange(2 * 32 * 32 * 3, dtype=np.uint8).reshape(2, 32, 32, 3)
-
-CIFAR10_IMAGE = datasets.DATASETS["cifar10"].image_shape
 
 
 def _pickle(tmp_path, obj) -> str:

@@ -1,7 +1,7 @@
 """tf.data training input (`config.data.pipeline = "tfdata"`): host augmentation, prefetched.
 
 `InputSplit` holds a training split in memory; `epoch(e)` gives epoch e as dicts
-of numpy arrays: "image" float32 [b, 32, 32, 3] normalised and augmented,
+of numpy arrays: "image" float32 [b, H, W, C] normalised and augmented,
 "label" int32 [b]. The remainder of the split is dropped.
 
 Order and randomness are planned on the host in numpy from (seed, epoch) and

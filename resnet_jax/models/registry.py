@@ -4,9 +4,11 @@ A family is its architecture (a flax module class, in its own file) and the few
 things the package needs beside it, gathered in one `Family` record: its presets,
 its optimizer parameter groups, its residual blocks (where XLA:CPU's fusion
 barriers go, xla_cpu.py) and, optionally, a data-dependent initialisation.
-`get_model(name, **fields)` builds a preset with any field overridden and
-enforces its parameter budget; `model_config` / `from_config` are the JSON
-description saved with checkpoints. No TensorFlow here.
+`get_model(name, **fields)` builds a preset with any field overridden,
+`check_budget` enforces its parameter budget for the dataset's images; `model_config`
+/ `from_config` are the JSON description saved with checkpoints. The input's shape
+is the caller's (the dataset's image_shape): nothing here knows the data. No
+TensorFlow here.
 """
 
 import dataclasses
@@ -24,7 +26,7 @@ from resnet_jax import xla_cpu
 from resnet_jax.models import fast_resnet, resnet
 
 Model = resnet.ResNet | fast_resnet.FastResNet
-IMAGE_SHAPE = (32, 32, 3)
+ImageShape = tuple[int, int, int]  # (height, width, channels)
 
 
 class ParamBudgetError(ValueError):
@@ -89,40 +91,51 @@ def config_fields(family: Family) -> dict[str, type]:
           if f.name in family_fields(family.module) and f.name != "dtype"}
 
 
-def init_variables(model: Model, rng: jax.Array) -> dict:
-  """Initial variables for 32x32x3 inputs: {"params", "batch_stats"} and, for families
-  with frozen, data-fitted filters, "constants".
+def init_variables(model: Model, rng: jax.Array, image_shape: ImageShape) -> dict:
+  """Initial variables for inputs of `image_shape`: {"params", "batch_stats"} and, for
+  families with frozen, data-fitted filters, "constants".
 
   One jitted program, not an eager random op per parameter shape (each its own
   compile), built with xla_cpu.init_options(): the same values, in a fraction of the
   start-up time (docs/performance.md; tests/test_models.py checks they are equal).
   """
+  image_shape = tuple(image_shape)
   if isinstance(rng, jax.core.Tracer):  # traced (eval_shape, jit): the caller compiles
-    return _init(model, rng)
-  return _jitted_init(model, xla_cpu.init_options())(rng)
+    return _init(model, image_shape, rng)
+  return _jitted_init(model, image_shape, xla_cpu.init_options())(rng)
 
 
-def _init(model: Model, rng: jax.Array) -> dict:
-  return model.init(rng, jnp.zeros((1, *IMAGE_SHAPE), jnp.float32), train=False)
+def _init(model: Model, image_shape: ImageShape, rng: jax.Array) -> dict:
+  return model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
 
 
 @functools.cache
-def _jitted_init(model: Model, options: tuple[tuple[str, Any], ...] | None) -> Callable:
-  return jax.jit(functools.partial(_init, model),
+def _jitted_init(model: Model, image_shape: ImageShape,
+                 options: tuple[tuple[str, Any], ...] | None) -> Callable:
+  return jax.jit(functools.partial(_init, model, image_shape),
                  compiler_options=dict(options) if options else None)
 
 
-def count_params(model: Model) -> int:
-  """Trainable parameters (the "params" collection), computed without allocating."""
-  shapes = jax.eval_shape(functools.partial(init_variables, model), jax.random.key(0))
+def count_params(model: Model, image_shape: ImageShape) -> int:
+  """Trainable parameters (the "params" collection) for inputs of `image_shape`, computed
+  without allocating."""
+  shapes = jax.eval_shape(functools.partial(init_variables, model, image_shape=image_shape),
+                          jax.random.key(0))
   return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes["params"]))
 
 
-def get_model(name: str, **overrides: Any) -> Model:
-  """The preset `name` (PRESET_NAMES) with any field of its family overridden.
+def check_budget(model: Model, image_shape: ImageShape) -> int:
+  """The model's trainable parameters for inputs of `image_shape`; ParamBudgetError when
+  they exceed its `max_params`."""
+  n = count_params(model, image_shape)
+  if n > model.max_params:
+    raise ParamBudgetError(f"{n:,} trainable parameters, over its budget "
+                           f"max_params={model.max_params:,}")
+  return n
 
-  Raises ParamBudgetError when the model exceeds its `max_params`.
-  """
+
+def get_model(name: str, **overrides: Any) -> Model:
+  """The preset `name` (PRESET_NAMES) with any field of its family overridden."""
   family = family_of(name)
   fields = family_fields(family.module)
   unknown = sorted(set(overrides) - set(fields))
@@ -130,12 +143,7 @@ def get_model(name: str, **overrides: Any) -> Model:
     raise ValueError(f"unknown model field(s) {unknown}; fields are {sorted(fields)}")
   # Lists (from JSON or config files) become tuples: module fields must be hashable.
   overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
-  model = family.module(**{**family.presets[name], **overrides})
-  n = count_params(model)
-  if n > model.max_params:
-    raise ParamBudgetError(f"model {name!r} has {n:,} trainable parameters, over its budget "
-                           f"max_params={model.max_params:,}")
-  return model
+  return family.module(**{**family.presets[name], **overrides})
 
 
 def fit_to_data(model: Model, variables: dict,
