@@ -20,9 +20,9 @@ DECAY_TARGETS = ("all", "kernels")
 PLATEAU_METRICS = ("train_loss", "eval_loss")
 
 
-def default_config(groups: tuple[str, ...] = ()) -> ml_collections.ConfigDict:
+def default_config() -> ml_collections.ConfigDict:
   """config.optimizer, with defaults (the original project's shallow recipe: Adam 1e-3,
-  nothing else), for a model family whose parameter groups `groups` take settings (group_config)."""
+  nothing else)."""
   config = ml_collections.ConfigDict()
   config.name = "adam"  # OPTIMIZERS: "adam" (torch's: L2 added to the gradient), "adamw", "sgd"
   config.learning_rate = 1e-3
@@ -38,7 +38,7 @@ def default_config(groups: tuple[str, ...] = ()) -> ml_collections.ConfigDict:
   config.warmup_epochs = 0.0
   config.start_factor, config.end_factor = 0.2, 0.07
   config.per_examples = 0  # 0, or N: lr and weight decay stated per N examples (sgd; below)
-  config.groups = group_config(groups)
+  config.groups = group_config(())  # the model family's (default_config.set_model)
   config.lookahead_every = 0  # 0, or train steps between lookahead averages (Lookahead)
   config.lookahead_decay = 0.95 ** 5
   config.ema_decay = 0.0  # 0, or the decay of an average of the weights evaluation uses (EMA)
