@@ -73,7 +73,8 @@ def test_group_convolutions_start_dirac_as_airbench_initialises_them():
 def test_groups_add_their_first_half_back_unless_shortcuts_are_off():
   """shortcuts=False is airbench's plain group: gelu(bn2(conv2(h))) alone, h its first half;
   with them the group is h plus branch_weight times that branch."""
-  variables = models.init_variables(models.get_model("fast", widths=(4, 8, 8)), jax.random.key(0), CIFAR10_IMAGE)
+  variables = models.init_variables(models.get_model("fast", widths=(4, 8, 8)), jax.random.key(0),
+                                    CIFAR10_IMAGE)
   whiten = variables["constants"]["whiten"]  # zeros until fitted: give the groups an input
   whiten["kernel"] = jax.random.normal(jax.random.key(1), whiten["kernel"].shape)
   x = jax.random.normal(jax.random.key(2), (2, 16, 16, 3))

@@ -92,7 +92,8 @@ def test_bfloat16_computes_in_bf16_with_float32_parameters():
 
 def test_torch_initialisation_bounds():
   """Conv/linear kernels U(+-1/sqrt(fan_in)); linear bias U(+-1/sqrt(fan_in)); BN 1 and 0."""
-  params = models.init_variables(models.get_model("shallow"), jax.random.key(0), CIFAR10_IMAGE)["params"]
+  params = models.init_variables(models.get_model("shallow"), jax.random.key(0),
+                                 CIFAR10_IMAGE)["params"]
   kernel = np.asarray(params["layer3_1"]["conv2"]["kernel"])  # fan_in 3*3*256
   bound = 1 / math.sqrt(3 * 3 * 256)
   assert np.abs(kernel).max() <= bound and np.abs(kernel).max() > 0.95 * bound

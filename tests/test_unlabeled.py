@@ -75,7 +75,8 @@ def test_bad_npy_and_npz_files_are_named(tmp_path):
   np.savez(tmp_path / "points.npz", data=IMAGES, ids=np.frombuffer(b"a\0\0\0\0\0\x11\0", "<U1"))
   with pytest.raises(unlabeled.InputFileError, match=r"points.npz: 'ids': a str array holds a "
                                                     r"code point that is no character"):
-    unlabeled.load(str(tmp_path / "points.npz"), CIFAR10_IMAGE)  # numpy's own str() of it: SystemError
+    # numpy's own str() of it: SystemError
+    unlabeled.load(str(tmp_path / "points.npz"), CIFAR10_IMAGE)
   (tmp_path / "cut.npz").write_bytes((tmp_path / "objects.npz").read_bytes()[:100])
   with pytest.raises(unlabeled.InputFileError, match=r"cut.npz: not a readable .npy or .npz"):
     unlabeled.load(str(tmp_path / "cut.npz"), CIFAR10_IMAGE)
