@@ -466,6 +466,12 @@ class TrainingCheckpoints:
           f"{self.manager.directory} was trained with weight averages {_saved_averages(meta)}, "
           f"this config keeps {averages} (config.optimizer.ema_decay, lookahead_every); "
           "resume with the run's settings or use a new --workdir")
+    proxy = state.proxy is not None
+    if meta.get("proxy", False) != proxy:
+      raise CheckpointError(
+          f"{self.manager.directory} was trained {'with' if meta.get('proxy') else 'without'} a "
+          f"proxy choosing its examples, this config {'has' if proxy else 'has none'} "
+          "(config.selection.fraction); resume with the run's settings or use a new --workdir")
     diff = model_differences(meta["model"], model_name, model)
     if diff == ["dtype"]:  # e.g. dtype "auto" on another backend: resume needs the same one
       raise CheckpointError(

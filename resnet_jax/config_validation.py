@@ -2,7 +2,7 @@
 
 import jax
 
-from resnet_jax import default_config, model_setup, models, optim, tta, xla_cpu
+from resnet_jax import default_config, model_setup, models, optim, selection, tta, xla_cpu
 from resnet_jax.data import augmentations, batches, datasets, sources, splits
 from resnet_jax.models import layers
 
@@ -108,6 +108,30 @@ def _check_model(config) -> None:
         from e
 
 
+def _check_selection(config) -> None:
+  _fraction(config, "selection.fraction")
+  _positive(config, "selection.proxy_every")
+  if not selection.enabled(config):
+    return
+  fraction, name = config.selection.fraction, config.model.name
+  if "widths" not in models.config_fields(models.family_of(name)):
+    with_widths = [n for n in models.PRESET_NAMES
+                   if "widths" in models.config_fields(models.family_of(n))]
+    raise ConfigError(f"config.selection.fraction={fraction} needs a proxy: config.model at "
+                      f"other widths, and config.model.name={name!r} has no `widths` field "
+                      f"(presets with one: {with_widths})")
+  if config.optimizer.accumulation_steps != 1:
+    raise ConfigError(f"config.selection.fraction={fraction} chooses examples within a step; "
+                      "config.optimizer.accumulation_steps="
+                      f"{config.optimizer.accumulation_steps} must be 1 with it")
+  widths = tuple(config.selection.proxy_widths)
+  name, fields = model_setup.fields(config)
+  model_widths = models.get_model(name, **fields).widths
+  if len(widths) != len(model_widths) or not all(isinstance(w, int) and w > 0 for w in widths):
+    raise ConfigError(f"config.selection.proxy_widths={widths} must be {len(model_widths)} "
+                      f"positive integers, one a group of config.model's {tuple(model_widths)}")
+
+
 def _check_seed(config) -> None:
   # jax.random.PRNGKey keeps 32 bits of a seed below 2**63 (-1 gives 2**32 - 1's key, 2**32
   # gives 0's) and overflows above it; numpy's data order refuses a negative one mid-run.
@@ -135,3 +159,4 @@ def validate(config) -> None:
   except ValueError as e:
     raise ConfigError(str(e)) from e
   _check_model(config)
+  _check_selection(config)

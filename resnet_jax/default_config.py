@@ -8,13 +8,14 @@ reads it, which documents its keys:
   optimizer.*          resnet_jax/optim.py (default_config); optimizer.groups.<label> the
                        family's parameter groups (optim.group_config)
   cpu.*                XLA:CPU speed settings, resnet_jax/xla_cpu.py (default_config)
+  selection.*          which examples each step trains on, resnet_jax/selection.py
   data.augment.*       resnet_jax/data/augmentations.py
 Any key is overridden on the command line as --config.a.b=value.
 """
 
 import ml_collections
 
-from resnet_jax import models, optim, xla_cpu
+from resnet_jax import models, optim, selection, xla_cpu
 from resnet_jax.data import augmentations
 
 
@@ -75,5 +76,6 @@ def get_config(model: str = "shallow") -> ml_collections.ConfigDict:
   config.data.synthetic_test_size = 256
 
   config.optimizer = optim.default_config()
+  config.selection = selection.default_config()
   set_model(config, model)
   return config

@@ -33,7 +33,7 @@ from flax.traverse_util import flatten_dict
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from resnet_jax import (checkpoints, config_validation, logs, model_setup, models, optim,
-                        optional_tf, plots, preemption, tta, xla_cpu)
+                        optional_tf, plots, preemption, selection, tta, xla_cpu)
 from resnet_jax.data import batches, datasets, sources
 
 
@@ -44,7 +44,7 @@ NONFINITE_CHECK_EVERY = 100
 
 class TrainState(train_state.TrainState):
   """Flax's TrainState plus the model's other variables, plateau state, rng, non-finite
-  record and weight averages."""
+  record, weight averages and the proxy that chooses each step's examples."""
 
   batch_stats: Any = None
   constants: Any = None  # frozen, fitted to the data (FastResNet's whitening); None if none
@@ -53,6 +53,7 @@ class TrainState(train_state.TrainState):
   skipped_steps: jax.Array = None  # int32: steps whose loss or gradient was not finite
   first_nonfinite_step: jax.Array = None  # int32, -1 until a step is not finite
   averages: Any = None  # {name: {"params", "batch_stats"}}: optim.weight_averages' state
+  proxy: Any = None  # the proxy's state when it chooses the examples (selection.py), or None
   # The average evaluation uses instead of the weights (the EMA), or None.
   evaluated_average: str | None = flax.struct.field(pytree_node=False, default=None)
 
@@ -85,14 +86,26 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
   return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
 
 
+def make_selector(config, model: models.Model, total_steps: int) -> selection.Selector | None:
+  """The proxy that chooses each step's examples (config.selection), or None: all of them."""
+  if not selection.enabled(config):
+    return None
+  loss = functools.partial(cross_entropy, label_smoothing=config.label_smoothing)
+  return selection.Selector(config, model, total_steps / config.num_epochs, loss)
+
+
 def create_train_state(config, model: models.Model, tx: optax.GradientTransformation,
                        plateau: optim.Plateau | None = None, total_steps: int = 0) -> TrainState:
-  """Initial variables (from `config.seed`), optimizer, plateau and weight-average state.
+  """Initial variables (from `config.seed`), optimizer, plateau, weight-average and proxy
+  state.
 
-  `total_steps`, the run's length, matters only to weight averages that follow it.
+  `total_steps`, the run's length, matters only to weight averages that follow it and
+  to the proxy's schedule.
   """
   init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-  variables = models.init_variables(model, init_rng, datasets.get(config.data).image_shape)
+  image_shape = datasets.get(config.data).image_shape
+  variables = models.init_variables(model, init_rng, image_shape)
+  selector = make_selector(config, model, total_steps)
   averages = optim.weight_averages(config.optimizer, total_steps)
   trained = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
   return TrainState.create(
@@ -101,6 +114,8 @@ def create_train_state(config, model: models.Model, tx: optax.GradientTransforma
       plateau=(plateau or optim.Plateau()).init(), rng=dropout_rng,
       skipped_steps=jnp.zeros((), jnp.int32), first_nonfinite_step=jnp.full((), -1, jnp.int32),
       averages={name: average.init(trained) for name, average in averages.items()} or None,
+      proxy=selector.init(jax.random.fold_in(jax.random.PRNGKey(config.seed), 1), image_shape)
+      if selector else None,
       evaluated_average=optim.evaluated_average(config.optimizer))
 
 
@@ -108,8 +123,8 @@ def make_train_step(config, model: models.Model, total_steps: int) -> Callable:
   """The train step of `config`: (state, batch) -> (state, metrics), to be jitted.
 
   Its policies are read here, once: label smoothing, what a non-finite step
-  does, the weight averages (optim.weight_averages) and XLA:CPU's fusion barriers
-  (xla_cpu.py). A step whose loss or gradient is not finite changes nothing but
+  does, the weight averages (optim.weight_averages), which examples the model
+  trains on (selection.py) and XLA:CPU's fusion barriers (xla_cpu.py). A step whose loss or gradient is not finite changes nothing but
   the step count and the non-finite record, so no NaN ever reaches parameters,
   statistics or checkpoints; unless config.skip_nonfinite_steps, every later step
   is a no-op too, until the host sees `first_nonfinite_step` and stops the run.
@@ -117,9 +132,14 @@ def make_train_step(config, model: models.Model, total_steps: int) -> Callable:
   label_smoothing, skip_nonfinite = config.label_smoothing, config.skip_nonfinite_steps
   averages = optim.weight_averages(config.optimizer, total_steps)
   barriers = functools.partial(xla_cpu.fusion_barriers, config, models.family_of(model).blocks)
+  selector = make_selector(config, model, total_steps)
 
   def train_step(state: TrainState, batch: dict):
     dropout_rng = jax.random.fold_in(state.rng, state.step)
+    proxy = state.proxy
+    if selector:  # the batch becomes its hardest examples
+      with barriers():
+        proxy, batch = selector.select(proxy, batch, state.step)
 
     def loss_fn(params):
       with barriers():
@@ -142,6 +162,7 @@ def make_train_step(config, model: models.Model, total_steps: int) -> Callable:
         params=keep(optax.apply_updates(state.params, updates), state.params),
         opt_state=keep(opt_state, state.opt_state),
         batch_stats=keep(batch_stats, state.batch_stats),
+        proxy=keep(proxy, state.proxy),
         skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32),
         first_nonfinite_step=jnp.where((state.first_nonfinite_step < 0) & ~finite, state.step,
                                        state.first_nonfinite_step))
@@ -261,7 +282,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   updates_per_epoch = steps_per_epoch // config.optimizer.accumulation_steps
   tx, schedule = optim.create_optimizer(
       config.optimizer, updates_per_epoch, config.num_epochs,
-      batch_size=config.batch_size * config.optimizer.accumulation_steps,
+      batch_size=selection.examples_per_step(config) * config.optimizer.accumulation_steps,
       param_labels=models.family_of(model).param_labels)
   plateau = optim.plateau_from_config(config.optimizer)
   state = steps.place_state(create_train_state(config, model, tx, plateau,
@@ -270,6 +291,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   logging.info("model %s: %s parameters; %d train / %d eval examples; "
                "%d steps per epoch", config.model.name, f"{params:,}",
                train_data.num_examples, eval_data.num_examples, steps_per_epoch)
+  if state.proxy is not None:
+    logging.info("%s", selection.describe(config, model, datasets.get(config.data).image_shape))
 
   with checkpoints.TrainingCheckpoints(workdir, config.keep_checkpoints) as saved:
     logs.write_log_file(workdir)  # now that the workdir exists
@@ -277,9 +300,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         state, Metrics.empty(), steps.replicated, config.model.name, model)
     fresh = not history and not epoch_step  # a resumed run has its fit in its checkpoint
     if fresh:  # the fit sees the first training images as the train steps do
-      state = steps.place_state(state.replace(**models.fit_to_data(
-          model, state.variables,
-          lambda n: datasets.normalize_pixels(train_images[:n], train_data.normalization))))
+      state = steps.place_state(_fit_to_data(config, model, state, lambda n: (
+          datasets.normalize_pixels(train_images[:n], train_data.normalization))))
     meta = functools.partial(_checkpoint_meta, config, model)
     hparams = flatten_dict(config.to_dict(), sep=".") if fresh else None  # at a run's start
     writer = logs.metric_writer(workdir, hparams, optional_tf.available())
@@ -332,6 +354,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   return state, history
 
 
+def _fit_to_data(config, model: models.Model, state: TrainState, train_inputs) -> TrainState:
+  """The state with its family's data-fitted initialisation, the proxy's too."""
+  state = state.replace(**models.fit_to_data(model, state.variables, train_inputs))
+  if state.proxy is None:
+    return state
+  return state.replace(proxy=selection.fit_to_data(config, model, state.proxy, train_inputs))
+
+
 def _check_train_size(config, num_examples: int) -> None:
   """Refuses a training split smaller than one update (its size is known only once loaded),
   before the pipelines (which would raise a bare ValueError) and any compile."""
@@ -355,6 +385,7 @@ def _checkpoint_meta(config, model, history: list[dict], epoch_step: int,
   return {"model": models.model_config(config.model.name, model), "source": "train",
           "layout": checkpoints.LAYOUT, "evaluated_average": optim.evaluated_average(
               config.optimizer), "averages": sorted(optim.average_names(config.optimizer)),
+          "proxy": selection.enabled(config),
           "epoch": len(history), "epoch_step": epoch_step,
           "eval_accuracy": eval_accuracy, "config": config.to_json_best_effort(),
           "history": history}
