@@ -2,9 +2,10 @@
 
 airbench96_faster (Keller Jordan) reaches airbench96's accuracy in 0.79x its time by
 training each batch only on the half of its examples that a small proxy net finds
-hardest (highest loss). The proxy is the same net at widths 32/64/64, about a
-twentieth of the compute: its forward pass over the whole batch costs little, while
-the model's forward and backward passes over half the batch cost half. The proxy
+hardest (highest loss). The proxy is the same net at widths 32/64/64, a small
+fraction of its compute: its forward pass over the whole batch costs little, while
+the model's forward and backward passes over half the batch cost half (what it saves
+here: docs/recipes.md). The proxy
 learns beside the model, on its own hardest examples, but only every 4th step: its
 backward pass is most of its cost, and its ranking need not be fresh to be useful.
 

@@ -181,7 +181,9 @@ LONGEST_FIRST = (
     "test_reliability.py", "test_checkpoints.py", "test_models.py", "test_device_check.py",
     "test_checkpoint_integrity.py",  # (new, not in that file: it trains and runs the CLI)
     "test_train.py", "test_fast_model.py", "test_multiprocess.py", "test_parity_training.py",
-    "test_device_pipeline.py", "test_console.py", "test_four_devices.py",
+    "test_device_pipeline.py", "test_console.py",
+    "test_selection.py",  # (new: two short trainings, ~50 s)
+    "test_four_devices.py",
     "test_checkpoint_layouts.py", "test_seed_sweep.py", "test_tta.py", "test_race.py",
     "test_convert_torch.py", "test_parity.py", "test_summary.py", "test_optim.py",
     "test_data_sources.py", "test_profile_step.py", "test_input_pipeline.py",
