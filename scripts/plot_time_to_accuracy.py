@@ -18,7 +18,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-MACHINES = {"cpu": "2-core AMD EPYC CPU, float32", "h200": "one NVIDIA H200, bfloat16"}
+MACHINES = {"cpu": "2-core AMD EPYC CPUs (float32 to 2026-12-01, then bfloat16)",
+            "h200": "one NVIDIA H200, bfloat16"}
 
 
 def _lookup(tree, keys):
