@@ -6,13 +6,13 @@ Layout: WORKDIR/checkpoints/<step>/ holds up to three items,
            uses instead of them, by name ("ema"), when the run keeps one: all that
            evaluation and prediction need;
   "train": the rest of the train state ("opt_state", "plateau", "step", "rng",
-           "averages", ...; training checkpoints only: converted PyTorch weights
-           have none);
+           "averages", "proxy" when a proxy chooses the examples, ...; training
+           checkpoints only: converted PyTorch weights have none);
   "meta":  JSON: "model" (preset name and every field of its family, from which
            the model is rebuilt), "source", "layout" (checkpoint_layouts.py: older
            workdirs' checkpoints still restore), and for training "averages" (the
            weight averages' names), "evaluated_average" (None, or the one in
-           "model"), "epoch",
+           "model"), "proxy" (whether the train state holds one), "epoch",
            "config", "history" (per-epoch scalars) and "eval_accuracy" (None for
            a checkpoint written mid-epoch, on a preemption signal); and
            "checksum" (a hashlib algorithm) with "checksums": {item: {'/'-joined
