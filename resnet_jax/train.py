@@ -124,7 +124,8 @@ def make_train_step(config, model: models.Model, total_steps: int) -> Callable:
 
   Its policies are read here, once: label smoothing, what a non-finite step
   does, the weight averages (optim.weight_averages), which examples the model
-  trains on (selection.py) and XLA:CPU's fusion barriers (xla_cpu.py). A step whose loss or gradient is not finite changes nothing but
+  trains on (selection.py) and XLA:CPU's fusion barriers (xla_cpu.py). A step
+  whose loss or gradient is not finite changes nothing but
   the step count and the non-finite record, so no NaN ever reaches parameters,
   statistics or checkpoints; unless config.skip_nonfinite_steps, every later step
   is a no-op too, until the host sees `first_nonfinite_step` and stops the run.
