@@ -1,4 +1,4 @@
-"""The session recipe: fast_muon's Muon recipe on FastResNet "fast_large" (4,604,440 parameters), 10 epochs.
+"""The session recipe: fast_muon's Muon recipe on FastResNet "fast_large", 10 epochs.
 
 The best model this project can train within one 150-minute run on a 2-core CPU
 (issue 40's question). configs/fast_muon.py's recipe (Muon for the convolution
