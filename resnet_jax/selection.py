@@ -73,7 +73,7 @@ class Selector:
   """The proxy of a config's model: its net and optimizer, its initial state, and the
   selection each train step runs (inside the jitted step)."""
 
-  def __init__(self, config, model: models.Model, steps_per_epoch: int,
+  def __init__(self, config, model: models.Model, steps_per_epoch: float,
                loss: Callable[[jax.Array, jax.Array], jax.Array]):
     """`loss`: (logits, labels) -> per-example loss, the train step's."""
     self.keep = examples_per_step(config)
