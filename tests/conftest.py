@@ -9,7 +9,9 @@ real home.
 
 import importlib.util
 import os
+import pathlib
 import pickle
+import signal
 import tarfile
 
 import ml_collections
@@ -164,6 +166,35 @@ def signal_at_batch(monkeypatch, n: int, signum: int) -> None:
     return batch
 
   on_train_batches(monkeypatch, action)
+
+
+def preempted_then_resumed(config, workdir: str, n: int = 21):
+  """(state, history) of `config` trained in `workdir`, stopped by SIGTERM as its n-th
+  training batch is drawn (21: step 5 of epoch 2 at 16 steps an epoch), then resumed."""
+  from resnet_jax import preemption, train  # pylint: disable=g-import-not-at-top
+  with pytest.MonkeyPatch.context() as patch:
+    signal_at_batch(patch, n, signal.SIGTERM)
+    with pytest.raises(preemption.Preempted):
+      train.train_and_evaluate(config, workdir)
+  return train.train_and_evaluate(config, workdir)
+
+
+def refused_leaving_run_as_is(config, workdir: str, error: type[Exception], match: str) -> None:
+  """Training `config` in `workdir` raises `error` matching `match`, and the run's
+  checkpoints and history.json are as they were."""
+  from resnet_jax import train  # pylint: disable=g-import-not-at-top
+  saved = lambda: {p: p.stat().st_mtime_ns for p in pathlib.Path(workdir).rglob("*")
+                   if "checkpoints" in p.parts or p.name == "history.json"}
+  before = saved()
+  with pytest.raises(error, match=match):
+    train.train_and_evaluate(config, workdir)
+  assert saved() == before
+
+
+def untimed(history: list[dict]) -> list[dict]:
+  """A history without the scalars that time the run: what an exact resume reproduces."""
+  from resnet_jax import train  # pylint: disable=g-import-not-at-top
+  return [{k: v for k, v in h.items() if k not in train.TIMED_SCALARS} for h in history]
 
 
 def poison_batch(monkeypatch, n: int) -> None:

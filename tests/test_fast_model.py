@@ -1,7 +1,6 @@
 """The compact FastResNet family: presets, whitening, dirac init, its optimizer groups."""
 
 import pickle
-import signal
 
 import jax
 import jax.numpy as jnp
@@ -9,10 +8,11 @@ import numpy as np
 import optax
 import pytest
 
-from resnet_jax import checkpoints, evaluate, models, optim, preemption, summary, train
+from resnet_jax import checkpoints, evaluate, models, optim, summary, train
 from resnet_jax.data import datasets, sources
 from resnet_jax.models import fast_resnet, layers
-from tests.conftest import CIFAR10_IMAGE, signal_at_batch
+from tests.conftest import (CIFAR10_IMAGE, preempted_then_resumed, refused_leaving_run_as_is,
+                            untimed)
 from tests.conftest import smoke_config as _smoke
 
 
@@ -191,15 +191,10 @@ def test_lookahead_ema_and_muon_train_resume_exactly_and_eval_uses_the_ema(tmp_p
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # the last step's average
   assert {"eval_raw_accuracy", "eval_raw_loss"} <= set(history[-1])
   assert history[-1]["eval_loss"] != history[-1]["eval_raw_loss"]
-  with pytest.MonkeyPatch.context() as patch:
-    signal_at_batch(patch, 21, signal.SIGTERM)  # step 5 of epoch 2
-    with pytest.raises(preemption.Preempted):
-      train.train_and_evaluate(config, str(tmp_path / "resumed"))
-  resumed, resumed_history = train.train_and_evaluate(config, str(tmp_path / "resumed"))
+  resumed, resumed_history = preempted_then_resumed(config, str(tmp_path / "resumed"))
   for a, b in zip(jax.tree.leaves(jax.device_get((resumed.params, resumed.averages))),
                   jax.tree.leaves(jax.device_get((state.params, state.averages)))):
     np.testing.assert_array_equal(a, b)
-  untimed = lambda hs: [{k: v for k, v in h.items() if k not in train.TIMED_SCALARS} for h in hs]
   assert untimed(resumed_history) == untimed(history)
 
   metrics = evaluate.evaluate_checkpoint(config, workdir)
@@ -217,12 +212,7 @@ def test_lookahead_ema_and_muon_train_resume_exactly_and_eval_uses_the_ema(tmp_p
   result = evaluate.predict(config, workdir, str(tmp_path / "in.pkl"), str(tmp_path / "out.csv"))
   assert result["weights"] == "the weights' ema average" and result["count"] == 8
 
-  saved = lambda: {p: p.stat().st_mtime_ns for p in (tmp_path / "whole").rglob("*")
-                   if "checkpoints" in p.parts or p.name == "history.json"}
-  before = saved()
   config.optimizer.ema_decay, config.num_epochs = 0.0, 3
-  with pytest.raises(checkpoints.CheckpointError,
-                     match=r"trained with weight averages \['ema', 'lookahead'\], this config "
-                           r"keeps \['lookahead'\]"):
-    train.train_and_evaluate(config, workdir)
-  assert saved() == before
+  refused_leaving_run_as_is(config, workdir, checkpoints.CheckpointError,
+                            r"trained with weight averages \['ema', 'lookahead'\], this config "
+                            r"keeps \['lookahead'\]")

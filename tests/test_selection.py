@@ -1,15 +1,14 @@
 """Training on each batch's hardest examples as a proxy ranks them (resnet_jax/selection.py)."""
 
-import signal
-
 import jax
 import numpy as np
 import pytest
 
-from resnet_jax import checkpoints, config_validation, models, preemption, selection, train
+from resnet_jax import checkpoints, config_validation, models, selection, train
 from resnet_jax.data import datasets, sources
 from resnet_jax.models import fast_resnet
-from tests.conftest import CIFAR10_IMAGE, signal_at_batch
+from tests.conftest import (CIFAR10_IMAGE, preempted_then_resumed, refused_leaving_run_as_is,
+                            untimed)
 from tests.conftest import smoke_config as _smoke
 
 
@@ -55,25 +54,16 @@ def test_a_run_with_a_proxy_fits_it_resumes_exactly_and_refuses_a_config_without
       fast_resnet.whitening_kernel(datasets.normalize_pixels(
           images[:5000], datasets.normalization(config.data))),
       rtol=1e-6)
-  with pytest.MonkeyPatch.context() as patch:
-    signal_at_batch(patch, 21, signal.SIGTERM)  # step 5 of epoch 2
-    with pytest.raises(preemption.Preempted):
-      train.train_and_evaluate(config, str(tmp_path / "resumed"))
-  resumed, resumed_history = train.train_and_evaluate(config, str(tmp_path / "resumed"))
+  resumed, resumed_history = preempted_then_resumed(config, str(tmp_path / "resumed"))
   for a, b in zip(jax.tree.leaves(jax.device_get((resumed.params, resumed.proxy))),
                   jax.tree.leaves(jax.device_get((state.params, state.proxy)))):
     np.testing.assert_array_equal(a, b)
-  untimed = lambda hs: [{k: v for k, v in h.items() if k not in train.TIMED_SCALARS} for h in hs]
   assert untimed(resumed_history) == untimed(history)
 
-  saved = lambda: {p: p.stat().st_mtime_ns for p in (tmp_path / "whole").rglob("*")}
-  before = saved()
   config.selection.fraction, config.num_epochs = 0.0, 3
-  with pytest.raises(checkpoints.CheckpointError,
-                     match=r"was trained with a proxy choosing its examples, this config has none "
-                           r"\(config.selection.fraction\)"):
-    train.train_and_evaluate(config, workdir)
-  assert saved() == before
+  refused_leaving_run_as_is(config, workdir, checkpoints.CheckpointError,
+                            r"was trained with a proxy choosing its examples, this config has "
+                            r"none \(config.selection.fraction\)")
 
 
 @pytest.mark.parametrize("changes,message", [
