@@ -113,7 +113,7 @@ def _check_selection(config) -> None:
   _positive(config, "selection.proxy_every")
   if not selection.enabled(config):
     return
-  fraction, name = config.selection.fraction, config.model.name
+  fraction, (name, fields) = config.selection.fraction, model_setup.fields(config)
   if "widths" not in models.config_fields(models.family_of(name)):
     with_widths = [n for n in models.PRESET_NAMES
                    if "widths" in models.config_fields(models.family_of(n))]
@@ -125,7 +125,6 @@ def _check_selection(config) -> None:
                       "config.optimizer.accumulation_steps="
                       f"{config.optimizer.accumulation_steps} must be 1 with it")
   widths = tuple(config.selection.proxy_widths)
-  name, fields = model_setup.fields(config)
   model_widths = models.get_model(name, **fields).widths
   if len(widths) != len(model_widths) or not all(isinstance(w, int) and w > 0 for w in widths):
     raise ConfigError(f"config.selection.proxy_widths={widths} must be {len(model_widths)} "
