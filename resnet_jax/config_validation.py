@@ -110,7 +110,6 @@ def _check_model(config) -> None:
 
 def _check_selection(config) -> None:
   _fraction(config, "selection.fraction")
-  _positive(config, "selection.proxy_every")
   if not selection.enabled(config):
     return
   fraction, (name, fields) = config.selection.fraction, model_setup.fields(config)

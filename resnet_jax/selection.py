@@ -5,9 +5,11 @@ training each batch only on the half of its examples that a small proxy net find
 hardest (highest loss). The proxy is the same net at widths 32/64/64, a small
 fraction of its compute: its forward pass over the whole batch costs little, while
 the model's forward and backward passes over half the batch cost half (what it saves
-here: docs/recipes.md). The proxy
-learns beside the model, on its own hardest examples, but only every 4th step: its
-backward pass is most of its cost, and its ranking need not be fresh to be useful.
+here: docs/recipes.md). The proxy learns beside the model at every step, on its own
+hardest examples. Not every few steps behind a lax.cond: XLA:CPU ran the proxy's
+backward pass inside a conditional's branch 50x slower than outside one (oneDNN's
+reference convolution, docs/recipes.md), and an update computed and then dropped
+would cost as much as one applied.
 
 `config.selection` (default_config): `fraction` 0 trains on every example; e.g. 0.5
 on the hardest half. The proxy is config.model's net with `widths` replaced
@@ -33,7 +35,6 @@ def default_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.fraction = 0.0  # 0: every example; else the hardest fraction of each batch, in (0, 1)
   config.proxy_widths = (32, 64, 64)  # the proxy: config.model's net at these widths
-  config.proxy_every = 4  # train steps between the proxy's own updates
   return config
 
 
@@ -52,8 +53,8 @@ def describe(config, model: models.Model, image_shape: models.ImageShape) -> str
   """The run's log line on its selection."""
   proxy = models.count_params(proxy_model(config, model), image_shape)
   return (f"each step trains on the {examples_per_step(config)} of its {config.batch_size} "
-          f"examples that a proxy of {proxy:,} parameters (config.selection) finds hardest; "
-          f"the proxy learns every {config.selection.proxy_every} steps")
+          f"examples that a proxy of {proxy:,} parameters (config.selection) finds hardest, "
+          f"and the proxy learns on its own hardest ones")
 
 
 def proxy_model(config, model: models.Model) -> models.Model:
@@ -77,12 +78,10 @@ class Selector:
                loss: Callable[[jax.Array, jax.Array], jax.Array]):
     """`loss`: (logits, labels) -> per-example loss, the train step's."""
     self.keep = examples_per_step(config)
-    self.every = config.selection.proxy_every
     self.loss = loss
     self.model = proxy_model(config, model)
-    # Its updates come every `every` steps: its schedule counts those.
     self.tx, _ = optim.create_optimizer(
-        config.optimizer, steps_per_epoch / self.every, config.num_epochs,
+        config.optimizer, steps_per_epoch, config.num_epochs,
         batch_size=self.keep, param_labels=models.family_of(model).param_labels)
 
   def init(self, rng: jax.Array, image_shape: models.ImageShape) -> dict:
@@ -90,9 +89,9 @@ class Selector:
     variables = models.init_variables(self.model, rng, image_shape)
     return {**variables, "opt_state": self.tx.init(variables["params"])}
 
-  def select(self, proxy: dict, batch: dict, step: jax.Array) -> tuple[dict, dict]:
-    """(proxy, the batch's `keep` examples of highest proxy loss); the proxy trains on them
-    at steps divisible by `every` (a step with a non-finite proxy gradient leaves it as is)."""
+  def select(self, proxy: dict, batch: dict) -> tuple[dict, dict]:
+    """(the proxy after one update on them, the batch's `keep` examples of highest proxy
+    loss); a non-finite proxy gradient leaves the proxy's parameters as they were."""
     variables = {k: v for k, v in proxy.items() if k != "opt_state"}
 
     def hardest(params):
@@ -102,18 +101,10 @@ class Selector:
       chosen = jax.lax.top_k(loss, self.keep)[1]
       return loss[chosen].mean(), (chosen, updates["batch_stats"])
 
-    def rank_and_learn(proxy):
-      grads, (chosen, batch_stats) = jax.grad(hardest, has_aux=True)(proxy["params"])
-      updates, opt_state = self.tx.update(grads, proxy["opt_state"], proxy["params"])
-      finite = jnp.all(jnp.array([jnp.isfinite(g).all() for g in jax.tree.leaves(grads)]))
-      learned = {**proxy, "params": optax.apply_updates(proxy["params"], updates),
-                 "opt_state": opt_state, "batch_stats": batch_stats}
-      return jax.tree.map(lambda n, o: jnp.where(finite, n, o), learned, proxy), chosen
-
-    def rank(proxy):
-      _, (chosen, batch_stats) = hardest(proxy["params"])
-      return {**proxy, "batch_stats": batch_stats}, chosen
-
-    proxy, chosen = jax.lax.cond(step % self.every == 0, rank_and_learn, rank, proxy)
+    grads, (chosen, batch_stats) = jax.grad(hardest, has_aux=True)(proxy["params"])
+    updates, opt_state = self.tx.update(grads, proxy["opt_state"], proxy["params"])
+    finite = jnp.all(jnp.array([jnp.isfinite(g).all() for g in jax.tree.leaves(grads)]))
+    learned = {**proxy, "params": optax.apply_updates(proxy["params"], updates),
+               "opt_state": opt_state, "batch_stats": batch_stats}
+    proxy = jax.tree.map(lambda n, o: jnp.where(finite, n, o), learned, proxy)
     return proxy, jax.tree.map(lambda x: x[chosen], batch)
-

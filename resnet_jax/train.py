@@ -140,7 +140,7 @@ def make_train_step(config, model: models.Model, total_steps: int) -> Callable:
     proxy = state.proxy
     if selector:  # the batch becomes its hardest examples
       with barriers():
-        proxy, batch = selector.select(proxy, batch, state.step)
+        proxy, batch = selector.select(proxy, batch)
 
     def loss_fn(params):
       with barriers():
