@@ -14,7 +14,7 @@ import pytest
 import tensorstore as ts
 
 from resnet_jax import checkpoints, evaluate, model_setup, models, train
-from tests.conftest import CIFAR10_IMAGE, REPO, load_script, write_unlabeled
+from tests.conftest import CIFAR10_IMAGE, REPO, load_script, untimed, write_unlabeled
 from tests.conftest import smoke_config as _smoke
 from tests.test_reliability import _remove_metadata, _truncate_model_files  # resume's damage
 
@@ -106,7 +106,6 @@ def test_a_garbage_metrics_file_does_not_stop_eval_or_resume(finished, trained, 
   assert f"ignoring the unusable metrics file {finished}/checkpoints/48/metrics/metrics" \
       in caplog.text
   _, resumed = train.train_and_evaluate(_smoke(num_epochs=4), str(finished))
-  untimed = lambda hs: [{k: v for k, v in h.items() if k not in train.TIMED_SCALARS} for h in hs]
   assert untimed(resumed[:3]) == untimed(history) and len(resumed) == 4
 
 

@@ -20,7 +20,7 @@ import pytest
 from configs import smoke
 from resnet_jax import checkpoints, config_validation, default_config, evaluate, optim, train
 from resnet_jax.data import augmentations, sources
-from tests.conftest import REPO
+from tests.conftest import REPO, untimed
 
 V1_WORKDIRS = os.path.join(REPO, "tests", "data", "v1_workdirs")
 WRITTEN_WITH_JAX = "0.10.2"  # constraints.txt's at commit c067652
@@ -108,8 +108,6 @@ def test_a_layout_1_workdir_resumes_exactly_as_the_run_would_have_gone_on(v1_run
   for key in expected.files:
     np.testing.assert_allclose(got[key], expected[key], rtol=0 if exact else 1e-5,
                                atol=0 if exact else 1e-6, err_msg=key)
-  untimed = lambda hs: [{k: v for k, v in h.items() if k not in train.TIMED_SCALARS}
-                        for h in hs]
   with open(os.path.join(workdir, "expected_history.json")) as f:
     expected_history = untimed(json.load(f))
   assert untimed(history) == (expected_history if exact else

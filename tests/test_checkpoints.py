@@ -19,8 +19,8 @@ from resnet_jax import (checkpoints, convert_torch, evaluate, files, model_setup
                         preemption, train, xla_cpu)
 from resnet_jax.data import datasets, pickles, sources, unlabeled
 from tests import torch_reference
-from tests.conftest import (CIFAR10_IMAGE, REPO, signal_at_batch, write_cifar100_dir,
-                            write_unlabeled)
+from tests.conftest import (CIFAR10_IMAGE, REPO, signal_at_batch, untimed,
+                            write_cifar100_dir, write_unlabeled)
 from tests.test_data_sources import _Planted
 from tests.conftest import smoke_config as _smoke
 
@@ -43,7 +43,6 @@ def test_resume_continues_exactly_as_if_never_interrupted(tmp_path, trained):
                           jax.tree.leaves((uninterrupted.params, uninterrupted.batch_stats,
                                            uninterrupted.opt_state))):
     np.testing.assert_array_equal(ours, theirs)  # bitwise on CPU
-  untimed = lambda hs: [{k: v for k, v in h.items() if k not in train.TIMED_SCALARS} for h in hs]
   assert untimed(history) == untimed(full_history)
 
 

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from resnet_jax import checkpoints, evaluate, preemption, train
-from tests.conftest import CIFAR10_IMAGE, REPO, poison_batch, signal_at_batch, write_unlabeled
+from tests.conftest import (CIFAR10_IMAGE, REPO, poison_batch, signal_at_batch, untimed,
+                            write_unlabeled)
 from tests.conftest import smoke_config as _smoke
 
 
@@ -39,7 +40,6 @@ def test_signal_mid_epoch_checkpoints_and_the_rerun_matches_uninterrupted(
                           jax.tree.leaves(jax.device_get((uninterrupted.params,
                                                           uninterrupted.opt_state)))):
     np.testing.assert_array_equal(ours, theirs)
-  untimed = lambda hs: [{k: v for k, v in h.items() if k not in train.TIMED_SCALARS} for h in hs]
   assert untimed(history) == untimed(full_history)  # epoch 2's metrics span the restart
   # The resumed run's workdir evaluates and predicts: the mid-epoch checkpoint (no accuracy)
   # is among the last 3 kept, and once broke choosing the best.
@@ -74,7 +74,6 @@ def test_sigterm_to_the_cli_exits_with_a_resume_message(tmp_path):
 def test_same_config_and_seed_give_identical_metrics(tmp_path, trained):
   _, _, history = trained
   _, again = train.train_and_evaluate(_smoke(), str(tmp_path))
-  untimed = lambda hs: [{k: v for k, v in h.items() if k not in train.TIMED_SCALARS} for h in hs]
   assert untimed(again) == untimed(history)
 
 
