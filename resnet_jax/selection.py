@@ -7,7 +7,7 @@ fraction of its compute: its forward pass over the whole batch costs little, whi
 the model's forward and backward passes over half the batch cost half (what it saves
 here: docs/recipes.md). The proxy learns beside the model at every step, on its own
 hardest examples. Not every few steps behind a lax.cond: XLA:CPU ran the proxy's
-backward pass inside a conditional's branch 50x slower than outside one (oneDNN's
+backward pass inside a conditional's branch tens of times slower than outside one (oneDNN's
 reference convolution, docs/recipes.md), and an update computed and then dropped
 would cost as much as one applied.
 
@@ -91,7 +91,7 @@ class Selector:
 
   def select(self, proxy: dict, batch: dict) -> tuple[dict, dict]:
     """(the proxy after one update on them, the batch's `keep` examples of highest proxy
-    loss); a non-finite proxy gradient leaves the proxy's parameters as they were."""
+    loss); a non-finite proxy gradient leaves the proxy as it was."""
     variables = {k: v for k, v in proxy.items() if k != "opt_state"}
 
     def hardest(params):
