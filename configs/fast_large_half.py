@@ -1,4 +1,4 @@
-"""The session recipe with hardest-half batches: fast_large_muon, each step on the hardest 1,000 of 2,000.
+"""The session recipe with hardest-half batches: fast_large_muon on the hardest 1,000 of 2,000.
 
 airbench96_faster (Keller Jordan) reaches airbench96's accuracy in 0.79x its time by
 training each batch only on the half of its examples that a small proxy net finds

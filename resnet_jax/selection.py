@@ -7,9 +7,9 @@ fraction of its compute: its forward pass over the whole batch costs little, whi
 the model's forward and backward passes over half the batch cost half (what it saves
 here: docs/recipes.md). The proxy learns beside the model at every step, on its own
 hardest examples. Not every few steps behind a lax.cond: XLA:CPU ran the proxy's
-backward pass inside a conditional's branch tens of times slower than outside one (oneDNN's
-reference convolution, docs/recipes.md), and an update computed and then dropped
-would cost as much as one applied.
+backward pass inside a conditional's branch tens of times slower than outside one
+(oneDNN's reference convolution, docs/recipes.md), and an update computed and then
+dropped would cost as much as one applied.
 
 `config.selection` (default_config): `fraction` 0 trains on every example; e.g. 0.5
 on the hardest half. The proxy is config.model's net with `widths` replaced
