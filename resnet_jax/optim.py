@@ -203,6 +203,12 @@ def create_optimizer(opt_config, updates_per_epoch: int, num_epochs: int, batch_
   return tx, schedule
 
 
+def all_finite(tree) -> jax.Array:
+  """Whether every value in `tree` (gradients, a loss) is finite: a step that would
+  write a NaN or an infinity into the weights is not applied."""
+  return jnp.all(jnp.array([jnp.isfinite(leaf).all() for leaf in jax.tree.leaves(tree)]))
+
+
 @dataclasses.dataclass(frozen=True)
 class Plateau:
   """ReduceLROnPlateau on top of any optimizer, fed one value per epoch.

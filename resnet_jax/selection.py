@@ -22,7 +22,6 @@ run produces, evaluates and saves is config.model's alone.
 from typing import Callable
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -103,8 +102,7 @@ class Selector:
 
     grads, (chosen, batch_stats) = jax.grad(hardest, has_aux=True)(proxy["params"])
     updates, opt_state = self.tx.update(grads, proxy["opt_state"], proxy["params"])
-    finite = jnp.all(jnp.array([jnp.isfinite(g).all() for g in jax.tree.leaves(grads)]))
     learned = {**proxy, "params": optax.apply_updates(proxy["params"], updates),
                "opt_state": opt_state, "batch_stats": batch_stats}
-    proxy = jax.tree.map(lambda n, o: jnp.where(finite, n, o), learned, proxy)
+    proxy = optax.tree_utils.tree_where(optim.all_finite(grads), learned, proxy)
     return proxy, jax.tree.map(lambda x: x[chosen], batch)

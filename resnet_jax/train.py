@@ -151,13 +151,12 @@ def make_train_step(config, model: models.Model, total_steps: int) -> Callable:
       return loss.mean(), (logits, loss, updates["batch_stats"])
 
     grads, (logits, loss, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
-    finite = jnp.isfinite(loss).all() & jnp.all(jnp.array(
-        [jnp.isfinite(g).all() for g in jax.tree.leaves(grads)]))
+    finite = optim.all_finite((loss, grads))
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     # The plateau scale multiplies the step (not the gradient): the applied lr.
     updates = jax.tree.map(lambda u: u * state.plateau.scale, updates)
     apply = finite & (skip_nonfinite | (state.first_nonfinite_step < 0))
-    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(apply, n, o), new, old)
+    keep = functools.partial(optax.tree_utils.tree_where, apply)
     state = state.replace(
         step=state.step + 1,
         params=keep(optax.apply_updates(state.params, updates), state.params),
