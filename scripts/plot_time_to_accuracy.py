@@ -43,7 +43,8 @@ def load_run(run: dict, root: str) -> dict:
 def plot(runs: list[dict], out: str) -> None:
   machines = [m for m in MACHINES if any(r["machine"] == m for r in runs)]
   recipes = list(dict.fromkeys(r["recipe"] for r in runs))  # one colour a recipe, both panels
-  colours = dict(zip(recipes, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+  # tab20: the default cycle's 10 colours ran out at the 11th recipe
+  colours = {recipe: plt.get_cmap("tab20")(i % 20) for i, recipe in enumerate(recipes)}
   figure, axes = plt.subplots(1, len(machines), figsize=(6.5 * len(machines), 4.8),
                               squeeze=False)
   for ax, machine in zip(axes[0], machines):
