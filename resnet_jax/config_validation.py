@@ -99,7 +99,8 @@ def _check_model(config) -> None:
     raise ConfigError(f"config.model.num_classes={fields['num_classes']}, but "
                       f"config.data.dataset={config.data.dataset!r} has {classes} classes")
   try:
-    model = models.get_model(name, **fields)  # any compute dtype has the same fields
+    # Any compute dtype has the same fields; the head is as wide as the dataset's classes.
+    model = models.get_model(name, **{"num_classes": classes, **fields})
     models.check_budget(model, datasets.get(config.data).image_shape)
   except models.ParamBudgetError as e:
     raise ConfigError(f"config.model.name={name!r} with its fields: {e}") from e

@@ -98,6 +98,9 @@ def test_accumulation_never_carries_over_an_epoch_and_plateau_scale_is_logged(tm
     ({"data.dataset": "cifar100", "model.num_classes": 10},
      r"config.model.num_classes=10, but config.data.dataset='cifar100' has 100 classes"),
     ({"data.source": "kaggle"}, r"config.data.source='kaggle' is not one of \['files', "),
+    # The budget counts the dataset's head: deep's 100-class one puts it over 5M.
+    ({"model": "deep", "data.dataset": "cifar100"}, r"config.model.name='deep' with its "
+     r"fields: 5,207,139 trainable parameters, over its budget max_params=5,000,000"),
 ])
 def test_bad_configs_fail_before_compute_naming_key_and_value(changes, message):
   config = _smoke(**changes)
