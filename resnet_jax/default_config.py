@@ -41,7 +41,7 @@ def get_config(model: str = "shallow") -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   # Compute dtype: "auto" (bfloat16 on GPU, TPU and CPUs with bfloat16 instructions,
   # float32 on other CPUs: xla_cpu.auto_dtype; a resumed run keeps its own), "float32",
-  # "bfloat16"; parameters, BatchNorm statistics and the loss stay float32.
+  # "bfloat16", "float16"; parameters, BatchNorm statistics and the loss stay float32.
   config.dtype = "auto"
   config.seed = 0  # initialisation, dropout, data order and augmentation
   config.num_epochs = 30

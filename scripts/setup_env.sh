@@ -5,7 +5,8 @@
 # 0.11 and later need 3.12 or newer). It takes python3.13, else python3.12, from the
 # PATH or from pyenv's versions, says which, and stops in one line where neither is.
 #   bash scripts/setup_env.sh          # the package
-#   bash scripts/setup_env.sh test     # plus the test extra (pytest, CPU torch)
+#   bash scripts/setup_env.sh test     # plus the test extra (pytest; torch: on 3.13
+#                                      # PyPI's CUDA build, which runs on the CPU)
 # Does nothing (offline, in a second) when that venv already has this install of
 # the same pyproject.toml and constraints.txt, so that a rerun of the README's
 # train command resumes at once; delete $VENV to force a reinstall.
