@@ -99,9 +99,8 @@ def _check_model(config) -> None:
     raise ConfigError(f"config.model.num_classes={fields['num_classes']}, but "
                       f"config.data.dataset={config.data.dataset!r} has {classes} classes")
   try:
-    # Any compute dtype has the same fields; the head is as wide as the dataset's classes.
-    model = models.get_model(name, **{"num_classes": classes, **fields})
-    models.check_budget(model, datasets.get(config.data).image_shape)
+    # The model every run builds (the dataset's head, its budget); any dtype has its fields.
+    model_setup.build_model(config, dtype="float32")
   except models.ParamBudgetError as e:
     raise ConfigError(f"config.model.name={name!r} with its fields: {e}") from e
   except ValueError as e:  # a field's error says "model.<field>"
