@@ -128,8 +128,16 @@ def _warn_once(message: str) -> None:
   logging.warning(message)
 
 
-def training_manager(workdir: str, keep_last: int) -> ocp.CheckpointManager:
-  """Asynchronous saves; retention keeps the last `keep_last` and the best by eval accuracy."""
+def training_manager(workdir: str, keep_last: int,
+                     every_minutes: float = 0.0) -> ocp.CheckpointManager:
+  """Asynchronous saves; retention keeps the last `keep_last` and the best by eval accuracy.
+
+  With `every_minutes`, `should_save` is true when no save is under way and that long has
+  passed since the newest checkpoint (at once when there is none); the first process
+  decides for all. The saves the loop schedules itself (epochs, signals) pass force=True.
+  """
+  due = checkpoint_managers.ContinuousCheckpointingPolicy(
+      minimum_interval_secs=every_minutes * 60) if every_minutes else None
   policy = checkpoint_managers.AnyPreservationPolicy([
       checkpoint_managers.LatestN(keep_last),
       # Mid-epoch (preemption) checkpoints carry no accuracy and only LatestN keeps them.
@@ -137,7 +145,8 @@ def training_manager(workdir: str, keep_last: int) -> ocp.CheckpointManager:
                                 keep_checkpoints_without_metrics=False),
   ])
   options = ocp.CheckpointManagerOptions(preservation_policy=policy, best_fn=_eval_accuracy,
-                                         best_mode="max", enable_async_checkpointing=True)
+                                         best_mode="max", enable_async_checkpointing=True,
+                                         save_decision_policy=due)
   return _Manager(checkpoint_dir(workdir), options=options, item_names=ITEMS)
 
 
@@ -216,7 +225,8 @@ def save_training(manager: ocp.CheckpointManager, step: int, state, train_metric
   manager.save(step, args=ocp.args.Composite(
       model=ocp.args.StandardSave(items["model"]), train=ocp.args.StandardSave(items["train"]),
       meta=ocp.args.JsonSave({**meta, **_checksum_meta(items)})),
-      metrics=None if meta["eval_accuracy"] is None else {"eval_accuracy": meta["eval_accuracy"]})
+      metrics=None if meta["eval_accuracy"] is None else {"eval_accuracy": meta["eval_accuracy"]},
+      force=True)
 
 
 def model_differences(saved: dict, name: str, model: models.Model,
@@ -395,12 +405,13 @@ class TrainingCheckpoints:
   <step>.corrupt with a warning and the next older one tried, nothing deleted; a
   checkpoint of another model, or not from training, stops the run. `save` and
   `close` turn Orbax's failures (a full disk, permissions) into a CheckpointError
-  naming the intact checkpoints. A context manager: leaving it waits for the
-  asynchronous saves.
+  naming the intact checkpoints. `due` says when the time since the last checkpoint
+  calls for one mid-epoch. A context manager: leaving it waits for the asynchronous saves.
   """
 
-  def __init__(self, workdir: str, keep_last: int):
-    self.manager = training_manager(workdir, keep_last)
+  def __init__(self, workdir: str, keep_last: int, every_minutes: float = 0.0):
+    self.every_minutes = every_minutes
+    self.manager = training_manager(workdir, keep_last, every_minutes)
 
   def __enter__(self) -> "TrainingCheckpoints":
     return self
@@ -441,6 +452,11 @@ class TrainingCheckpoints:
       # asynchronous writers (a previous save's failure surfaces here), and only
       # ever renames a finished save into place: earlier checkpoints are intact.
       raise self.write_failed(e) from e
+
+  def due(self, step: int) -> bool:
+    """Whether to checkpoint at `step` on time alone (every process must ask, at the same
+    steps: the first one's answer is everyone's)."""
+    return bool(self.every_minutes) and self.manager.should_save(step)
 
   def latest_path(self) -> str:
     """The newest complete checkpoint's directory, once pending saves are written."""

@@ -146,6 +146,9 @@ def validate(config) -> None:
   _positive(config, "num_epochs", "batch_size", "eval_batch_size", "checkpoint_every_epochs",
             "keep_checkpoints")
   _fraction(config, "label_smoothing")
+  if not 0 <= config.checkpoint_every_minutes < float("inf"):
+    raise ConfigError(f"config.checkpoint_every_minutes={config.checkpoint_every_minutes} "
+                      "must be >= 0 (0: off)")
   for key in ("batch_size", "eval_batch_size"):
     if config[key] % jax.device_count():
       raise ConfigError(f"config.{key}={config[key]} is not divisible by the "

@@ -294,7 +294,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   if state.proxy is not None:
     logging.info("%s", selection.describe(config, model, datasets.get(config.data).image_shape))
 
-  with checkpoints.TrainingCheckpoints(workdir, config.keep_checkpoints) as saved:
+  with checkpoints.TrainingCheckpoints(workdir, config.keep_checkpoints,
+                                       config.checkpoint_every_minutes) as saved:
     logs.write_log_file(workdir)  # now that the workdir exists
     state, history, epoch_step, train_metrics = saved.restore(
         state, Metrics.empty(), steps.replicated, config.model.name, model)
@@ -315,9 +316,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           train_metrics = metrics if train_metrics is None else train_metrics.merge(metrics)
           epoch_step += 1
           progress(int(state.step))
-          if stop.received or (epoch_step % NONFINITE_CHECK_EVERY == 0
+          # A save on time alone, mid-epoch, comes after a check: no checkpoint resumes
+          # into a run that can only stop.
+          due = epoch_step < steps_per_epoch and saved.due(int(state.step))
+          if stop.received or ((due or epoch_step % NONFINITE_CHECK_EVERY == 0)
                                and _nonfinite(config, state)):
             break
+          if due:
+            saved.save(state, train_metrics, meta(history, epoch_step, None))
         _stop_if_nonfinite(config, state, saved, steps_per_epoch)
 
         eval_accuracy = None  # a checkpoint's rank: only scheduled ones have one
@@ -343,7 +349,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           if last or (epoch + 1) % config.checkpoint_every_epochs == 0:
             eval_accuracy = eval_summary["accuracy"]
           epoch_step, train_metrics = 0, None
-        if eval_accuracy is not None or stop.received:  # the state is saved here, only here
+        if eval_accuracy is not None or stop.received:
           saved.save(state, Metrics.empty() if train_metrics is None else train_metrics,
                      meta(history, epoch_step, eval_accuracy))
         if stop.received and len(history) < config.num_epochs:

@@ -35,6 +35,8 @@ FAST = {"model": "fast"}
     ({**FAST, "model.branch_depth": 0}, r"config.model.branch_depth=0 must be positive"),
     ({"checkpoint_every_epochs": 0}, r"config.checkpoint_every_epochs=0 must be positive"),
     ({"keep_checkpoints": -1}, r"config.keep_checkpoints=-1 must be positive"),
+    ({"checkpoint_every_minutes": -1.0},
+     r"config.checkpoint_every_minutes=-1.0 must be >= 0 \(0: off\)"),
 ])
 def test_bad_value_is_one_line_naming_key_and_value(changes, message):
   with pytest.raises(config_validation.ConfigError, match=message) as info:

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from resnet_jax import checkpoints, evaluate, preemption, train
-from tests.conftest import (CIFAR10_IMAGE, REPO, poison_batch, signal_at_batch, untimed,
-                            write_unlabeled)
+from tests.conftest import (CIFAR10_IMAGE, REPO, on_train_batches, poison_batch,
+                            signal_at_batch, untimed, write_unlabeled)
 from tests.conftest import smoke_config as _smoke
 
 
@@ -52,6 +52,55 @@ def test_signal_mid_epoch_checkpoints_and_the_rerun_matches_uninterrupted(
   result = evaluate.predict(config, str(workdir), write_unlabeled(tmp_path),
                             str(tmp_path / "p.csv"))
   assert result["count"] == 40 and result["checkpoint"] == metrics["checkpoint"]
+
+
+def _epoch_2_after_its_checkpoint(workdir, then=lambda drawn, batch: batch):
+  """A training-batch action: epoch 2's batches wait until checkpoint 16 (epoch 1's) is
+  in place, so that a save on time is not refused as one already under way."""
+
+  def action(drawn, batch):
+    if drawn > 16:
+      deadline = time.monotonic() + 60
+      while not os.path.isdir(workdir / "checkpoints" / "16"):
+        assert time.monotonic() < deadline, "epoch 1's checkpoint never appeared"
+        time.sleep(0.01)
+      time.sleep(0.05)  # Orbax marks the save finished just after its rename
+    return then(drawn, batch)
+  return action
+
+
+def test_checkpoints_on_time_mid_epoch_and_a_crash_resumes_as_uninterrupted(tmp_path,
+                                                                            trained):
+  _, uninterrupted, full_history = trained
+  config, workdir = _smoke(checkpoint_every_minutes=1e-9), tmp_path / "run"
+
+  def crash(drawn, batch):
+    if drawn == 27:  # 26 steps made, 10 of them in epoch 2; no signal, no epoch-end save
+      raise RuntimeError("power cut")
+    return batch
+
+  with pytest.MonkeyPatch.context() as patch:
+    on_train_batches(patch, _epoch_2_after_its_checkpoint(workdir, crash))
+    with pytest.raises(RuntimeError, match="power cut"):
+      train.train_and_evaluate(config, str(workdir))
+  steps = sorted(int(s) for s in os.listdir(workdir / "checkpoints"))
+  assert 16 in steps and 16 < steps[-1] <= 26, steps  # the newest is mid-epoch
+  state, history = train.train_and_evaluate(config, str(workdir))
+  for ours, theirs in zip(jax.tree.leaves(jax.device_get((state.params, state.opt_state))),
+                          jax.tree.leaves(jax.device_get((uninterrupted.params,
+                                                          uninterrupted.opt_state)))):
+    np.testing.assert_array_equal(ours, theirs)
+  assert untimed(history) == untimed(full_history)
+
+
+def test_no_checkpoint_on_time_after_a_nonfinite_step(tmp_path, monkeypatch):
+  nan_at_20 = lambda drawn, batch: {**batch, "image": batch["image"] * np.nan} if drawn == 20 \
+      else batch  # step 19; every later step is a no-op until the run stops
+  on_train_batches(monkeypatch, _epoch_2_after_its_checkpoint(tmp_path, nan_at_20))
+  with pytest.raises(train.NonFiniteError, match=r"at step 19 \(epoch 2\)"):
+    train.train_and_evaluate(_smoke(checkpoint_every_minutes=1e-9), str(tmp_path))
+  steps = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints"))
+  assert steps[0] == 16 and steps[-1] <= 19, steps  # none holds step 19's record
 
 
 def test_sigterm_to_the_cli_exits_with_a_resume_message(tmp_path):
