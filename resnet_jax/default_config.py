@@ -52,7 +52,7 @@ def get_config(model: str = "shallow") -> ml_collections.ConfigDict:
   config.checkpoint_every_epochs = 1
   # Minutes (0: off): also checkpoint mid-epoch whenever this long has passed since the
   # newest checkpoint (at the first step when there is none), so that a kill with no signal
-  # first (SIGKILL, a lost VM) loses at most this much of a long epoch.
+  # first (SIGKILL, a lost VM) loses about this much of a long epoch, not all of it.
   config.checkpoint_every_minutes = 0.0
   config.keep_checkpoints = 3  # the last 3, plus the best by validation accuracy
   # Jax's persistent compilation cache: a rerun or resume skips compiling the
