@@ -308,17 +308,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     writer = logs.metric_writer(workdir, hparams, optional_tf.available())
     with contextlib.closing(writer), preemption.StopSignals() as stop:
       progress = logs.Progress(steps_per_epoch * config.num_epochs)
+      step = int(state.step)  # counted here after: reading state.step waits for the device
       for epoch in range(len(history), config.num_epochs):
         start_time, first_step = time.perf_counter(), epoch_step  # first_step > 0 when resumed
         for batch in itertools.islice(train_data.epoch(epoch, epoch_step),
                                       steps_per_epoch - epoch_step):
           state, metrics = steps.train(state, batch)
           train_metrics = metrics if train_metrics is None else train_metrics.merge(metrics)
-          epoch_step += 1
-          progress(int(state.step))
+          epoch_step, step = epoch_step + 1, step + 1
+          progress(step)
           # A save on time alone, mid-epoch, comes after a check: no checkpoint resumes
           # into a run that can only stop.
-          due = epoch_step < steps_per_epoch and saved.due(int(state.step))
+          due = epoch_step < steps_per_epoch and saved.due(step)
           if stop.received or ((due or epoch_step % NONFINITE_CHECK_EVERY == 0)
                                and _nonfinite(config, state)):
             break
