@@ -94,8 +94,10 @@ def test_checkpoints_on_time_mid_epoch_and_a_crash_resumes_as_uninterrupted(tmp_
 
 
 def test_no_checkpoint_on_time_after_a_nonfinite_step(tmp_path, monkeypatch):
-  nan_at_20 = lambda drawn, batch: {**batch, "image": batch["image"] * np.nan} if drawn == 20 \
-      else batch  # step 19; every later step is a no-op until the run stops
+
+  def nan_at_20(drawn, batch):  # step 19; every later step is a no-op until the run stops
+    return {**batch, "image": batch["image"] * np.nan} if drawn == 20 else batch
+
   on_train_batches(monkeypatch, _epoch_2_after_its_checkpoint(tmp_path, nan_at_20))
   with pytest.raises(train.NonFiniteError, match=r"at step 19 \(epoch 2\)"):
     train.train_and_evaluate(_smoke(checkpoint_every_minutes=1e-9), str(tmp_path))
