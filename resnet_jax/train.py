@@ -308,7 +308,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     writer = logs.metric_writer(workdir, hparams, optional_tf.available())
     with contextlib.closing(writer), preemption.StopSignals() as stop:
       progress = logs.Progress(steps_per_epoch * config.num_epochs)
-      step = int(state.step)  # counted here after: reading state.step waits for the device
+      step = int(state.step)  # counted on the host from here: reading state.step waits
       for epoch in range(len(history), config.num_epochs):
         start_time, first_step = time.perf_counter(), epoch_step  # first_step > 0 when resumed
         for batch in itertools.islice(train_data.epoch(epoch, epoch_step),
@@ -346,7 +346,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           history.append(_epoch_scalars(epoch, lr, state, train_summary, eval_summary, {
               "images_per_s": (steps_per_epoch - first_step) * config.batch_size / seconds,
               "elapsed_s": (history[-1].get("elapsed_s", 0.0) if history else 0.0) + seconds}))
-          _record_epoch(config, workdir, int(state.step), history, writer, saved)
+          _record_epoch(config, workdir, step, history, writer, saved)
           if last or (epoch + 1) % config.checkpoint_every_epochs == 0:
             eval_accuracy = eval_summary["accuracy"]
           epoch_step, train_metrics = 0, None
@@ -354,7 +354,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           saved.save(state, Metrics.empty() if train_metrics is None else train_metrics,
                      meta(history, epoch_step, eval_accuracy))
         if stop.received and len(history) < config.num_epochs:
-          raise preemption.preempted(stop.received, int(state.step), len(history), epoch_step,
+          raise preemption.preempted(stop.received, step, len(history), epoch_step,
                                      steps_per_epoch, workdir)
   if history and jax.process_index() == 0:
     plots.plot_curves(history, os.path.join(workdir, plots.CURVES_FILE))
