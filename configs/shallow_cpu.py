@@ -4,7 +4,7 @@ XLA:CPU's convolutions make the full-width shallow model slow on a CPU; a quarte
 of the width (16/32/64 channels, 175,258 parameters) trains several times faster,
 for 7 epochs. A one-cycle schedule at a higher peak lr gets the most out of a
 short run. Trains on train[:45000] and validates on the hold-out train[45000:],
-so the test split stays untouched. Measured speed and result: README.md."""
+so the test split stays untouched. Measured speed and result: docs/usage.md."""
 
 from resnet_jax import default_config
 

@@ -4,7 +4,7 @@ eval:    the checkpoints.choose_step checkpoint (--checkpoint_step N, else the
          best by validation accuracy, else the latest) on config.data.eval_split;
          writes DIR/eval/metrics.json ("accuracy", "per_class_accuracy",
          "confusion_matrix", "top_confusions" (the 20 most frequent mistakes),
-         "num_examples", "step", "split", "checkpoint",
+         "num_examples", "step", "split", "checkpoint", "source" ("train" or "convert_torch"),
          "chosen" (why that one), "tta": config.eval.tta's level, resnet_jax/tta.py,
          "weights": the raw weights or, where the run kept one, their EMA)
          and DIR/eval/confusion_matrix.png, or for more than 20 classes
@@ -130,7 +130,8 @@ def predict(config, workdir: str, input_path: str, output_path: str,
   """Writes ID,Labels predictions for `input_path` to `output_path` (labels 0..classes-1,
   and a Name column with the dataset's class names when `class_names`).
 
-  Returns {"count", "checkpoint", "chosen"}: how many rows, from which checkpoint, and why it.
+  Returns {"count", "checkpoint", "chosen", "weights"}: how many rows, from which checkpoint,
+  why it, and which of its weights (the raw ones or their average).
   """
   images, ids = unlabeled.load(input_path, datasets.get(config.data).image_shape)
   files.check_writable(output_path, "--output")

@@ -4,8 +4,9 @@ None changes what a model computes, only how XLA compiles it; on GPU and TPU non
 applies. docs/performance.md has the measurements behind each:
 - `xla_options`: XLA debug options for the jitted train and eval steps;
 - `bfloat16_xla_options`: more of them where the compute dtype is bfloat16;
-- `dtype: auto` (auto_dtype) computes in bfloat16 on CPUs with bfloat16 hardware whose
-  jaxlib runs bfloat16 convolutions through oneDNN, in float32 on the others;
+- `config.dtype` "auto" (auto_dtype; a top-level key, not `config.cpu`'s) computes in
+  bfloat16 on CPUs with bfloat16 hardware whose jaxlib runs bfloat16 convolutions through
+  oneDNN, in float32 on the others;
 - `fusion_barriers`: in the train step, every residual block's output (the
   `blocks` of its family, models/registry.py) passes through `fusion_barrier`,
   inserted by flax's method interception, so a new block needs nothing of its own.
