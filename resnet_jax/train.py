@@ -287,12 +287,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   plateau = optim.plateau_from_config(config.optimizer)
   state = steps.place_state(create_train_state(config, model, tx, plateau,
                                                steps_per_epoch * config.num_epochs))
-  params = models.count_params(model, datasets.get(config.data).image_shape)
-  logging.info("model %s: %s parameters; %d train / %d eval examples; "
-               "%d steps per epoch", config.model.name, f"{params:,}",
-               train_data.num_examples, eval_data.num_examples, steps_per_epoch)
-  if state.proxy is not None:
-    logging.info("%s", selection.describe(config, model, datasets.get(config.data).image_shape))
+  _log_run(config, model, train_data, eval_data, steps_per_epoch)
 
   with checkpoints.TrainingCheckpoints(workdir, config.keep_checkpoints,
                                        config.checkpoint_every_minutes) as saved:
@@ -330,14 +325,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         eval_accuracy = None  # a checkpoint's rank: only scheduled ones have one
         if epoch_step == steps_per_epoch:  # the epoch is complete: evaluate and record it
           train_summary = {k: float(v) for k, v in train_metrics.compute().items()}
-          eval_summary = eval_metrics(steps, state, eval_data)
-          if state.evaluated_average:  # the raw weights beside their average
-            raw = eval_metrics(steps, state, eval_data, raw=True)
-            eval_summary.update({f"raw_{k}": v for k, v in raw.items()})
           last = epoch + 1 == config.num_epochs
-          if config.eval.tta and last:  # the final result, with TTA
-            eval_summary["tta_accuracy"] = eval_metrics(steps, state, eval_data,
-                                                        tta=True)["accuracy"]
+          eval_summary = _evaluate_epoch(config, steps, state, eval_data, last)
           lr = float(schedule(updates_per_epoch * (epoch + 1) - 1)) * float(state.plateau.scale)
           if plateau:  # once per epoch, on the configured metric
             state = state.replace(plateau=plateau.update(state.plateau, _plateau_value(
@@ -359,6 +348,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   if history and jax.process_index() == 0:
     plots.plot_curves(history, os.path.join(workdir, plots.CURVES_FILE))
   return state, history
+
+
+def _log_run(config, model: models.Model, train_data: batches.Batches,
+             eval_data: batches.Batches, steps_per_epoch: int) -> None:
+  """What a run trains: the model's size, the data's, and the proxy that chooses examples."""
+  image_shape = datasets.get(config.data).image_shape
+  logging.info("model %s: %s parameters; %d train / %d eval examples; %d steps per epoch",
+               config.model.name, f"{models.count_params(model, image_shape):,}",
+               train_data.num_examples, eval_data.num_examples, steps_per_epoch)
+  if selection.enabled(config):
+    logging.info("%s", selection.describe(config, model, image_shape))
+
+
+def _evaluate_epoch(config, steps: Steps, state: TrainState, eval_data: batches.Batches,
+                    last: bool) -> dict[str, float]:
+  """An epoch's hold-out scalars: the evaluated weights', the raw weights' beside their
+  average (as raw_*), and after the last epoch the accuracy with config.eval.tta's TTA."""
+  summary = eval_metrics(steps, state, eval_data)
+  if state.evaluated_average:
+    raw = eval_metrics(steps, state, eval_data, raw=True)
+    summary.update({f"raw_{k}": v for k, v in raw.items()})
+  if config.eval.tta and last:  # the run's final result
+    summary["tta_accuracy"] = eval_metrics(steps, state, eval_data, tta=True)["accuracy"]
+  return summary
 
 
 def _fit_to_data(config, model: models.Model, state: TrainState, train_inputs) -> TrainState:

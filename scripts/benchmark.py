@@ -163,7 +163,7 @@ def _torch_round(model_name: str, batch_size: int, dtype: str, tiny: bool):
   return train_step, eval_step
 
 
-def main() -> None:
+def _parse_args() -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--model", choices=["shallow", "deep"], default="shallow")
   parser.add_argument("--config", default="", help="a config file's model and optimizer "
@@ -187,25 +187,12 @@ def main() -> None:
   args = parser.parse_args()
   if args.config and args.compare_torch:
     parser.error("--compare_torch has PyTorch models for --model only, not for --config")
+  return args
 
-  resnet_main.enable_compilation_cache(args.compilation_cache_dir)
-  config = _config(args)
-  steps, state, batch = _jax_setup(config, args.batch_size, args.dtype,
-                                   cpu_tuning=not args.no_cpu_tuning, tiny=args.tiny,
-                                   overrides=tuple(args.override))
-  start = time.perf_counter()  # first-step compile: tracing, lowering and XLA
-  lowered = steps.train.lower(state, batch)
-  if args.flops_only:
-    print(_train_flops_per_image(lowered, args))
-    return
-  compiled = lowered.compile()
-  compile_s = time.perf_counter() - start
-  if args.compilation_cache_dir:  # as a rerun would: nothing in memory, all on disk
-    jax.clear_caches()
-    start = time.perf_counter()
-    steps.train.lower(state, batch).compile()
-    cached_compile_s = time.perf_counter() - start
-  flops_per_image = _train_flops_per_image(lowered, args)
+
+def _timed_rounds(args, steps, state, batch, compiled) -> tuple[dict[str, list[float]], bool]:
+  """Seconds per step of each side's train and eval steps, one entry a round, and whether
+  PyTorch was timed. Rounds alternate, so drifting machine load hits both sides alike."""
   holder = {"state": jax.block_until_ready(compiled(state, batch)[0])}
 
   def jax_train():
@@ -222,12 +209,18 @@ def main() -> None:
     for step in torch_steps:
       step()
   timings = {"jax_train": [], "jax_eval": [], "torch_train": [], "torch_eval": []}
-  for _ in range(args.rounds):  # alternate, so drifting machine load hits both alike
+  for _ in range(args.rounds):
     timings["jax_train"].append(_time(jax_train, args.steps))
     timings["jax_eval"].append(_time(jax_eval, args.steps))
     if torch_steps:
       timings["torch_train"].append(_time(torch_steps[0], args.steps))
       timings["torch_eval"].append(_time(torch_steps[1], args.steps))
+  return timings, bool(torch_steps)
+
+
+def _report(args, config, timings: dict[str, list[float]], compared: bool,
+            compile_s: dict[str, float], flops_per_image: float) -> dict:
+  """The JSON object this script prints: the best round's rates and the run's context."""
   rate = lambda key: args.batch_size / min(timings[key])  # best round
   device = jax.devices()[0]
   result = {
@@ -242,26 +235,49 @@ def main() -> None:
       "cpu_tuning": not args.no_cpu_tuning and xla_cpu.on_cpu(),
       "overrides": args.override,
       "cpu_flags": xla_cpu.reported_flags(),
-      "compile_s": round(compile_s, 2),
+      **{key: round(seconds, 2) for key, seconds in compile_s.items()},
       "train_flops_per_image": flops_per_image,
       "achieved_flops_per_s": flops_per_image * rate("jax_train"),
       "peak_host_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
   }
-  if args.compilation_cache_dir:
-    result["cached_compile_s"] = round(cached_compile_s, 2)
   stats = device.memory_stats() if hasattr(device, "memory_stats") else None
   if stats and "peak_bytes_in_use" in stats:
     result["peak_device_memory_mb"] = round(stats["peak_bytes_in_use"] / 2**20, 1)
   if device.device_kind in PEAK_BF16_FLOPS:
     result["utilisation_of_bf16_peak"] = result["achieved_flops_per_s"] / PEAK_BF16_FLOPS[
         device.device_kind]
-  if torch_steps:
+  if compared:
     result.update({"torch_version": __import__("torch").__version__,
                    "torch_train_images_per_s": round(rate("torch_train"), 1),
                    "torch_eval_images_per_s": round(rate("torch_eval"), 1),
                    "train_speed_ratio_jax_over_torch": round(
                        rate("jax_train") / rate("torch_train"), 3)})
-  print(json.dumps(result, indent=1))
+  return result
+
+
+def main() -> None:
+  args = _parse_args()
+  resnet_main.enable_compilation_cache(args.compilation_cache_dir)
+  config = _config(args)
+  steps, state, batch = _jax_setup(config, args.batch_size, args.dtype,
+                                   cpu_tuning=not args.no_cpu_tuning, tiny=args.tiny,
+                                   overrides=tuple(args.override))
+  start = time.perf_counter()  # first-step compile: tracing, lowering and XLA
+  lowered = steps.train.lower(state, batch)
+  if args.flops_only:
+    print(_train_flops_per_image(lowered, args))
+    return
+  compiled = lowered.compile()
+  compile_s = {"compile_s": time.perf_counter() - start}
+  if args.compilation_cache_dir:  # as a rerun would: nothing in memory, all on disk
+    jax.clear_caches()
+    start = time.perf_counter()
+    steps.train.lower(state, batch).compile()
+    compile_s["cached_compile_s"] = time.perf_counter() - start
+  flops_per_image = _train_flops_per_image(lowered, args)
+  timings, compared = _timed_rounds(args, steps, state, batch, compiled)
+  print(json.dumps(_report(args, config, timings, compared, compile_s, flops_per_image),
+                   indent=1))
 
 
 if __name__ == "__main__":
