@@ -117,6 +117,8 @@ def enable_compilation_cache(directory: str) -> None:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if FLAGS.mode == "predict" and not (FLAGS.input and FLAGS.output):
+    raise SystemExit("error: --mode predict needs --input FILE and --output CSV")
   logs.configure(libraries_to_console=FLAGS.log_libraries)
   _initialize_distributed()
   enable_compilation_cache(FLAGS.config.compilation_cache_dir)
@@ -133,8 +135,6 @@ def main(argv: Sequence[str]) -> None:
       print(f"{metrics['split']}: accuracy {metrics['accuracy']:.4f} on "
             f"{metrics['num_examples']} examples; wrote {FLAGS.workdir}/eval/metrics.json")
     else:
-      if not FLAGS.input or not FLAGS.output:
-        raise app.UsageError("--mode predict needs --input FILE and --output CSV")
       result = evaluate.predict(FLAGS.config, FLAGS.workdir, FLAGS.input, FLAGS.output,
                                 FLAGS.checkpoint_step, class_names=FLAGS.class_names)
       logs.write_log_file(FLAGS.workdir)

@@ -2,9 +2,8 @@
 
 import jax
 import numpy as np
-import pytest
 
-from resnet_jax import checkpoints, config_validation, models, selection, train
+from resnet_jax import checkpoints, models, selection, train
 from resnet_jax.data import datasets, sources
 from resnet_jax.models import fast_resnet
 from tests.conftest import (CIFAR10_IMAGE, preempted_then_resumed, refused_leaving_run_as_is,
@@ -64,24 +63,6 @@ def test_a_run_with_a_proxy_fits_it_resumes_exactly_and_refuses_a_config_without
   refused_leaving_run_as_is(config, workdir, checkpoints.CheckpointError,
                             r"was trained with a proxy choosing its examples, this config has "
                             r"none \(config.selection.fraction\)")
-
-
-@pytest.mark.parametrize("changes,message", [
-    ({"selection.fraction": 1.0}, r"config.selection.fraction=1.0 is not in \[0, 1\)"),
-    ({"model": "shallow"}, r"config.selection.fraction=0.5 needs a proxy: config.model at other "
-     r"widths, and config.model.name='shallow' has no `widths` field \(presets with one: "),
-    ({"optimizer.accumulation_steps": 2}, r"config.selection.fraction=0.5 chooses examples "
-     r"within a step; config.optimizer.accumulation_steps=2 must be 1 with it"),
-    ({"selection.proxy_widths": (4, 8)}, r"config.selection.proxy_widths=\(4, 8\) must be 3 "
-     r"positive integers, one a group of config.model's \(8, 16, 16\)"),
-])
-def test_bad_selection_settings_fail_before_compute(changes, message):
-  model = changes.pop("model", None)
-  config = _config(**changes)
-  if model:
-    config = _smoke(**{"selection.fraction": 0.5})
-  with pytest.raises(config_validation.ConfigError, match=message):
-    config_validation.validate(config)
 
 
 def test_the_optimizer_counts_the_examples_the_model_trains_on():
