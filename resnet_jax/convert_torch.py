@@ -16,6 +16,8 @@ kernel (h*w*C, out) in Flax's (H, W, C) order. `num_batches_tracked` is ignored.
 
 import functools
 import os
+import pickle
+import re
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -168,6 +170,21 @@ def _check_fit(values: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]],
                           + "\n  ".join(problems))
 
 
+def _load_error(error: Exception) -> str:
+  """torch.load's error in one line. A pickle its safe loader refused keeps only the reason:
+  torch's text around it advises loading the file with code allowed, which a stranger's file
+  must never be."""
+  text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))  # its terminal colours
+  if not isinstance(error, pickle.UnpicklingError):
+    return " ".join(text.split())
+  named = re.search(r"WeightsUnpickler error:\s*(.*?)(?:\n\s*\n|$)", text, re.DOTALL)
+  paragraphs = [" ".join(p.split()) for p in re.split(r"\n\s*\n", text)]
+  reasons = ([named.group(1)] if named and named.group(1).strip() else []) + [
+      p for p in paragraphs if p and "weights_only" not in p and "documentation" not in p]
+  reason = " ".join(reasons[0].split()).split(". ")[0].rstrip(".") if reasons else "refused"
+  return f"not a pickle of tensors that loads without running code ({reason})"
+
+
 def load_state_dict(path: str) -> Mapping[str, Any]:
   """The model state_dict in a .pth: bare, or under "model_state_dict"."""
   try:
@@ -180,7 +197,7 @@ def load_state_dict(path: str) -> Mapping[str, Any]:
   try:
     obj = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as e:  # torch raises pickle, zip and runtime errors alike
-    raise ConversionError(f"cannot read {path} as a PyTorch checkpoint: {e}") from e
+    raise ConversionError(f"cannot read {path} as a PyTorch checkpoint: {_load_error(e)}") from e
   if isinstance(obj, Mapping) and "model_state_dict" in obj:
     obj = obj["model_state_dict"]
   if not isinstance(obj, Mapping):

@@ -158,7 +158,9 @@ def test_errors_are_clear_and_leave_the_workdir_untouched(tmp_path, trained):
     evaluate.predict(_smoke(), workdir, str(bad), str(tmp_path / "out.csv"))
   assert not (tmp_path / "out.csv").exists()
   # Training another model into the same workdir refuses instead of overwriting.
-  with pytest.raises(checkpoints.CheckpointError, match=r"checkpoints of another model"):
+  with pytest.raises(checkpoints.CheckpointError, match=r"holds checkpoints of another model "
+                                                        r"\(differs in \['stem_width'\]\); use "
+                                                        r"a new --workdir"):
     train.train_and_evaluate(_smoke(**{"model.stem_width": 16}), workdir)
   # dtype "auto" was stored resolved (auto resumes in it); resuming in another dtype says how
   # to go on.

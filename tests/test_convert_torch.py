@@ -116,15 +116,47 @@ def test_cli_bare_state_dict_of_wrong_model_names_keys_and_writes_nothing(tmp_pa
 
 
 def test_cli_missing_and_corrupt_files_are_named(tmp_path):
-  missing = _run_cli("--model", "shallow", "--checkpoint", str(tmp_path / "nope.pth"),
-                     "--output", str(tmp_path / "o"))
-  assert missing.returncode != 0 and "no PyTorch checkpoint at" in missing.stderr
   corrupt = tmp_path / "corrupt.pth"
   corrupt.write_bytes(b"not a zip or pickle")
-  result = _run_cli("--model", "shallow", "--checkpoint", str(corrupt), "--output",
-                    str(tmp_path / "o"))
-  assert result.returncode != 0 and f"cannot read {corrupt}" in result.stderr
+  missing = tmp_path / "nope.pth"
+  for pth, error in ((missing, f"error: no PyTorch checkpoint at {missing}"),
+                     (corrupt, f"error: cannot read {corrupt} as a PyTorch checkpoint: ")):
+    result = _run_cli("--model", "shallow", "--checkpoint", str(pth), "--output",
+                      str(tmp_path / "o"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(error), result.stderr[-2000:]
   assert not (tmp_path / "o").exists()
+
+
+class _RunsCode:
+  """Unpickled by a loader that runs code, it would make a directory."""
+
+  def __init__(self, marker):
+    self.marker = marker
+
+  def __reduce__(self):
+    return os.mkdir, (self.marker,)
+
+
+def test_a_pth_whose_pickle_would_run_code_is_refused_in_one_line(tmp_path):
+  pth, marker = tmp_path / "model.pth", tmp_path / "ran"
+  torch.save({"fc.bias": torch.zeros(10), "fc.weight": _RunsCode(str(marker))}, pth)
+  with pytest.raises(convert_torch.ConversionError) as info:
+    convert_torch.load_state_dict(str(pth))
+  message = str(info.value)  # torch's reason varies by version; its advice must not show
+  assert message.startswith(f"cannot read {pth} as a PyTorch checkpoint: not a pickle of "
+                            "tensors that loads without running code (")
+  assert "mkdir" in message and "weights_only" not in message and "\n" not in message, message
+  assert not marker.exists()
+
+
+def test_a_file_of_something_other_than_a_state_dict_is_named(tmp_path):
+  pth = tmp_path / "list.pth"
+  torch.save([torch.zeros(2)], pth)
+  with pytest.raises(convert_torch.ConversionError,
+                     match=f"^{pth} holds a list, not a state_dict or a dict with "
+                           "'model_state_dict'$"):
+    convert_torch.load_state_dict(str(pth))
 
 
 def _refuse_conversion(*args):

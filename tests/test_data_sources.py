@@ -207,8 +207,16 @@ def test_bad_archives_are_named(tmp_path, cifar_archive):
     data = f.read()
   truncated = tmp_path / "truncated.tar.gz"
   truncated.write_bytes(data[:len(data) // 3])
-  with pytest.raises(DataError, match="truncated.tar.gz"):
+  with pytest.raises(DataError, match=r"truncated.tar.gz: not a readable tar archive \(Compressed "
+                                      r"file ended before the end-of-stream marker"):
     sources.load_split(data_config(str(truncated)), "train")
+  # CIFAR-100's archive given for CIFAR-10 (or any archive without its files).
+  cifar100 = tmp_path / "cifar-100-python.tar.gz"
+  with tarfile.open(cifar100, "w:gz") as tar:
+    tar.add(write_cifar100_dir(str(tmp_path / "src100"))[0], arcname="cifar-100-python")
+  with pytest.raises(DataError, match=r"cifar-100-python.tar.gz: no member 'data_batch_1' "
+                                      r"\(expected cifar-10-batches-py/data_batch_1\)"):
+    sources.load_split(data_config(str(cifar100)), "train")
   corrupt = tmp_path / "corrupt.tar.gz"
   corrupt.write_bytes(b"not an archive")
   with pytest.raises(DataError, match=r"corrupt.tar.gz: not a readable tar archive"):
