@@ -117,8 +117,9 @@ def test_plateau_lowers_the_lr_after_patience_flat_epochs_and_not_before():
   assert float(state.scale) == 0.5
 
 
-@pytest.mark.parametrize("schedule", ["constant", "step", "warmup_cosine", "one_cycle"])
+@pytest.mark.parametrize("schedule", optim.SCHEDULES)
 def test_schedules_start_peak_and_end_where_expected(schedule):
+  """40 updates: warm-ups of 1 epoch (10 updates); one_cycle peaks at optax's 30%."""
   config = _opt_config(schedule=schedule, learning_rate=0.1, step_epochs=2, gamma=0.5,
                        warmup_epochs=1.0)
   _, lr = optim.create_optimizer(config, updates_per_epoch=10, num_epochs=4)
@@ -128,7 +129,12 @@ def test_schedules_start_peak_and_end_where_expected(schedule):
     np.testing.assert_allclose(values, 0.1)
   elif schedule == "step":
     np.testing.assert_allclose(values[[0, 19, 20, 39]], [0.1, 0.1, 0.05, 0.05])
+  elif schedule == "triangle":  # from 0.2x the peak, down towards 0.07x at update 40
+    assert values.argmax() == 10
+    np.testing.assert_allclose(values[[0, 10, 39]], [0.02, 0.1, 0.1 * (1 - 0.93 * 29 / 30)],
+                               rtol=1e-5)
   else:
+    assert values.argmax() == {"warmup_cosine": 10, "one_cycle": 12}[schedule]
     assert values[0] < 0.1 * 0.1 and values[-1] < 0.1 * 0.05
 
 

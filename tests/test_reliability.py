@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from resnet_jax import checkpoints, evaluate, preemption, train
+from resnet_jax.data import sources
 from tests.conftest import (CIFAR10_IMAGE, REPO, on_train_batches, poison_batch,
                             signal_at_batch, untimed, write_unlabeled)
 from tests.conftest import smoke_config as _smoke
@@ -166,15 +167,21 @@ def _remove_metadata(step_dir):
 @pytest.mark.parametrize("damage", [_truncate_model_files, _remove_metadata])
 def test_unreadable_latest_checkpoint_is_set_aside_and_the_previous_resumed(
     tmp_path, trained, damage, caplog):
-  _, uninterrupted, _ = trained
+  _, uninterrupted, full_history = trained
   train.train_and_evaluate(_smoke(num_epochs=2), str(tmp_path))
   damage(str(tmp_path / "checkpoints" / "32"))
-  state, _ = train.train_and_evaluate(_smoke(), str(tmp_path))
+  state, history = train.train_and_evaluate(_smoke(), str(tmp_path))
   assert "skipping unreadable checkpoint" in caplog.text and "checkpoints/32" in caplog.text
   assert (tmp_path / "checkpoints" / "32.corrupt").is_dir()  # kept, not deleted
-  for ours, theirs in zip(jax.tree.leaves(jax.device_get(state.params)),
-                          jax.tree.leaves(uninterrupted.params)):
-    np.testing.assert_array_equal(ours, theirs)
+  ours = jax.device_get((state.params, state.batch_stats, state.opt_state))
+  for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(
+      (uninterrupted.params, uninterrupted.batch_stats, uninterrupted.opt_state))):
+    np.testing.assert_array_equal(a, b)
+  assert untimed(history) == untimed(full_history)  # epoch 1 from step 16, 2 and 3 redone
+
+
+def _refuse_work(*args, **kwargs):
+  raise AssertionError("data was loaded or a step built before the error")
 
 
 @pytest.fixture
@@ -214,7 +221,9 @@ def test_disk_full_during_a_save_is_a_clear_error_and_earlier_checkpoints_surviv
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(variables))
 
 
-def test_unwritable_workdir_fails_before_compute(tmp_path):
+def test_unwritable_workdir_fails_before_compute(tmp_path, monkeypatch):
+  monkeypatch.setattr(sources, "load_split", _refuse_work)  # the first work after the checks
+  monkeypatch.setattr(train, "Steps", _refuse_work)
   blocker = tmp_path / "a_file"
   blocker.write_text("not a directory")
   with pytest.raises(checkpoints.CheckpointError, match=r"--workdir .*a_file/run is not writable"):
