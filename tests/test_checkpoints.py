@@ -141,9 +141,14 @@ def test_errors_are_clear_and_leave_the_workdir_untouched(tmp_path, trained):
   workdir, _, _ = trained
   before = _snapshot(workdir)
   empty = tmp_path / "empty"
-  with pytest.raises(checkpoints.CheckpointError, match=r"no checkpoint in .*empty/checkpoints"):
+  with pytest.raises(checkpoints.CheckpointError, match=r"no checkpoint in .*empty/checkpoints "
+                                                        r"\(the directory does not exist\)"):
     evaluate.evaluate_checkpoint(_smoke(), str(empty))
   assert not empty.exists()
+  (empty / "checkpoints").mkdir(parents=True)  # a run that failed before its first save
+  with pytest.raises(checkpoints.CheckpointError, match=r"no checkpoint in .*empty/checkpoints$"):
+    evaluate.evaluate_checkpoint(_smoke(), str(empty))
+  assert os.listdir(empty / "checkpoints") == []
   with pytest.raises(checkpoints.CheckpointError, match=r"holds model 'shallow', which differs "
                                                         r"from the config's model 'deep'"):
     evaluate.evaluate_checkpoint(_smoke(model="deep"), workdir)
@@ -216,6 +221,14 @@ def test_plots_of_a_damaged_history_is_one_line_and_keeps_the_old_figure(tmp_pat
   with pytest.raises(SystemExit, match=r"error: .*history.json is not a training history"):
     plots.main(["plots", str(tmp_path)])
   assert (tmp_path / "curves.png").read_bytes() == b"old figure"
+
+
+def test_plots_of_a_folder_without_a_history_is_one_line(tmp_path):
+  with pytest.raises(SystemExit) as info:
+    plots.main(["plots", str(tmp_path)])
+  assert str(info.value.code) == (f"error: no training history at {tmp_path}/history.json: "
+                                  f"is {tmp_path} a training workdir?")
+  assert os.listdir(tmp_path) == []
 
 
 def test_outputs_are_checked_before_compute_and_replaced_only_when_complete(
