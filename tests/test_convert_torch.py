@@ -51,33 +51,21 @@ def test_deep_head_is_permuted_from_chw_to_hwc_flatten_order():
     np.testing.assert_array_equal(kernel[(h * 3 + w) * 256 + c], weight[:, c * 9 + h * 3 + w])
 
 
-def test_missing_key_is_named_with_its_shape(shallow_state):
-  state = dict(shallow_state)
-  del state["layer2.0.downsample.0.weight"]
-  with pytest.raises(convert_torch.ConversionError,
-                     match=r"missing key 'layer2.0.downsample.0.weight' \(model expects shape "
-                           r"\(128, 64, 1, 1\)\)"):
-    convert_torch.convert_state_dict(state, "shallow")
-
-
-def test_extra_key_is_named(shallow_state):
-  state = {**shallow_state, "fc2.weight": torch.zeros(3, 4)}
-  with pytest.raises(convert_torch.ConversionError, match=r"unexpected key 'fc2.weight' \(shape "
-                                                          r"\(3, 4\)\)"):
-    convert_torch.convert_state_dict(state, "shallow")
-
-
-def test_misshaped_key_names_both_shapes(shallow_state):
-  state = {**shallow_state, "fc.weight": torch.zeros(10, 512)}
-  with pytest.raises(convert_torch.ConversionError,
-                     match=r"key 'fc.weight' has shape \(10, 512\), model expects \(10, 256\)"):
-    convert_torch.convert_state_dict(state, "shallow")
-
-
-def test_weights_of_the_other_model_are_rejected(shallow_state):
-  with pytest.raises(convert_torch.ConversionError, match="does not fit model 'deep'") as info:
-    convert_torch.convert_state_dict(shallow_state, "deep")
-  assert "missing key 'layer4.0.conv1.weight'" in str(info.value)
+@pytest.mark.parametrize("change,model,message", [
+    ({"layer2.0.downsample.0.weight": None}, "shallow",
+     r"missing key 'layer2.0.downsample.0.weight' \(model expects shape \(128, 64, 1, 1\)\)"),
+    ({"fc2.weight": torch.zeros(3, 4)}, "shallow",
+     r"unexpected key 'fc2.weight' \(shape \(3, 4\)\)"),
+    ({"fc.weight": torch.zeros(10, 512)}, "shallow",
+     r"key 'fc.weight' has shape \(10, 512\), model expects \(10, 256\)"),
+    ({}, "deep", r"(?s)does not fit model 'deep':\n.*missing key 'layer4.0.conv1.weight'"),
+])
+def test_a_state_dict_that_does_not_fit_the_model_is_named(shallow_state, change, model,
+                                                          message):
+  """Each entry missing, unexpected or misshaped, or another model's weights: None deletes."""
+  state = {k: v for k, v in {**shallow_state, **change}.items() if v is not None}
+  with pytest.raises(convert_torch.ConversionError, match=message):
+    convert_torch.convert_state_dict(state, model)
 
 
 def _run_cli(*args):
