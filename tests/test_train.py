@@ -19,7 +19,7 @@ import pytest
 
 from resnet_jax import config_validation, model_setup, optim, train, xla_cpu
 from resnet_jax.data import batches
-from tests.conftest import REPO, smoke_config as _smoke
+from tests.conftest import REPO, on_train_batches, smoke_config as _smoke
 
 
 def test_smoke_config_trains_and_its_loss_falls(trained):
@@ -263,8 +263,14 @@ def test_a_dataset_of_another_image_size_trains_evaluates_and_predicts(tmp_path,
   monkeypatch.setitem(datasets.DATASETS, "small16", small)
   config = _smoke(**{"data.dataset": "small16", "num_epochs": 1, "eval.tta": 2,
                      "data.augment.crop_padding": 2, "data.augment.translate": 0.1})
+  shapes = set()
+  on_train_batches(monkeypatch, lambda n, batch: shapes.add(batch["image"].shape[1:]) or batch)
   state, history = train.train_and_evaluate(config, str(tmp_path / "run"))
-  assert 0 <= history[-1]["eval_tta_accuracy"] <= 1
+  assert shapes == {(16, 16, 3)}  # after the crop and translation
+  # The shifted views of TTA level 2 at 16x16: --mode eval's result is the loop's.
+  metrics = evaluate.evaluate_checkpoint(config, str(tmp_path / "run"))
+  assert metrics["tta"] == 2
+  assert metrics["accuracy"] == pytest.approx(history[-1]["eval_tta_accuracy"], abs=1e-9)
   images, _ = sources.load_split(config.data, "test[:8]")
   assert images.shape == (8, 16, 16, 3)
   with open(tmp_path / "in.pkl", "wb") as f:
