@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from resnet_jax import train
-from resnet_jax.data import datasets, sources
+from resnet_jax.data import augmentations, datasets, sources
 from resnet_jax.models import fast_resnet
 from tests import airbench_reference as airbench
 
@@ -47,17 +47,23 @@ def _cifar_norm():
 
 
 def test_smoothed_summed_loss_and_alternating_flip_are_ours():
+  """The label-smoothed summed loss, and the images each epoch mirrors, equal ours."""
   rng = np.random.default_rng(0)
   logits, labels = rng.normal(size=(64, 10)).astype(np.float32), rng.integers(0, 10, 64)
   theirs = F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels),
                            label_smoothing=0.2, reduction="sum")
   ours = train.cross_entropy(jnp.asarray(logits), jnp.asarray(labels), 0.2).sum()
   np.testing.assert_allclose(float(ours), float(theirs), rtol=1e-5)
+  # airbench's flips drawn as ours are (the run's seed 3): both then flip the same images.
   images = torch.from_numpy(rng.normal(size=(40, 3, 32, 32)).astype(np.float32))
-  flips = torch.rand(40, generator=torch.Generator().manual_seed(0)) < 0.5
-  seen = []
+  flips = torch.from_numpy(augmentations.alternating_flip_bits(3, 40))
   for epoch in (0, 1):
     for x, y in airbench.epoch_batches(images, torch.arange(40), 40, epoch, flips,
                                        torch.Generator().manual_seed(epoch), translate=0):
-      seen.append({int(i): bool(torch.equal(v, images[i].flip(-1))) for v, i in zip(x, y)})
-  assert all(seen[0][i] != seen[1][i] for i in range(40))  # each image both ways in 2 epochs
+      theirs = [bool(torch.equal(v, images[i].flip(-1))) for v, i in zip(x, y)]
+      info = augmentations.BatchInfo(indices=jnp.asarray(y.numpy()), parity=epoch, seed=3,
+                                     num_examples=40)
+      nhwc = jnp.asarray(images[y].numpy().transpose(0, 2, 3, 1))
+      mirrored = augmentations.OPS["alternating_flip"].jax_kernel(None, nhwc, 1, info)
+      ours = [bool(jnp.array_equal(m, n[:, ::-1])) for m, n in zip(mirrored, nhwc)]
+      assert theirs == ours and sum(ours) not in (0, 40), epoch
