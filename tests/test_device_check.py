@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO, load_script, write_cifar_dir
 
 
@@ -52,6 +54,16 @@ def test_the_benchmark_times_a_config_s_own_model_and_optimizer(monkeypatch, cap
   result = json.loads(capsys.readouterr().out)
   assert result["model"] == "fast" and result["config"] == "configs/fast_muon.py"
   assert result["train_images_per_s"] > 0 and result["eval_images_per_s"] > 0
+
+
+def test_the_benchmark_refuses_a_pytorch_side_for_a_config(monkeypatch, capsys):
+  monkeypatch.setattr(sys, "argv", ["benchmark.py", "--config", "configs/fast_muon.py",
+                                    "--compare_torch"])
+  with pytest.raises(SystemExit) as info:
+    load_script("benchmark").main()
+  assert info.value.code == 2  # argparse's usage error, before any model is built
+  assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+      "error: --compare_torch has PyTorch models for --model only, not for --config")
 
 
 def test_a_zip_is_unpacked_into_the_folder_the_recipes_read(tmp_path):

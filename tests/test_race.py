@@ -4,7 +4,9 @@ import json
 import subprocess
 import sys
 
-from tests.conftest import REPO, write_cifar_dir
+import pytest
+
+from tests.conftest import REPO, load_script, write_cifar_dir
 
 
 def test_race_runs_both_sides_and_reports_their_times_and_accuracies(tmp_path):
@@ -28,3 +30,12 @@ def test_race_runs_both_sides_and_reports_their_times_and_accuracies(tmp_path):
   again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
   assert again.returncode != 0 and "is not empty" in again.stderr  # no run resumed as a race
   assert json.loads((out / "race.json").read_text()) == report
+
+
+def test_a_missing_data_path_is_one_line_before_anything_is_made(tmp_path, monkeypatch):
+  monkeypatch.setattr(sys, "argv", ["race.py", "--data", str(tmp_path / "none"), "--out",
+                                    str(tmp_path / "out")])
+  with pytest.raises(SystemExit) as info:
+    load_script("race").main()
+  assert info.value.code == f"error: --data {tmp_path}/none does not exist"
+  assert not (tmp_path / "out").exists()
