@@ -79,7 +79,7 @@ def _rewrite(path, changes):
     pickle.dump(batch, f)
 
 
-def test_bad_data_is_named(cifar_dir, tmp_path):
+def test_a_missing_or_unreadable_batch_file_is_named(cifar_dir):
   directory, _ = cifar_dir
   config = data_config(directory)
   batch3 = os.path.join(directory, "data_batch_3")
@@ -99,19 +99,6 @@ def test_bad_data_is_named(cifar_dir, tmp_path):
   with pytest.raises(DataError, match=r"data_batch_3: not a readable CIFAR-10 batch file"):
     sources.load_split(config, "train")
 
-  with open(batch3, "wb") as f:
-    f.write(original)
-  _rewrite(batch3, {b"data": np.zeros((20, 1024), np.uint8)})
-  with pytest.raises(DataError, match=r"data_batch_3: b'data' has shape \(20, 1024\)"):
-    sources.load_split(config, "train")
-
-  with open(batch3, "wb") as f:
-    f.write(original)
-  _rewrite(batch3, {b"labels": [0] * 19 + [10]})
-  with pytest.raises(DataError, match=r"data_batch_3: b'labels'\[19\] = 10 is not a label: labels are "
-                                      r"integers in \[0, 10\)"):
-    sources.load_split(config, "train")
-
   os.remove(batch3)
   with pytest.raises(DataError, match=r"data_batch_3: missing CIFAR-10 batch file"):
     sources.load_split(config, "train")
@@ -120,6 +107,8 @@ def test_bad_data_is_named(cifar_dir, tmp_path):
 
 
 @pytest.mark.parametrize("changes, message", [
+    ({b"labels": [0] * 19 + [10]},
+     r"b'labels'\[19\] = 10 is not a label: labels are integers in \[0, 10\)"),
     ({b"labels": [0.0] * 19 + [float("nan")]}, r"b'labels'\[19\] = nan is not a label"),
     ({b"labels": [3.7] * 20}, r"b'labels'\[0\] = 3.7 is not a label"),
     ({b"labels": np.full(20, -1, np.int64)}, r"b'labels'\[0\] = -1 is not a label"),
@@ -130,6 +119,7 @@ def test_bad_data_is_named(cifar_dir, tmp_path):
     ({b"labels": [[0]] * 20}, r"b'labels' holds \[0\] \(list\); labels are integers"),
     ({b"labels": np.zeros((20, 1), np.int64)}, r"b'labels' has shape \(20, 1\) for 20 images"),
     ({b"labels": [0] * 19}, r"b'labels' has shape \(19,\) for 20 images"),
+    ({b"data": np.zeros((20, 1024), np.uint8)}, r"b'data' has shape \(20, 1024\)"),
     ({b"data": [[0] * 3072] * 20}, r"b'data' has shape None and dtype list; expected N x 3072"),
     ({b"data": np.zeros((20, 3072), np.float32)}, r"b'data' has shape \(20, 3072\) and dtype "
                                                    r"float32; expected N x 3072 uint8"),
