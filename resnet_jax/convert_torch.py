@@ -18,6 +18,7 @@ import functools
 import os
 import pickle
 import re
+import warnings
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -170,19 +171,26 @@ def _check_fit(values: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]],
                           + "\n  ".join(problems))
 
 
+# Sentences of torch.load's errors that advise loading the file with code allowed (or say
+# how): a stranger's file must never be, so the user is not told to.
+_TORCH_ADVICE = re.compile(r"weights_only|trust|safe_globals|file an issue|documentation|"
+                           r"can still be loaded|Alternatively|Weights only load failed")
+
+
 def _load_error(error: Exception) -> str:
-  """torch.load's error in one line. A pickle its safe loader refused keeps only the reason:
-  torch's text around it advises loading the file with code allowed, which a stranger's file
-  must never be."""
+  """torch.load's error in one line, without its advice to load the file with code allowed;
+  a pickle its safe loader refused says so, with the loader's reason."""
   text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))  # its terminal colours
-  if not isinstance(error, pickle.UnpicklingError):
-    return " ".join(text.split())
-  named = re.search(r"WeightsUnpickler error:\s*(.*?)(?:\n\s*\n|$)", text, re.DOTALL)
-  paragraphs = [" ".join(p.split()) for p in re.split(r"\n\s*\n", text)]
-  reasons = ([named.group(1)] if named and named.group(1).strip() else []) + [
-      p for p in paragraphs if p and "weights_only" not in p and "documentation" not in p]
-  reason = " ".join(reasons[0].split()).split(". ")[0].rstrip(".") if reasons else "refused"
-  return f"not a pickle of tensors that loads without running code ({reason})"
+  if "TorchScript" in text:
+    return ("a TorchScript archive (torch.jit.save), not a state_dict: save "
+            "model.state_dict() with torch.save")
+  sentences = re.split(r"(?<=\.)\s+|\n+", text)
+  reason = " ".join(" ".join(s for s in sentences if not _TORCH_ADVICE.search(s)).split())
+  reason = reason.replace("WeightsUnpickler error: ", "") or (
+      "the file ends early" if isinstance(error, EOFError) else type(error).__name__)
+  if isinstance(error, pickle.UnpicklingError):
+    return f"not a pickle of tensors that loads without running code ({reason.rstrip('.')})"
+  return reason
 
 
 def load_state_dict(path: str) -> Mapping[str, Any]:
@@ -195,7 +203,9 @@ def load_state_dict(path: str) -> Mapping[str, Any]:
   if not os.path.isfile(path):
     raise FileNotFoundError(f"no PyTorch checkpoint at {path}")
   try:
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    with warnings.catch_warnings():  # the error below says it all, in one line
+      warnings.simplefilter("ignore")
+      obj = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as e:  # torch raises pickle, zip and runtime errors alike
     raise ConversionError(f"cannot read {path} as a PyTorch checkpoint: {_load_error(e)}") from e
   if isinstance(obj, Mapping) and "model_state_dict" in obj:

@@ -1,6 +1,7 @@
 """Converting seed PyTorch checkpoints: mapping, error cases, Orbax output."""
 
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -139,12 +140,19 @@ def test_a_pth_whose_pickle_would_run_code_is_refused_in_one_line(tmp_path):
 
 
 def test_a_file_of_something_other_than_a_state_dict_is_named(tmp_path):
-  pth = tmp_path / "list.pth"
+  pth, scripted, empty = tmp_path / "list.pth", tmp_path / "scripted.pt", tmp_path / "empty.pth"
   torch.save([torch.zeros(2)], pth)
-  with pytest.raises(convert_torch.ConversionError,
-                     match=f"^{pth} holds a list, not a state_dict or a dict with "
-                           "'model_state_dict'$"):
-    convert_torch.load_state_dict(str(pth))
+  torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), scripted)
+  empty.write_bytes(b"")
+  for path, message in (
+      (pth, "holds a list, not a state_dict or a dict with 'model_state_dict'"),
+      (scripted, "as a PyTorch checkpoint: a TorchScript archive (torch.jit.save), not a "
+                 "state_dict: save model.state_dict() with torch.save"),
+      (empty, "as a PyTorch checkpoint: the file ends early")):
+    with pytest.raises(convert_torch.ConversionError) as info:
+      convert_torch.load_state_dict(str(path))
+    assert str(info.value).endswith(message) and str(path) in str(info.value)
+    assert "weights_only" not in str(info.value) and "\n" not in str(info.value)
 
 
 def _refuse_conversion(*args):
@@ -168,7 +176,8 @@ def test_bad_entry_of_a_file_is_one_line_naming_file_and_key(tmp_path, monkeypat
   pth = tmp_path / "bad.pth"
   torch.save(state, pth)
   monkeypatch.setattr(convert_torch, "_as_numpy", _refuse_conversion)  # nothing materialised
-  with pytest.raises(convert_torch.ConversionError, match=f"^{pth}: {message}") as info:
+  with pytest.raises(convert_torch.ConversionError,
+                     match=f"^{re.escape(str(pth))}: {message}") as info:
     convert_torch.convert_checkpoint("shallow", str(pth), str(tmp_path / "o"))
   assert "\n" not in str(info.value)
   assert not (tmp_path / "o").exists()
@@ -193,7 +202,8 @@ def test_tensor_past_its_storage_is_refused_by_torch_load(tmp_path):
         data = data[:size_at] + b"K\xc8" + data[size_at + 2:]
       target.writestr(info, data)
   with pytest.raises(convert_torch.ConversionError,
-                     match=f"^cannot read {bad} as a PyTorch checkpoint: .*storage"):
+                     match=f"^cannot read {re.escape(str(bad))} as a PyTorch checkpoint: "
+                           ".*storage"):
     convert_torch.load_state_dict(str(bad))
 
 

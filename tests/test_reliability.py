@@ -173,10 +173,9 @@ def test_unreadable_latest_checkpoint_is_set_aside_and_the_previous_resumed(
   state, history = train.train_and_evaluate(_smoke(), str(tmp_path))
   assert "skipping unreadable checkpoint" in caplog.text and "checkpoints/32" in caplog.text
   assert (tmp_path / "checkpoints" / "32.corrupt").is_dir()  # kept, not deleted
-  ours = jax.device_get((state.params, state.batch_stats, state.opt_state))
-  for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(
-      (uninterrupted.params, uninterrupted.batch_stats, uninterrupted.opt_state))):
-    np.testing.assert_array_equal(a, b)
+  jax.tree.map(np.testing.assert_array_equal,  # the trees' structures too
+               jax.device_get((state.params, state.batch_stats, state.opt_state)),
+               (uninterrupted.params, uninterrupted.batch_stats, uninterrupted.opt_state))
   assert untimed(history) == untimed(full_history)  # epoch 1 from step 16, 2 and 3 redone
 
 
