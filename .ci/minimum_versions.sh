@@ -2,8 +2,9 @@
 # CI's lower-bounds step: pyproject.toml's lowest versions (.ci/minimum_versions.txt, the `tf`
 # extra's included) in a fresh environment installed without pip's cache, and the part of the
 # suite that needs no PyTorch run on them: models, training and resume on both pipelines,
-# checkpoints of older layouts, data sources, the TensorFlow-free path, and the readers of
-# untrusted files on numpy 2.0's pickles.
+# config and command-line errors (absl's and ml_collections' lowest), checkpoints of older
+# layouts, data sources, the TensorFlow-free path, and the readers of untrusted files on
+# numpy 2.0's pickles.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${VENV:-/tmp/resnet_jax-minimum-versions}
@@ -19,6 +20,7 @@ rm -rf "$venv"
 "$venv/bin/python" -m pip list --format=freeze 2>/dev/null \
     | grep -iE '^(jax|jaxlib|flax|optax|orbax-checkpoint|clu|dm-pix|ml.collections|absl-py|numpy|tensorboard|matplotlib|tensorflow|tensorflow-datasets)=='
 "$venv/bin/python" -m pytest -n 2 --dist loadfile -q -p no:cacheprovider \
-    tests/test_models.py tests/test_train.py tests/test_checkpoint_layouts.py \
-    tests/test_fast_model.py tests/test_device_pipeline.py tests/test_data_sources.py \
-    tests/test_download.py tests/test_console.py tests/test_pickles.py tests/test_unlabeled.py
+    tests/test_models.py tests/test_train.py tests/test_config_validation.py \
+    tests/test_checkpoint_layouts.py tests/test_fast_model.py tests/test_device_pipeline.py \
+    tests/test_data_sources.py tests/test_download.py tests/test_console.py tests/test_pickles.py \
+    tests/test_unlabeled.py

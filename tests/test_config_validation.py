@@ -1,8 +1,11 @@
 """Config values that used to end in a traceback: refused before any compute, in one line
-naming the key and value and saying what is allowed."""
+naming the key and value and saying what is allowed, from Python and the command line."""
 
 import importlib
+import os
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -139,6 +142,50 @@ def test_batch_larger_than_the_training_split_fails_before_the_workdir(tmp_path,
   with pytest.raises(datasets.DataError, match=message):
     train.train_and_evaluate(smoke_config(**changes), str(workdir))
   assert not workdir.exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--config.optimizer.learning_rate=-0.1"],
+     "error: config.optimizer.learning_rate=-0.1 must be positive"),
+    (["--config.optimizer.learnig_rate=0.1"],
+     "error: --config.optimizer.learnig_rate=0.1: config.optimizer has no key 'learnig_rate'; "
+     "did you mean 'learning_rate'?"),
+    (["--config.model.depth=9"],
+     "error: --config.model.depth=9: config.model has no key 'depth'; no model family has it"),
+    # A config holds its own family's keys: the other family's field or group is named.
+    (["--config.model.widths=(8,16)"],
+     "error: --config.model.widths=(8,16): config.model has no key 'widths'; it belongs to "
+     "FastResNet (presets fast, fast_large, frontier): start from a config of that family"),
+    (["--config.optimizer.groups.whiten_bias.epochs=2"],
+     "error: --config.optimizer.groups.whiten_bias.epochs=2: config.optimizer.groups has no "
+     "key 'whiten_bias'; it belongs to FastResNet"),
+    # Keys of before name their new place.
+    (["--config.optimizer.bn_bias_lr_multiplier=64"],
+     "error: --config.optimizer.bn_bias_lr_multiplier=64: config.optimizer has no key "
+     "'bn_bias_lr_multiplier'; it is config.optimizer.groups.bn_bias.lr_multiplier now"),
+    # Any ResNet field is a key on the command line: this one reaches the budget check.
+    (["--config.model.stage_widths=(64,128,1024)"], "over its budget max_params=5,000,000"),
+    (["--config.data.source=cifar10_dir", "--config.data.dir=no/such/dir"],
+     "error: config.data.dir='no/such/dir' does not exist"),
+    (["--config.data.source=files"], "error: config.data.dir is empty; set it to a "
+     "cifar-10-batches-py directory or cifar-10-python.tar.gz"),
+    (["--config.seed=-1"], "error: config.seed=-1 must be an integer in [0, 2**32)"),
+    # absl's own flag errors (their wording absl's), in the same one line.
+    (["--config.num_epochs=ten"], "error: flag --config.num_epochs=ten: "),
+    (["--mode=predict", "--output=labels.csv"],
+     "error: --mode predict needs --input FILE and --output CSV"),
+])
+def test_cli_rejects_bad_input_in_one_line_and_leaves_no_workdir(tmp_path, args, message):
+  workdir = tmp_path / "runs" / "run"
+  result = subprocess.run(
+      [sys.executable, "-m", "resnet_jax.main", "--config", "configs/shallow.py", "--workdir",
+       str(workdir), *args],
+      capture_output=True, text=True, cwd=REPO)
+  assert result.returncode == 1
+  errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1 and message in errors[0], result.stderr[-3000:]
+  assert "Traceback" not in result.stderr
+  assert os.listdir(tmp_path) == []  # not even an empty workdir
 
 
 def test_a_config_holds_and_prints_only_its_family_s_keys():
