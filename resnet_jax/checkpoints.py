@@ -33,7 +33,10 @@ that: every restore hashes what it restored and compares. A damaged checkpoint (
 that Orbax cannot read, or whose arrays differ) is a DamagedCheckpointError: resume
 sets it aside and resumes the one before; evaluation and prediction refuse it,
 naming it (--checkpoint_step picks another). Checkpoints written before checksums
-were kept restore unverified, with a warning. An unreadable metrics/metrics file
+were kept restore unverified, with a warning. "meta" is JSON anyone could have edited:
+each value the code reads is checked first (`_check_meta`), and a checkpoint whose
+arrays are not the ones the config trains (another optimizer's state) is refused as
+such, not set aside as damaged. An unreadable metrics/metrics file
 (Orbax's per-step copy of the accuracy) gives way to meta's: see `_Manager`.
 """
 
@@ -59,7 +62,17 @@ LAYOUT = checkpoint_layouts.LAYOUT
 CHECKPOINT_SUBDIR = "checkpoints"
 ITEMS = ("model", "train", "meta")
 CHECKSUM = "sha256"  # SHA-NI makes it faster than blake2b on today's x86 and ARM CPUs
+# The algorithms a checkpoint's meta may name: hashlib's everywhere, but the shake ones,
+# whose hex digests need a length.
+CHECKSUMS_READ = tuple(sorted(a for a in hashlib.algorithms_guaranteed
+                              if not a.startswith("shake")))
 TIME_CHECK_EVERY = 10  # steps between asking whether a checkpoint is due on time
+# The JSON types of the meta keys the code reads (the module's docstring says what each is).
+META_TYPES = {"model": (dict,), "source": (str,), "layout": (int,), "averages": (list,),
+              "evaluated_average": (str, type(None)), "proxy": (bool,), "epoch": (int,),
+              "epoch_step": (int,), "eval_accuracy": (int, float, type(None)),
+              "config": (str,), "history": (list,), "checksum": (str,), "checksums": (dict,)}
+TRAINING_META = ("epoch", "epoch_step", "history", "config")  # resuming needs them all
 
 
 class CheckpointError(ValueError):
@@ -301,11 +314,51 @@ def _unreadable(manager: ocp.CheckpointManager, step: int,
 
 
 def read_meta(manager: ocp.CheckpointManager, step: int) -> dict:
-  """The "meta" item of `step`; DamagedCheckpointError when Orbax cannot read it."""
+  """The "meta" item of `step`; DamagedCheckpointError when Orbax cannot read it,
+  CheckpointError when a value the code reads is not what this package writes."""
   try:
-    return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
   except Exception as e:  # pylint: disable=broad-except  # Orbax raises many types
     raise _unreadable(manager, step, e) from e
+  _check_meta(f"{manager.directory}/{step}/meta", meta)
+  return meta
+
+
+def _has_type(value, types: tuple) -> bool:
+  return isinstance(value, types) and (bool in types or not isinstance(value, bool))
+
+
+def _check_meta(where: str, meta) -> None:
+  """Raises CheckpointError naming the first key of `meta` (JSON read from disk: anyone's
+  file) whose value is not what this package writes, before any of it is used. A key
+  absent is older layouts' way (see the module's docstring); one this version needs is
+  checked where it is needed."""
+  if not isinstance(meta, dict):
+    raise CheckpointError(f"{where} is a JSON {type(meta).__name__}, not an object")
+  for key, types in META_TYPES.items():
+    if key in meta and not _has_type(meta[key], types):
+      raise CheckpointError(f"{where}: {key}={_one_line(repr(meta[key]))} is not "
+                            f"{' or '.join(t.__name__ for t in types)}")
+  problem = None
+  if meta.get("layout", 1) > LAYOUT:
+    problem = (f"layout={meta['layout']}: written by a newer resnet_jax (this one reads "
+               f"layouts up to {LAYOUT}); upgrade it")
+  elif "checksum" in meta and meta["checksum"] not in CHECKSUMS_READ:
+    problem = f"checksum={meta['checksum']!r} is not one of {list(CHECKSUMS_READ)}"
+  elif not all(isinstance(digests, dict) and all(isinstance(v, str) for v in digests.values())
+               for digests in meta.get("checksums", {}).values()):
+    problem = "checksums is not {item: {array path: hex digest}}"
+  elif not all(isinstance(h, dict) for h in meta.get("history", [])):
+    problem = "history is not a list of per-epoch objects"
+  elif min(meta.get("epoch", 0), meta.get("epoch_step", 0)) < 0:
+    problem = f"epoch={meta.get('epoch')}, epoch_step={meta.get('epoch_step')}: negative"
+  elif "model" in meta:
+    try:
+      models.from_config(meta["model"])
+    except (KeyError, TypeError, ValueError) as e:
+      problem = f"model={_one_line(repr(meta['model']))} is no model of this package ({e!r})"
+  if problem:
+    raise CheckpointError(f"{where}: {problem}")
 
 
 def trained_dtype(workdir: str) -> str | None:
@@ -320,7 +373,7 @@ def trained_dtype(workdir: str) -> str | None:
     for step in sorted(manager.all_steps(), reverse=True):
       try:
         dtype = read_meta(manager, step).get("model", {}).get("dtype")
-      except (DamagedCheckpointError, AttributeError):
+      except DamagedCheckpointError:
         continue
       return dtype if isinstance(dtype, str) else None
   return None
@@ -339,6 +392,7 @@ def _restore(manager: ocp.CheckpointManager, step: int, target: dict, meta: dict
   except ValueError as e:
     raise CheckpointError(f"{manager.directory}/{step} cannot be resumed with this config: "
                           f"{e}") from e
+  _check_structure(f"{manager.directory}/{step}", saved, meta)
   try:
     restored = manager.restore(step, args=ocp.args.Composite(
         **{name: ocp.args.StandardRestore(item) for name, item in saved.items()}))
@@ -347,6 +401,32 @@ def _restore(manager: ocp.CheckpointManager, step: int, target: dict, meta: dict
   restored = {name: restored[name] for name in saved}
   _verify(f"{manager.directory}/{step}", restored, meta)
   return checkpoint_layouts.as_today(restored, target, layout)
+
+
+def _check_structure(where: str, saved: dict, meta: dict) -> None:
+  """Raises CheckpointError when the arrays meta's checksums list for an item are not those
+  of `saved` (the target, as the checkpoint's layout holds it): a config that builds another
+  train state (another optimizer, Muon on or off, accumulation, other parameter groups).
+  Orbax would refuse such a restore too, in words that read as a damaged checkpoint."""
+  for name, tree in saved.items():
+    recorded = meta.get("checksums", {}).get(name)
+    if recorded is None:  # written before checksums were kept: Orbax's restore checks alone
+      continue
+    wanted = {jax.tree_util.keystr(path, simple=True, separator="/")
+              for path, _ in jax.tree_util.tree_leaves_with_path(tree)}
+    if wanted != set(recorded):
+      raise CheckpointError(
+          f"{where} cannot be restored with this config: its {name!r} arrays differ from the "
+          f"ones this config trains (only in the checkpoint: "
+          f"{_few(set(recorded) - wanted)}; only in this config's: {_few(wanted - set(recorded))}"
+          "); resume with the run's config.optimizer settings (the checkpoint's meta holds "
+          "its config) or use a new --workdir")
+
+
+def _few(paths: set[str], shown: int = 3) -> str:
+  names = sorted(paths) or ["none"]
+  return ", ".join(names[:shown]) + (f" and {len(names) - shown} more"
+                                     if len(names) > shown else "")
 
 
 def restore_training(manager: ocp.CheckpointManager, step: int, state, train_metrics,
@@ -427,13 +507,14 @@ class TrainingCheckpoints:
     finally:
       self.manager.close()
 
-  def restore(self, state, train_metrics, sharding, model_name: str, model: models.Model):
+  def restore(self, state, train_metrics, sharding, model_name: str, model: models.Model,
+              steps_per_epoch: int):
     """(state, history, epoch_step, train metrics or None): the newest usable checkpoint's,
     or the arguments' with an empty history when there is none."""
     for step in sorted(self.manager.all_steps(), reverse=True):
       try:
         meta = read_meta(self.manager, step)
-        self._check_resumable(meta, model_name, model, state)
+        self._check_resumable(meta, model_name, model, state, steps_per_epoch)
         state, metrics = restore_training(self.manager, step, state, train_metrics, sharding,
                                           meta)
       except DamagedCheckpointError as e:  # other CheckpointErrors stop the run
@@ -476,15 +557,27 @@ class TrainingCheckpoints:
         f"writing to {os.path.dirname(self.manager.directory)} failed ({_one_line(error)}); "
         f"the complete checkpoints are intact: {sorted(self.manager.all_steps())}")
 
-  def _check_resumable(self, meta: dict, model_name: str, model: models.Model, state) -> None:
+  def _check_resumable(self, meta: dict, model_name: str, model: models.Model, state,
+                       steps_per_epoch: int) -> None:
     if meta.get("source") != "train":
       raise CheckpointError(
           f"{self.manager.directory} holds {meta.get('source')!r} checkpoints, not a training "
           "run's, so there is nothing to resume; train in a new --workdir")
-    averages = sorted(state.averages or {})
-    if _saved_averages(meta) != averages:
+    missing = [key for key in (*TRAINING_META, "model") if key not in meta]
+    if missing:
+      raise CheckpointError(f"{self.manager.directory}: a training checkpoint's meta lacks "
+                            f"{missing}, so it cannot be resumed; use a new --workdir")
+    if meta["epoch_step"] >= steps_per_epoch:
       raise CheckpointError(
-          f"{self.manager.directory} was trained with weight averages {_saved_averages(meta)}, "
+          f"{self.manager.directory} was saved after step {meta['epoch_step']} of an epoch, "
+          f"and this config's epochs have {steps_per_epoch} steps (config.batch_size or "
+          "config.data.train_split changed); resume with the run's settings or use a new "
+          "--workdir")
+    averages = sorted(state.averages or {})
+    saved_averages = _saved_averages(meta, self.manager.directory)
+    if saved_averages != averages:
+      raise CheckpointError(
+          f"{self.manager.directory} was trained with weight averages {saved_averages}, "
           f"this config keeps {averages} (config.optimizer.ema_decay, lookahead_every); "
           "resume with the run's settings or use a new --workdir")
     proxy = state.proxy is not None
@@ -516,12 +609,17 @@ class TrainingCheckpoints:
     self.manager.reload()
 
 
-def _saved_averages(meta: dict) -> list[str]:
+def _saved_averages(meta: dict, where: str) -> list[str]:
   """The names of the weight averages a training checkpoint holds (before the EMA, meta
   did not list them: only lookahead existed)."""
   if "averages" in meta:
     return meta["averages"]
-  return ["lookahead"] if json.loads(meta["config"])["optimizer"].get("lookahead_every") else []
+  try:
+    return ["lookahead"] if json.loads(meta["config"])["optimizer"].get("lookahead_every") \
+        else []
+  except (ValueError, KeyError, TypeError, AttributeError) as e:
+    raise CheckpointError(f"{where}: a training checkpoint's meta config is not a run's "
+                          f"config ({_one_line(e)})") from e
 
 
 def check_writable(workdir: str) -> None:

@@ -95,12 +95,13 @@ def make_selector(config, model: models.Model, total_steps: int) -> selection.Se
 
 
 def create_train_state(config, model: models.Model, tx: optax.GradientTransformation,
-                       plateau: optim.Plateau | None = None, total_steps: int = 0) -> TrainState:
+                       plateau: optim.Plateau | None = None, *,
+                       total_steps: int) -> TrainState:
   """Initial variables (from `config.seed`), optimizer, plateau, weight-average and proxy
   state.
 
-  `total_steps`, the run's length, matters only to weight averages that follow it and
-  to the proxy's schedule.
+  `total_steps`, the run's length, matters only to weight averages that follow it
+  (lookahead's) and to the proxy's schedule.
   """
   init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   image_shape = datasets.get(config.data).image_shape
@@ -232,9 +233,9 @@ class EvalSteps:
 class Steps(EvalSteps):
   """The evaluation steps and the jitted train step of a config's model."""
 
-  def __init__(self, config, model: models.Model, mesh: jax.sharding.Mesh | None = None,
-               total_steps: int = 0):
-    """`total_steps`: the run's length, which only weight averages use."""
+  def __init__(self, config, model: models.Model, mesh: jax.sharding.Mesh | None = None, *,
+               total_steps: int):
+    """`total_steps`: the run's length, which weight averages and the proxy's schedule use."""
     super().__init__(config, model, mesh)
     self.train = jax.jit(make_train_step(config, model, total_steps),
                          in_shardings=(self.replicated, self.data),
@@ -286,14 +287,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       param_labels=models.family_of(model).param_labels)
   plateau = optim.plateau_from_config(config.optimizer)
   state = steps.place_state(create_train_state(config, model, tx, plateau,
-                                               steps_per_epoch * config.num_epochs))
+                                               total_steps=steps_per_epoch * config.num_epochs))
   _log_run(config, model, train_data, eval_data, steps_per_epoch)
 
   with checkpoints.TrainingCheckpoints(workdir, config.keep_checkpoints,
                                        config.checkpoint_every_minutes) as saved:
     logs.write_log_file(workdir)  # now that the workdir exists
     state, history, epoch_step, train_metrics = saved.restore(
-        state, Metrics.empty(), steps.replicated, config.model.name, model)
+        state, Metrics.empty(), steps.replicated, config.model.name, model, steps_per_epoch)
     fresh = not history and not epoch_step  # a resumed run has its fit in its checkpoint
     if fresh:  # the fit sees the first training images as the train steps do
       state = steps.place_state(_fit_to_data(config, model, state, lambda n: (

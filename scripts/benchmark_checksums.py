@@ -48,7 +48,7 @@ def _state(config):
                                  param_labels=models.family_of(model).param_labels)
   state = steps.place_state(train.create_train_state(
       config, model, tx, optim.plateau_from_config(config.optimizer),
-      STEPS_PER_EPOCH * config.num_epochs))
+      total_steps=STEPS_PER_EPOCH * config.num_epochs))
   return model, state, train.Metrics.empty(), steps.replicated
 
 

@@ -4,6 +4,7 @@ checkpoints and metrics files, and checkpoints written before checksums were kep
 import glob
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,7 +15,8 @@ import pytest
 import tensorstore as ts
 
 from resnet_jax import checkpoints, evaluate, model_setup, models, train
-from tests.conftest import CIFAR10_IMAGE, REPO, load_script, untimed, write_unlabeled
+from tests.conftest import (CIFAR10_IMAGE, REPO, load_script, refused_leaving_run_as_is,
+                            untimed, write_unlabeled)
 from tests.conftest import smoke_config as _smoke
 from tests.test_reliability import _remove_metadata, _truncate_model_files  # resume's damage
 
@@ -107,6 +109,64 @@ def test_a_garbage_metrics_file_does_not_stop_eval_or_resume(finished, trained, 
       in caplog.text
   _, resumed = train.train_and_evaluate(_smoke(num_epochs=4), str(finished))
   assert untimed(resumed[:3]) == untimed(history) and len(resumed) == 4
+
+
+def _edit_meta(step_dir, edit) -> None:
+  """Rewrites a checkpoint's meta JSON as edit(meta) returns it, as a stranger could."""
+  path = os.path.join(step_dir, "meta", "metadata")
+  with open(path) as f:
+    meta = json.load(f)
+  with open(path, "w") as f:
+    json.dump(edit(meta), f)
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda meta: [meta], r"meta is a JSON list, not an object"),
+    (lambda meta: {**meta, "epoch_step": "3"}, r"meta: epoch_step='3' is not int"),
+    (lambda meta: {**meta, "epoch": True}, r"meta: epoch=True is not int"),
+    (lambda meta: {**meta, "epoch_step": -1}, r"meta: epoch=3, epoch_step=-1: negative"),
+    (lambda meta: {**meta, "checksum": "md4"}, r"meta: checksum='md4' is not one of \["),
+    (lambda meta: {**meta, "checksum": "shake_128"}, r"meta: checksum='shake_128' is not one"),
+    (lambda meta: {**meta, "checksums": {"model": [1]}},
+     r"meta: checksums is not \{item: \{array path: hex digest\}\}"),
+    (lambda meta: {**meta, "history": [1, 2, 3]}, r"meta: history is not a list of per-epoch"),
+    (lambda meta: {**meta, "layout": 99}, r"meta: layout=99: written by a newer resnet_jax"),
+    (lambda meta: {**meta, "model": {"name": "resnet9000"}},
+     r"meta: model=\{'name': 'resnet9000'\} is no model of this package"),
+])
+def test_a_meta_a_stranger_edited_is_named_by_resume_and_eval_and_nothing_changes(
+    finished, edit, message):
+  """meta is JSON anyone can write: a value the code reads but did not write stops resume
+  and eval before any compute, naming the file and key, and sets nothing aside."""
+  _edit_meta(finished / "checkpoints" / "48", edit)
+  where = re.escape(f"{finished}/checkpoints/48/") + message
+  refused_leaving_run_as_is(_smoke(num_epochs=4), str(finished), checkpoints.CheckpointError,
+                            where)
+  with pytest.raises(checkpoints.CheckpointError, match=where):
+    evaluate.evaluate_checkpoint(_smoke(), str(finished), step=48)
+
+
+def test_resume_refuses_a_config_whose_train_state_differs_instead_of_setting_all_aside(
+    finished):
+  """Another optimizer's state is no damage: the run stops, naming the arrays that differ,
+  with every checkpoint where it was (before, each was set aside and the run began anew)."""
+  refused_leaving_run_as_is(
+      _smoke(num_epochs=4, **{"optimizer.name": "sgd"}), str(finished),
+      checkpoints.CheckpointError,
+      re.escape(f"{finished}/checkpoints/48 cannot be restored with this config: its 'train' "
+                "arrays differ from the ones this config trains (only in the checkpoint: ")
+      + r"opt_state/.*mu/.* and \d+ more; only in this config's: opt_state/\S*trace/.*\); "
+      r"resume with the run's config.optimizer settings")
+
+
+def test_resume_refuses_a_mid_epoch_checkpoint_past_this_config_s_epoch(finished):
+  """A checkpoint saved after step 20 of an epoch (batch 16: 32 steps an epoch) cannot
+  resume at batch 32's 16 steps an epoch."""
+  _edit_meta(finished / "checkpoints" / "48", lambda meta: {**meta, "epoch_step": 20})
+  refused_leaving_run_as_is(
+      _smoke(num_epochs=4), str(finished), checkpoints.CheckpointError,
+      r"was saved after step 20 of an epoch, and this config's epochs have 16 steps "
+      r"\(config.batch_size or config.data.train_split changed\)")
 
 
 def test_converted_weights_are_checksummed_and_verified(tmp_path):

@@ -189,7 +189,7 @@ def test_seed_recipe_trains_as_pytorch_update_by_update(name, monkeypatch):
     torch_model.maxpool.forward = decisions.torch_max_pool
   model = model_setup.build_model(config)
   decisions.count_sites(model)
-  steps = train.Steps(config, model)
+  steps = train.Steps(config, model, total_steps=UPDATES * config.num_epochs)
   torch_optimizer = torch.optim.Adam(torch_model.parameters(), lr=config.optimizer.learning_rate,
                                      weight_decay=config.optimizer.weight_decay)
   scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -201,8 +201,9 @@ def test_seed_recipe_trains_as_pytorch_update_by_update(name, monkeypatch):
     return steps.place_state(state.replace(**variables))
 
   tx, _ = optim.create_optimizer(config.optimizer, UPDATES, config.num_epochs)
-  state = from_pytorch(train.create_train_state(config, model, tx,
-                                                optim.plateau_from_config(config.optimizer)))
+  state = from_pytorch(train.create_train_state(
+      config, model, tx, optim.plateau_from_config(config.optimizer),
+      total_steps=UPDATES * config.num_epochs))
   initial = jax.device_get(state.params)
   accumulation = config.optimizer.accumulation_steps
   micro_batch = 8 if name == "shallow" else 4

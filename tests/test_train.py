@@ -147,9 +147,10 @@ def test_deep_config_trains_with_its_augmentation_on_the_device_pipeline(tmp_pat
 def _compiled_train_step(config) -> str:
   """The HLO text of `config`'s train step as XLA compiled it (what its options produced)."""
   model = model_setup.build_model(config)
-  steps = train.Steps(config, model)
+  steps = train.Steps(config, model, total_steps=10 * config.num_epochs)
   tx, _ = optim.create_optimizer(config.optimizer, 10, config.num_epochs)
-  state = steps.place_state(train.create_train_state(config, model, tx))
+  state = steps.place_state(train.create_train_state(config, model, tx,
+                                                     total_steps=10 * config.num_epochs))
   n = config.batch_size
   batch = batches.place({"image": np.zeros((n, 32, 32, 3), np.float32),
                          "label": np.zeros(n, np.int32), "mask": np.ones(n, bool)}, steps.data)
