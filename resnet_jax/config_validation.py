@@ -30,6 +30,13 @@ def _positive(config, *keys: str) -> None:
       raise ConfigError(f"config.{key}={value!r} must be positive")
 
 
+def _non_negative(config, *keys: str) -> None:
+  for key in keys:
+    value = default_config.lookup(config, key)
+    if not value >= 0:
+      raise ConfigError(f"config.{key}={value!r} must be >= 0")
+
+
 def _fraction(config, *keys: str) -> None:
   for key in keys:
     value = default_config.lookup(config, key)
@@ -59,10 +66,18 @@ def _check_optimizer(config) -> None:
   if config.optimizer.per_examples and config.optimizer.name != "sgd":
     raise ConfigError(f"config.optimizer.per_examples={config.optimizer.per_examples} is for "
                       f"optimizer.name='sgd' (airbench's), not {config.optimizer.name!r}")
-  _fraction(config, "optimizer.muon.momentum", "optimizer.ema_decay")
-  if config.optimizer.weight_decay < 0:
-    raise ConfigError(f"config.optimizer.weight_decay={config.optimizer.weight_decay} "
-                      "must be >= 0")
+  _positive(config, "optimizer.eps", "optimizer.step_epochs", "optimizer.gamma")
+  # Momentum 1 never forgets (and per_examples divides by 1 - momentum); decays are rates.
+  _fraction(config, "optimizer.muon.momentum", "optimizer.ema_decay", "optimizer.momentum",
+            "optimizer.b1", "optimizer.b2", "optimizer.lookahead_decay")
+  # A negative per_examples or factor would climb the loss instead of descending it.
+  _non_negative(config, "optimizer.weight_decay", "optimizer.per_examples",
+                "optimizer.warmup_epochs", "optimizer.start_factor", "optimizer.end_factor",
+                "optimizer.lookahead_every", "optimizer.plateau.patience",
+                "optimizer.plateau.cooldown", "optimizer.plateau.rtol")
+  if not 0 < config.optimizer.plateau.factor < 1:
+    raise ConfigError(f"config.optimizer.plateau.factor={config.optimizer.plateau.factor} "
+                      "is not in (0, 1)")
 
 
 def _check_data(config) -> None:

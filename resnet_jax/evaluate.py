@@ -14,10 +14,10 @@ predict: labels for an unlabeled image file (data/unlabeled.py: a pickle, .npz o
          columns ID,Labels.
 
 Checkpoints converted from PyTorch (resnet_jax.convert_torch) work the same way.
-Nothing is written unless the whole command succeeds, and every file is written
-beside its target and renamed into place (files.py): a failure leaves an earlier
-metrics.json, figure or CSV as it was. Where the output cannot be written is
-found before any compute.
+Bad input, a config that cannot work and outputs that cannot be written are all found
+before any compute, and nothing is written before the results are complete. Each
+file is written beside its target and renamed into place (files.py): a failure
+while writing one (a full disk) leaves an earlier metrics.json, figure or CSV as it was.
 """
 
 import csv
@@ -33,11 +33,10 @@ from resnet_jax.data import batches, datasets, sources, unlabeled
 
 def restore_for_config(config, workdir: str, step: int | None):
   """(evaluation steps, variables, step, why, meta): the workdir's checkpoint, checked
-  against the config's model, replicated over the steps' mesh.
+  against the config's (validated) model, replicated over the steps' mesh.
 
   `why` says how checkpoints.choose_step picked the step.
   """
-  config_validation.validate(config)
   with checkpoints.reading_manager(workdir) as manager:
     step, why = checkpoints.choose_step(manager, step)
     meta = checkpoints.read_meta(manager, step)
@@ -97,12 +96,16 @@ def top_confusions(matrix: np.ndarray, names, n: int = TOP_CONFUSIONS) -> list[d
 
 def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
   """Evaluates a checkpoint and writes DIR/eval/; returns the metrics dict."""
+  config_validation.validate(config)
+  names = datasets.get(config.data).class_names
   out = os.path.join(workdir, "eval")
-  files.check_writable(os.path.join(out, "metrics.json"), "the evaluation's output")
+  figure = os.path.join(out, "confusion_matrix.png" if len(names) <= MATRIX_CLASSES
+                        else "top_confusions.png")
+  for path in (os.path.join(out, "metrics.json"), figure):
+    files.check_writable(path, "the evaluation's output")
   steps, variables, step, why, meta = restore_for_config(config, workdir, step)
   images, labels = sources.load_split(config.data, config.data.eval_split)
   summary, predicted = predictions(steps, variables, images, labels, config)
-  names = datasets.get(config.data).class_names
   matrix = confusion_matrix(labels, predicted, len(names))
   per_class = matrix.diagonal() / np.maximum(matrix.sum(1), 1)
   metrics = {"accuracy": summary["accuracy"],
@@ -118,10 +121,9 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
     json.dump(metrics, f, indent=1)
   title = f"{config.data.eval_split}, step {step}: accuracy {metrics['accuracy']:.4f}"
   if len(names) <= MATRIX_CLASSES:
-    plots.plot_confusion(matrix, names, os.path.join(out, "confusion_matrix.png"), title)
+    plots.plot_confusion(matrix, names, figure, title)
   else:
-    plots.plot_top_confusions(metrics["top_confusions"], os.path.join(out, "top_confusions.png"),
-                              title)
+    plots.plot_top_confusions(metrics["top_confusions"], figure, title)
   return metrics
 
 
@@ -133,6 +135,7 @@ def predict(config, workdir: str, input_path: str, output_path: str,
   Returns {"count", "checkpoint", "chosen", "weights"}: how many rows, from which checkpoint,
   why it, and which of its weights (the raw ones or their average).
   """
+  config_validation.validate(config)
   images, ids = unlabeled.load(input_path, datasets.get(config.data).image_shape)
   files.check_writable(output_path, "--output")
   steps, variables, step, why, meta = restore_for_config(config, workdir, step)

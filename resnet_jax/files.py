@@ -29,11 +29,15 @@ def replaced_atomically(path: str, mode: str = "w", **open_kwargs):
   descriptor, temporary = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".part")
   ours = os.fstat(descriptor)
   try:
-    # mkstemp makes 0600: a new file gets the umask's permissions, an existing one its own
-    os.chmod(temporary, stat.S_IMODE(os.stat(path).st_mode) if os.path.isfile(path)
-             else 0o666 & ~_UMASK)
-    with os.fdopen(descriptor, mode, **open_kwargs) as f:
+    with os.fdopen(descriptor, mode, **open_kwargs) as f:  # closes the descriptor, come what may
+      # mkstemp makes 0600: a new file gets the umask's permissions, an existing one its own
+      os.chmod(temporary, stat.S_IMODE(os.stat(path).st_mode) if os.path.isfile(path)
+               else 0o666 & ~_UMASK)
       yield f
+      # On disk before the rename: after a crash or power cut the path holds the old file
+      # or the whole new one, never a renamed but empty one.
+      f.flush()
+      os.fsync(f.fileno())
     os.replace(temporary, path)
   except BaseException:  # Ctrl-C too: only the file this call made is removed
     _remove_own(temporary, ours)

@@ -31,8 +31,9 @@ flags.DEFINE_string("workdir", None, "Directory for TensorBoard summaries and ch
 flags.DEFINE_enum("mode", "train", ["train", "eval", "predict"], "What to do.")
 flags.DEFINE_integer("checkpoint_step", None, "eval/predict: this checkpoint instead of the best.")
 flags.DEFINE_string("input", None, "predict: pickled dict with b'data' (N x H x W x C uint8, "
-                    "the dataset's image shape), "
-                    "or an .npz with 'data', or an .npy of the images.")
+                    "the dataset's image shape, or N x H*W*C channel-major rows as in "
+                    "CIFAR's batches) and optionally b'ids', or an .npz with 'data' (and "
+                    "'ids'), or an .npy of the images.")
 flags.DEFINE_string("output", None, "predict: CSV file to write (ID,Labels).")
 flags.DEFINE_bool("class_names", False, "predict: a third column, Name, with each label's class "
                   "name (the dataset's).")

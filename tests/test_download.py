@@ -1,6 +1,9 @@
 """CIFAR's archive downloaded and checked (data/download.py), from a local URL: no network."""
 
+import contextlib
 import dataclasses
+import errno
+import io
 import os
 import pathlib
 
@@ -41,6 +44,23 @@ def test_a_download_of_other_bytes_is_an_error_and_keeps_nothing(served, tmp_pat
   with pytest.raises(datasets.DataError, match=f"MD5 is {md5}, not {CIFAR10.archive_md5}"):
     download.fetch(CIFAR10, str(tmp_path / "data"), url=url, progress=lambda _: None)
   assert os.listdir(tmp_path / "data") == []
+
+
+def test_a_full_disk_while_downloading_is_named_as_the_folder_s_not_the_url_s(served, tmp_path,
+                                                                               monkeypatch):
+  url, md5, _ = served
+
+  class FullDisk(io.BytesIO):
+    def write(self, chunk):
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+  monkeypatch.setattr(download.files, "replaced_atomically",
+                      lambda *args, **kwargs: contextlib.nullcontext(FullDisk()))
+  folder = str(tmp_path / "data")
+  with pytest.raises(datasets.DataError, match=f"--dir '{folder}': cannot write there "
+                     r"\(No space left on device\)$"):
+    download.fetch(dataclasses.replace(CIFAR10, archive_md5=md5), folder, url=url,
+                   progress=lambda _: None)
 
 
 def test_an_unreachable_url_names_itself_and_where_to_get_the_archive(tmp_path):

@@ -45,6 +45,8 @@ def test_ids_are_integers_or_strings_one_per_image(tmp_path, ids, expected):
     ([1, b"\xff"], r"b'ids'\[1\] = b'\\xff' is not UTF-8"),
     ([1, 2, 3], r"3 ids in b'ids' for 2 images"),
     (["a", "\ud800"], r"b'ids'\[1\] = '\\ud800' is not valid Unicode"),
+    # 5,001 digits: past Python's limit on writing an int as text, which the CSV would hit.
+    ([1, 10**5000], r"b'ids'\[1\] is an integer of 16610 bits; integer ids have at most 64"),
 ])
 def test_bad_ids_are_named(tmp_path, ids, message):
   path = _pickle(tmp_path, {b"data": IMAGES, b"ids": ids})

@@ -94,16 +94,14 @@ def _checked_archive(dataset: Dataset, path: str, md5: str, progress) -> str:
   return path
 
 
-def _download(url: str, out, progress) -> str:
-  """Writes `url` to the open file `out`, reporting every tenth of it; returns the MD5 of
-  what came."""
-  digest = hashlib.md5()
+def _chunks(url: str, progress):
+  """`url`'s bytes, a chunk at a time, reporting every tenth of them; DataError naming the
+  URL when the download fails (a write error of the consumer's is not caught here)."""
   try:
     with urllib.request.urlopen(url, timeout=60) as response:
       total, done, reported = int(response.headers.get("Content-Length") or 0), 0, 0
       for chunk in iter(lambda: response.read(CHUNK), b""):
-        out.write(chunk)
-        digest.update(chunk)
+        yield chunk
         done += len(chunk)
         if total and done * 10 // total > reported:
           reported = done * 10 // total
@@ -112,6 +110,15 @@ def _download(url: str, out, progress) -> str:
     raise DataError(f"downloading {url} failed ({e}); download it yourself from "
                     f"{datasets.DOWNLOAD_PAGE} into the folder, or copy a torchvision or "
                     "keras cache of it there") from e
+
+
+def _download(url: str, out, progress) -> str:
+  """Writes `url` to the open file `out`; returns the MD5 of what came. A failed write (a
+  full disk) raises its OSError, which fetch names as the folder's."""
+  digest = hashlib.md5()
+  for chunk in _chunks(url, progress):
+    out.write(chunk)
+    digest.update(chunk)
   return digest.hexdigest()
 
 

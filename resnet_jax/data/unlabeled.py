@@ -68,6 +68,10 @@ def _id(path: str, key: str, index: int, value) -> int | str:
   if isinstance(value, bool) or not isinstance(value, (int, str)):
     raise InputFileError(f"{path}: {key}[{index}] = {pickles.short_repr(value)} "
                          f"({type(value).__name__}); ids are integers or strings")
+  if isinstance(value, int) and value.bit_length() > 64:  # its decimals could exceed
+    # Python's 4,300-digit limit on int-to-str, failing the CSV after the model ran
+    raise InputFileError(f"{path}: {key}[{index}] is an integer of {value.bit_length()} bits; "
+                         "integer ids have at most 64")
   if isinstance(value, str):
     try:
       value.encode()  # the CSV is UTF-8: a lone surrogate would fail there, after the model ran
