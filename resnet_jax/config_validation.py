@@ -89,6 +89,10 @@ def _check_data(config) -> None:
     augmentations.check(config.data.augment)
   except ValueError as e:  # its messages already name config.data.augment.<key>
     raise ConfigError(str(e)) from e
+  side = min(datasets.get(config.data).image_shape[:2])
+  if config.data.augment.reflect_crop >= side:  # a mirror of the image needs an image to mirror
+    raise ConfigError(f"config.data.augment.reflect_crop={config.data.augment.reflect_crop} "
+                      f"must be below the images' side, {side} pixels")
   for key in ("train_split", "eval_split"):
     try:
       splits.check_split(config.data[key], datasets.get(config.data))

@@ -94,14 +94,19 @@ def plot_confusion(matrix, names, path: str, title: str) -> None:
 def main(argv: list[str]) -> None:
   if len(argv) != 2:
     sys.exit(__doc__)
+  source = os.path.join(argv[1], HISTORY_FILE)
   try:
     history = read_history(argv[1])
-    path = plot_curves(history, os.path.join(argv[1], CURVES_FILE))
   except FileNotFoundError as e:
     sys.exit(f"error: {e}")
-  except (ValueError, KeyError, TypeError) as e:  # a damaged or foreign history.json
-    sys.exit(f"error: {os.path.join(argv[1], HISTORY_FILE)} is not a training history "
-             f"({type(e).__name__}: {str(e)[:200]})")
+  except OSError as e:
+    sys.exit(f"error: cannot read {source} ({e.strerror or e})")
+  except (ValueError, RecursionError) as e:  # not JSON, or nested past the parser's depth
+    sys.exit(f"error: {source} is not a training history ({type(e).__name__}: {str(e)[:200]})")
+  try:
+    path = plot_curves(history, os.path.join(argv[1], CURVES_FILE))
+  except (ValueError, KeyError, TypeError) as e:  # JSON, but not a list of epochs' scalars
+    sys.exit(f"error: {source} is not a training history ({type(e).__name__}: {str(e)[:200]})")
   except OSError as e:
     sys.exit(f"error: cannot write {os.path.join(argv[1], CURVES_FILE)} ({e})")
   print(f"wrote {path}")

@@ -176,6 +176,10 @@ def check_options(config: ml_collections.ConfigDict) -> None:
   if not on_cpu():
     return
   for key in ("xla_options", "bfloat16_xla_options"):  # each on every CPU, used or not
+    for option, value in config.cpu[key].items():  # what jax's compiler_options takes
+      if not isinstance(value, (str, bool, int, float)):
+        raise ValueError(f"config.cpu.{key}.{option}={value!r} ({type(value).__name__}) is "
+                         "not a string, bool, int or float")
     options = _usable(tuple(sorted(config.cpu[key].items())))
     error = options and _compile_error(options)
     if error:

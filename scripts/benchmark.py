@@ -54,7 +54,7 @@ PEAK_BF16_FLOPS = {"NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H200": 989e12,
 TINY_FIELDS = {"shallow": dict(stem_width=8, stage_widths=(8, 16, 32), stage_blocks=(1, 1, 1)),
                "deep": dict(stem_width=8, stage_widths=(8, 8, 16, 16),
                             stage_blocks=(1, 1, 1, 1)),
-               "fast": dict(widths=(8, 16, 16))}
+               **dict.fromkeys(("fast", "fast_large", "frontier"), dict(widths=(8, 16, 16)))}
 
 
 def _config(args):
@@ -113,7 +113,8 @@ def _train_flops_per_image(lowered, args) -> float:
   counted = subprocess.run(
       [sys.executable, os.path.abspath(__file__), "--model", args.model, "--config", args.config,
        "--dtype", args.dtype,
-       "--batch_size", str(args.batch_size), "--flops_only", *(["--tiny"] if args.tiny else [])],
+       "--batch_size", str(args.batch_size), "--flops_only", *(["--tiny"] if args.tiny else []),
+       *(f"--override={override}" for override in args.override)],  # the model timed
       env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True, check=True)
   return float(counted.stdout.split()[-1])
 

@@ -214,7 +214,9 @@ def test_cli_eval_and_plots(trained, tmp_path):
   assert plots.returncode == 0 and os.path.getsize(os.path.join(workdir, "curves.png")) > 1000
 
 
-@pytest.mark.parametrize("content", ["{not json", "[1, 2]", '[{"epoch": 1}]'])
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]", '[{"epoch": 1}]',
+                                     "[" * 200_000 + "]" * 200_000],  # past json's depth
+                         ids=["not json", "not dicts", "no metrics", "nested"])
 def test_plots_of_a_damaged_history_is_one_line_and_keeps_the_old_figure(tmp_path, content):
   (tmp_path / "history.json").write_text(content)
   (tmp_path / "curves.png").write_bytes(b"old figure")

@@ -64,6 +64,9 @@ SELECTING = {**FAST, "model.widths": (8, 16, 16), "selection.fraction": 0.5,
      r"config.cpu.xla_options=\{'xla_cpu_no_such_option': '1'\}: .*xla_cpu_no_such_option"),
     ({"cpu.bfloat16_xla_options": {"xla_cpu_no_such_option": "1"}},  # checked on every CPU
      r"config.cpu.bfloat16_xla_options=\{'xla_cpu_no_such_option': '1'\}: "),
+    ({"cpu.xla_options": {"xla_backend_optimization_level": None}},  # jax's TypeError before
+     r"config.cpu.xla_options.xla_backend_optimization_level=None \(NoneType\) is not a "
+     r"string, bool, int or float"),
     ({"model.fusion_barriers": True},
      r"config.model.fusion_barriers is not a key of config.model; set config.cpu.fusion_barriers"),
     # An old config file setting the keys of before, or another family's field or group.
@@ -99,7 +102,18 @@ SELECTING = {**FAST, "model.widths": (8, 16, 16), "selection.fraction": 0.5,
      r"config.data.augment.alternating_flip=0.5 must be 0 or 1"),
     ({"data.augment.brightness": 1.5}, r"config.data.augment.brightness=1.5 must be < 1"),
     ({"data.augment.hue": 0.6}, r"config.data.augment.hue=0.6 must be <= 0.5"),
-    ({"data.augment.rotation": -10.0}, r"config.data.augment.rotation=-10.0 must be >= 0"),
+    ({"data.augment.rotation": -10.0},
+     r"config.data.augment.rotation=-10.0 must be a finite number >= 0"),
+    # NaN and inf passed every comparison; a fraction of a pixel was truncated to none.
+    ({"data.augment.zoom": float("nan")},
+     r"config.data.augment.zoom=nan must be a finite number >= 0"),
+    ({"data.augment.reflect_crop": float("inf")},
+     r"config.data.augment.reflect_crop=inf must be a finite number >= 0"),
+    ({"data.augment.reflect_crop": 0.5},
+     r"config.data.augment.reflect_crop=0.5 must be a whole number of pixels"),
+    # tf.data's mirror padding fails mid-run past the image; jax's wrapped around silently.
+    ({"data.augment.reflect_crop": 32.0},
+     r"config.data.augment.reflect_crop=32.0 must be below the images' side, 32 pixels"),
     # Hardest-example selection (selection.py) needs a proxy of the model's family.
     ({**SELECTING, "selection.fraction": 1.0}, r"config.selection.fraction=1.0 is not in \[0, 1\)"),
     ({"selection.fraction": 0.5}, r"config.selection.fraction=0.5 needs a proxy: config.model at "

@@ -237,6 +237,36 @@ def test_tfds_download_failure_names_the_offline_source(tmp_path, monkeypatch):
     sources.load_split(config, "train")
 
 
+def _tfds_serving(labels=None, error=None):
+  """A builder's as_dataset for tfds.testing.mock_data: 4 CIFAR images with `labels`, or a
+  dataset that fails with `error` when read."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  def as_dataset(self, *args, **kwargs):
+    del self, args, kwargs
+    if error:
+      return tf.data.Dataset.range(1).map(
+          lambda _: tf.debugging.assert_equal(0, 1, message=error) or {"image": 0, "label": 0})
+    return tf.data.Dataset.from_tensor_slices(
+        {"image": np.zeros((len(labels), 32, 32, 3), np.uint8), "label": np.array(labels)})
+  return as_dataset
+
+
+@pytest.mark.parametrize("serving,message", [
+    # TFDS checks the range when writing a record, not when reading one.
+    (_tfds_serving(labels=[0, 3, 12, 1]), r"b'label'\[2\] = 12 is not a label: labels are "
+     r"integers in \[0, 10\)"),
+    (_tfds_serving(labels=[0, -1, 1, 2]), r"b'label'\[1\] = -1 is not a label"),
+    (_tfds_serving(error="corrupted record at 12"),
+     r": reading it failed \(InvalidArgumentError: .*corrupted record at 12"),
+])
+def test_tfds_records_a_stranger_made_are_named(monkeypatch, serving, message):
+  monkeypatch.setattr(sources, "_reachable", lambda host: True)
+  with tfds.testing.mock_data(as_dataset_fn=serving):
+    with pytest.raises(DataError, match=r"TFDS cifar10 'train' in .*" + message):
+      sources.load_split(data_config("", source="tfds"), "train")
+
+
 @pytest.fixture(scope="module")
 def shared_cifar(tmp_path_factory):
   archive = os.path.join(SHARED_DATA, "cifar10-train-jpeg-q75.zip")

@@ -40,6 +40,7 @@ TensorFlow is imported only by the tf kernels, when the tf.data pipeline runs.
 import dataclasses
 import functools
 import math
+import numbers
 import zlib
 from typing import Any, Callable, Mapping
 
@@ -469,9 +470,9 @@ OPS = {
     "vflip": Op(("vflip",), _probability("vflip"), _tf_flip(1), _jax_flip(1)),
     "rotation": Op(("rotation",), _nonnegative, _tf_rotate, _jax_rotate),
     "zoom": Op(("zoom",), _below_one("zoom"), _tf_zoom, _jax_zoom),
-    "crop_padding": Op(("crop_padding",), _nonnegative, _tf_crop, _jax_crop),
+    "crop_padding": Op(("crop_padding",), _whole_pixels("crop_padding"), _tf_crop, _jax_crop),
     "translate": Op(("translate",), _nonnegative, _tf_translate, _jax_translate),
-    "reflect_crop": Op(("reflect_crop",), _nonnegative, _tf_reflect_crop,
+    "reflect_crop": Op(("reflect_crop",), _whole_pixels("reflect_crop"), _tf_reflect_crop,
                        _jax_reflect_crop),
     "color_jitter": Op(JITTER_FIELDS, _check_jitter, _tf_color_jitter, _jax_color_jitter,
                        on_floats=True),
@@ -499,8 +500,9 @@ def check(settings: Mapping[str, float]) -> None:
                      f"known: {list(FIELDS)}")
   settings = {field: settings.get(field, 0) for field in FIELDS}
   for field, value in settings.items():
-    if value < 0:
-      raise ValueError(f"config.data.augment.{field}={value} must be >= 0")
+    # NaN passes every comparison and inf every upper bound: both would reach the kernels.
+    if not (isinstance(value, numbers.Real) and math.isfinite(value) and value >= 0):
+      raise ValueError(f"config.data.augment.{field}={value!r} must be a finite number >= 0")
   for op in OPS.values():
     op.check(settings)
 

@@ -187,10 +187,19 @@ def load_tfds(split: str, data_dir: str | None,
   except Exception as e:  # download failures surface as many exception types
     raise DataError(f"{where} and downloading it failed ({type(e).__name__}: {e}). "
                     + offline_hint(dataset)) from e
-  # Chunks, not batch_size=-1, which needs split sizes that mock data lacks.
-  chunks = list(tfds.as_numpy(builder.as_dataset(split=split).batch(10_000)))
-  return (np.concatenate([c["image"] for c in chunks]).astype(np.uint8),
-          np.concatenate([c["label"] for c in chunks]).astype(np.int32))
+  source = f"TFDS {dataset.tfds_name} {split!r} in {builder.data_dir}"
+  try:  # chunks, not batch_size=-1, which needs split sizes that mock data lacks
+    chunks = list(tfds.as_numpy(builder.as_dataset(split=split).batch(10_000)))
+  except Exception as e:  # a damaged record is tf's DataLossError, a lost shard TFDS's own
+    raise DataError(f"{source}: reading it failed ({type(e).__name__}: "
+                    f"{' '.join(str(e).split())[:300]})") from e
+  images = np.concatenate([c["image"] for c in chunks])
+  if images.shape[1:] != dataset.image_shape or images.dtype != np.uint8:
+    raise DataError(f"{source}: images of shape {images.shape[1:]} and dtype {images.dtype}, "
+                    f"not {dataset.image_shape} uint8")
+  # TFDS checks a label's range when it writes a record, not when it reads one.
+  return images, _labels(source, b"label", np.concatenate([c["label"] for c in chunks]),
+                         len(images), dataset.num_classes)
 
 
 def load_synthetic(split: str, sizes: dict[str, int], num_classes: int = 10,
