@@ -95,6 +95,8 @@ def main(argv: list[str]) -> None:
   if len(argv) != 2:
     sys.exit(__doc__)
   source = os.path.join(argv[1], HISTORY_FILE)
+  not_a_history = lambda e: (f"error: {source} is not a training history "
+                             f"({type(e).__name__}: {str(e)[:200]})")
   try:
     history = read_history(argv[1])
   except FileNotFoundError as e:
@@ -102,11 +104,11 @@ def main(argv: list[str]) -> None:
   except OSError as e:
     sys.exit(f"error: cannot read {source} ({e.strerror or e})")
   except (ValueError, RecursionError) as e:  # not JSON, or nested past the parser's depth
-    sys.exit(f"error: {source} is not a training history ({type(e).__name__}: {str(e)[:200]})")
+    sys.exit(not_a_history(e))
   try:
     path = plot_curves(history, os.path.join(argv[1], CURVES_FILE))
   except (ValueError, KeyError, TypeError) as e:  # JSON, but not a list of epochs' scalars
-    sys.exit(f"error: {source} is not a training history ({type(e).__name__}: {str(e)[:200]})")
+    sys.exit(not_a_history(e))
   except OSError as e:
     sys.exit(f"error: cannot write {os.path.join(argv[1], CURVES_FILE)} ({e})")
   print(f"wrote {path}")
