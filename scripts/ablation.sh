@@ -28,7 +28,7 @@ for name in "${order[@]}"; do
   [ -v "changes[$name]" ] || { echo "unknown variant $name: one of ${!changes[*]}" >&2; exit 2; }
   # shellcheck disable=SC2086  # the changes are separate flags
   "$python" -m resnet_jax.main --config configs/fast.py --workdir "$out/$name$suffix" \
-      --config.data.source=cifar10_dir --config.data.dir="$data" --config.num_epochs=4 \
+      --config.data.source=files --config.data.dir="$data" --config.num_epochs=4 \
       --config.optimizer.warmup_epochs=0.92 --config.optimizer.groups.whiten_bias.epochs=1.2 \
       --config.seed="$seed" ${changes[$name]}
 done

@@ -2,7 +2,7 @@
 
     python scripts/benchmark_checksums.py [--repeats 5] [--tiny]
 
-Builds configs/frontier.py's full train state (the largest model, 4.84M parameters,
+Builds configs/frontier.py's full train state (the largest FastResNet, 4.84M parameters,
 with its optimizer state, weight averages and epoch metrics) as training does, on
 JAX's default backend, untrained, and times, each the median of --repeats:
   hash_on_save_s:      the checksums that save_training computes (the host copies included)
@@ -36,7 +36,7 @@ from configs import frontier, smoke
 from resnet_jax import checkpoints, model_setup, models, optim, train
 from resnet_jax.data import datasets
 
-STEPS_PER_EPOCH = 98  # CIFAR-10's 50,000 at frontier's batch 512: only schedules read it
+STEPS_PER_EPOCH = 98  # about 50,000 images at batch 512: only schedules read it
 
 
 def _state(config):

@@ -77,7 +77,7 @@ def test_an_array_whose_bytes_changed_is_set_aside_on_resume_and_the_previous_re
     (_truncate_model_files, " is unreadable ("),
     (_remove_metadata, " is unreadable (FileNotFoundError: "),
     (_remove_model_item, " is unreadable (KeyError: 'Item \"model\" was not found"),
-])
+], ids=["flip", "truncate", "no_metadata", "no_model"])
 def test_eval_refuses_a_damaged_best_checkpoint_in_one_line(finished, damage, message):
   damage(str(finished / "checkpoints" / "48"))
   result = subprocess.run(
