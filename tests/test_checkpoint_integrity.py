@@ -160,8 +160,8 @@ def test_resume_refuses_a_config_whose_train_state_differs_instead_of_setting_al
 
 
 def test_resume_refuses_a_mid_epoch_checkpoint_past_this_config_s_epoch(finished):
-  """A checkpoint saved after step 20 of an epoch (batch 16: 32 steps an epoch) cannot
-  resume at batch 32's 16 steps an epoch."""
+  """A checkpoint saved after step 20 of an epoch (as a run at batch 16, 32 steps an epoch,
+  saves one: its meta edited so) cannot resume at batch 32's 16 steps an epoch."""
   _edit_meta(finished / "checkpoints" / "48", lambda meta: {**meta, "epoch_step": 20})
   refused_leaving_run_as_is(
       _smoke(num_epochs=4), str(finished), checkpoints.CheckpointError,
