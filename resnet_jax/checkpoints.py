@@ -72,7 +72,7 @@ META_TYPES = {"model": (dict,), "source": (str,), "layout": (int,), "averages": 
               "evaluated_average": (str, type(None)), "proxy": (bool,), "epoch": (int,),
               "epoch_step": (int,), "eval_accuracy": (int, float, type(None)),
               "config": (str,), "history": (list,), "checksum": (str,), "checksums": (dict,)}
-TRAINING_META = ("epoch", "epoch_step", "history", "config")  # resuming needs them all
+TRAINING_META = ("model", "epoch", "epoch_step", "history", "config")  # resuming needs all
 
 
 class CheckpointError(ValueError):
@@ -272,6 +272,11 @@ def _whole_on_host(x) -> np.ndarray | None:
   return np.asarray(jax.device_get(x)) if x.is_fully_addressable else None
 
 
+def _array_name(path) -> str:
+  """An array's tree path as meta's checksums name it: its keys joined by '/'."""
+  return jax.tree_util.keystr(path, simple=True, separator="/")
+
+
 def _checksums(tree, algorithm: str) -> dict[str, str]:
   """{'/'-joined path: hex digest of the bytes} of the arrays of `tree` this process holds
   whole; one sharded across processes (none today: the state is replicated) goes without."""
@@ -283,7 +288,7 @@ def _checksums(tree, algorithm: str) -> dict[str, str]:
       continue
     digest = hashlib.new(algorithm)
     digest.update(np.ascontiguousarray(host).reshape(-1).view(np.uint8))  # bytes, no copy
-    digests[jax.tree_util.keystr(path, simple=True, separator="/")] = digest.hexdigest()
+    digests[_array_name(path)] = digest.hexdigest()
   return digests
 
 
@@ -412,8 +417,7 @@ def _check_structure(where: str, saved: dict, meta: dict) -> None:
     recorded = meta.get("checksums", {}).get(name)
     if recorded is None:  # written before checksums were kept: Orbax's restore checks alone
       continue
-    wanted = {jax.tree_util.keystr(path, simple=True, separator="/")
-              for path, _ in jax.tree_util.tree_leaves_with_path(tree)}
+    wanted = {_array_name(path) for path, _ in jax.tree_util.tree_leaves_with_path(tree)}
     if wanted != set(recorded):
       raise CheckpointError(
           f"{where} cannot be restored with this config: its {name!r} arrays differ from the "
@@ -563,7 +567,7 @@ class TrainingCheckpoints:
       raise CheckpointError(
           f"{self.manager.directory} holds {meta.get('source')!r} checkpoints, not a training "
           "run's, so there is nothing to resume; train in a new --workdir")
-    missing = [key for key in (*TRAINING_META, "model") if key not in meta]
+    missing = [key for key in TRAINING_META if key not in meta]
     if missing:
       raise CheckpointError(f"{self.manager.directory}: a training checkpoint's meta lacks "
                             f"{missing}, so it cannot be resumed; use a new --workdir")
