@@ -1,11 +1,13 @@
 """CIFAR-10 sources: exact contents, TFDS split strings, bad data, the shared training set."""
 
+import lzma
 import os
 import pickle
 import subprocess
 import sys
 import tarfile
 import types
+import zlib
 
 import numpy as np
 import pytest
@@ -211,6 +213,23 @@ def test_bad_archives_are_named(tmp_path, cifar_archive):
   corrupt.write_bytes(b"not an archive")
   with pytest.raises(DataError, match=r"corrupt.tar.gz: not a readable tar archive"):
     sources.load_split(data_config(str(corrupt)), "train")
+  # A damaged byte that still decompresses: only gzip's CRC-32 at the stream's end tells.
+  damaged = tmp_path / "damaged.tar.gz"
+  damaged.write_bytes(data[:-8] + bytes([data[-8] ^ 1]) + data[-7:])
+  with pytest.raises(DataError, match=r"damaged.tar.gz: not a readable tar archive \(CRC check "
+                                      r"failed"):
+    sources.load_split(data_config(str(damaged)), "train")
+
+
+@pytest.mark.parametrize("error", [zlib.error("invalid distance too far back"),
+                                   lzma.LZMAError("Corrupt input data")])
+def test_a_damaged_compressed_block_is_named(cifar_archive, monkeypatch, error):
+  def damaged(*_):
+    raise error
+  monkeypatch.setattr(tarfile.TarFile, "getmembers", damaged)
+  with pytest.raises(DataError, match=f"cifar-10-python.tar.gz: not a readable tar archive "
+                                      f"\\({error}\\)"):
+    sources.load_split(data_config(cifar_archive[0]), "train")
 
 
 def test_unknown_source_is_named(cifar_dir):

@@ -81,12 +81,16 @@ def _labels(path: str, key: bytes, value, count: int, num_classes: int) -> np.nd
   return numbers.astype(np.int32)
 
 
+# What reading a damaged file or compressed archive raises (gzip's CRC error is an OSError).
+_DAMAGED = (OSError, EOFError, tarfile.TarError, zlib.error, lzma.LZMAError)
+
+
 def _read_batch(path: str, read: Callable[[], bytes],
                 dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
   """Decodes one pickled batch file, checking every value; errors name the file and key."""
   try:
     raw = read()
-  except (OSError, EOFError, tarfile.TarError, zlib.error, lzma.LZMAError) as e:  # damaged member
+  except _DAMAGED as e:  # a damaged file or archive member
     raise DataError(f"{path}: cannot be read ({type(e).__name__}: {e})") from None
   batch = pickles.loads(raw, path, f"{dataset.title} batch file")
   label_key = dataset.label_key
@@ -127,7 +131,12 @@ def _files_in_archive(archive: str, files: tuple[str, ...],
   try:
     tar = tarfile.open(archive, "r:*")
     members = {os.path.basename(m.name): m for m in tar.getmembers() if m.isfile()}
-  except (tarfile.TarError, OSError, EOFError) as e:
+    # tarfile stops at the tar's end blocks and never reads the compressed stream's trailer,
+    # whose checksum (gzip's CRC-32) is what tells a damaged archive from a whole one: a
+    # flipped byte could otherwise decompress into other pixels without an error.
+    while tar.fileobj.read(1 << 20):
+      pass
+  except _DAMAGED as e:
     raise DataError(f"{archive}: not a readable tar archive ({e})") from e
   with tar:
     for name in files:
