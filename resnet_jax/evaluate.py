@@ -2,7 +2,8 @@
 
 eval:    the checkpoints.choose_step checkpoint (--checkpoint_step N, else the
          best by validation accuracy, else the latest) on config.data.eval_split;
-         writes DIR/eval/metrics.json ("accuracy", "per_class_accuracy",
+         writes DIR/eval/metrics.json ("accuracy", "per_class_accuracy" (null for a
+         class the split lacks),
          "confusion_matrix", "top_confusions" (the 20 most frequent mistakes),
          "num_examples", "step", "split", "checkpoint", "source" ("train" or "convert_torch"),
          "chosen" (why that one), "tta": config.eval.tta's level, resnet_jax/tta.py,
@@ -17,7 +18,8 @@ Checkpoints converted from PyTorch (resnet_jax.convert_torch) work the same way.
 Bad input, a config that cannot work and outputs that cannot be written are all found
 before any compute, and nothing is written before the results are complete. Each
 file is written beside its target and renamed into place (files.py): a failure
-while writing one (a full disk) leaves an earlier metrics.json, figure or CSV as it was.
+while writing one (a full disk) leaves an earlier metrics.json, figure or CSV as it was
+and is one line naming the file.
 """
 
 import csv
@@ -107,23 +109,29 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
   images, labels = sources.load_split(config.data, config.data.eval_split)
   summary, predicted = predictions(steps, variables, images, labels, config)
   matrix = confusion_matrix(labels, predicted, len(names))
-  per_class = matrix.diagonal() / np.maximum(matrix.sum(1), 1)
+  counts = matrix.sum(1)  # a class the split lacks has no accuracy: null, not 0.0
+  per_class = [int(right) / count if count else None
+               for right, count in zip(matrix.diagonal(), counts)]
   metrics = {"accuracy": summary["accuracy"],
-             "per_class_accuracy": per_class.tolist(), "confusion_matrix": matrix.tolist(),
+             "per_class_accuracy": per_class, "confusion_matrix": matrix.tolist(),
              "top_confusions": top_confusions(matrix, names),
              "num_examples": len(labels), "step": int(step),
              "split": config.data.eval_split, "tta": config.eval.tta,
              "checkpoint": os.path.join(checkpoints.checkpoint_dir(workdir), str(step)),
              "chosen": why, "source": meta.get("source"),
              "weights": checkpoints.evaluated_weights(meta)}
-  os.makedirs(out, exist_ok=True)
-  with files.replaced_atomically(os.path.join(out, "metrics.json")) as f:
-    json.dump(metrics, f, indent=1)
   title = f"{config.data.eval_split}, step {step}: accuracy {metrics['accuracy']:.4f}"
-  if len(names) <= MATRIX_CLASSES:
-    plots.plot_confusion(matrix, names, figure, title)
-  else:
-    plots.plot_top_confusions(metrics["top_confusions"], figure, title)
+  # The figure first: drawing it is the likelier failure, and then neither file has changed.
+  with files.reported_as("the evaluation's figure", figure):
+    os.makedirs(out, exist_ok=True)
+    if len(names) <= MATRIX_CLASSES:
+      plots.plot_confusion(matrix, names, figure, title)
+    else:
+      plots.plot_top_confusions(metrics["top_confusions"], figure, title)
+  metrics_path = os.path.join(out, "metrics.json")
+  with files.reported_as("the evaluation's output", metrics_path), \
+      files.replaced_atomically(metrics_path) as f:
+    json.dump(metrics, f, indent=1)
   return metrics
 
 
@@ -140,12 +148,13 @@ def predict(config, workdir: str, input_path: str, output_path: str,
   files.check_writable(output_path, "--output")
   steps, variables, step, why, meta = restore_for_config(config, workdir, step)
   _, labels = predictions(steps, variables, images, np.zeros(len(images), np.int32), config)
-  os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
-  with files.replaced_atomically(output_path, newline="") as f:
-    writer = csv.writer(f)
-    names = datasets.get(config.data).class_names
-    writer.writerow(["ID", "Labels", "Name"] if class_names else ["ID", "Labels"])
-    writer.writerows((i, label, names[label]) if class_names else (i, label)
-                     for i, label in zip(ids, labels.tolist()))
+  names = datasets.get(config.data).class_names
+  with files.reported_as("--output", output_path):
+    os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
+    with files.replaced_atomically(output_path, newline="") as f:
+      writer = csv.writer(f)
+      writer.writerow(["ID", "Labels", "Name"] if class_names else ["ID", "Labels"])
+      writer.writerows((i, label, names[label]) if class_names else (i, label)
+                       for i, label in zip(ids, labels.tolist()))
   return {"count": len(labels), "chosen": why, "weights": checkpoints.evaluated_weights(meta),
           "checkpoint": os.path.join(checkpoints.checkpoint_dir(workdir), str(step))}

@@ -26,7 +26,10 @@ def replaced_atomically(path: str, mode: str = "w", **open_kwargs):
   directory, name = os.path.split(os.path.abspath(path))
   # A fresh random name, opened O_CREAT|O_EXCL|O_NOFOLLOW: no path that already exists, a
   # planted file or link included, is ever opened, so none is written through.
-  descriptor, temporary = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".part")
+  # The name's first 40 characters: a temporary name must fit the file system's limit
+  # (255 bytes) wherever the name itself does.
+  descriptor, temporary = tempfile.mkstemp(dir=directory, prefix=f".{name[:40]}.",
+                                           suffix=".part")
   ours = os.fstat(descriptor)
   try:
     with os.fdopen(descriptor, mode, **open_kwargs) as f:  # closes the descriptor, come what may
@@ -42,6 +45,18 @@ def replaced_atomically(path: str, mode: str = "w", **open_kwargs):
   except BaseException:  # Ctrl-C too: only the file this call made is removed
     _remove_own(temporary, ours)
     raise
+
+
+@contextlib.contextmanager
+def reported_as(what: str, path: str):
+  """An OSError in the block (a full disk while writing `path`) as an OutputError naming
+  `what` and the path: one line for the user where a command's results could not be kept."""
+  try:
+    yield
+  except OutputError:
+    raise
+  except OSError as e:
+    raise OutputError(f"{what} {path} cannot be written ({e.strerror or e})") from e
 
 
 def _remove_own(path: str, ours: os.stat_result) -> None:
@@ -69,15 +84,23 @@ def check_writable(path: str, what: str) -> None:
   if os.path.isdir(path):
     raise OutputError(f"{what} {path} is a directory, not a file")
   try:
-    check_creatable(os.path.dirname(os.path.abspath(path)))
+    existing = check_creatable(os.path.dirname(os.path.abspath(path)))
   except OSError as e:
     raise OutputError(f"{what} {path} cannot be written ({e.strerror or e}: "
                       f"{e.filename})") from None
+  try:
+    longest = os.pathconf(existing, "PC_NAME_MAX")
+  except (OSError, ValueError):  # a file system that states no limit
+    return
+  if len(os.fsencode(os.path.basename(path))) > longest:
+    raise OutputError(f"{what} {path} cannot be written (its name is longer than the "
+                      f"{longest} bytes the file system allows)")
 
 
-def check_creatable(directory: str) -> None:
+def check_creatable(directory: str) -> str:
   """Raises OSError unless files could be made in `directory`, or, where it does not exist
-  yet, in its nearest existing parent (whose name the error carries). Creates nothing."""
+  yet, in its nearest existing parent (whose name the error carries); returns the folder
+  it tried. Creates nothing."""
   existing = os.path.abspath(directory)
   while not os.path.exists(existing):
     existing = os.path.dirname(existing)
@@ -87,3 +110,4 @@ def check_creatable(directory: str) -> None:
   except OSError as e:
     e.filename = existing
     raise
+  return existing

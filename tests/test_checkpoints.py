@@ -70,6 +70,7 @@ def test_eval_mode_writes_the_schema_and_matches_the_training_log(trained, monke
   assert metrics["num_examples"] == 256 and metrics["split"] == "test"
   matrix = np.array(metrics["confusion_matrix"])
   assert matrix.shape == (10, 10) and matrix.sum() == 256
+  np.testing.assert_allclose(metrics["per_class_accuracy"], matrix.diagonal() / matrix.sum(1))
   with open(os.path.join(workdir, "eval", "metrics.json")) as f:
     assert json.load(f) == metrics
   assert os.path.getsize(os.path.join(workdir, "eval", "confusion_matrix.png")) > 1000
@@ -247,12 +248,21 @@ def test_outputs_are_checked_before_compute_and_replaced_only_when_complete(
     raise OSError(28, "No space left on device")
   monkeypatch.setattr(evaluate.csv, "writer", full_disk)
   monkeypatch.setattr(evaluate.json, "dump", full_disk)
-  with pytest.raises(OSError, match="No space left"):
+  with pytest.raises(files.OutputError, match=f"--output {re.escape(str(csv_path))} cannot be "
+                                              r"written \(No space left on device\)"):
     evaluate.predict(_smoke(), workdir, images, str(csv_path))
-  with pytest.raises(OSError, match="No space left"):
+  with pytest.raises(files.OutputError, match=r"the evaluation's output .*eval/metrics.json "
+                                              r"cannot be written \(No space left"):
+    evaluate.evaluate_checkpoint(_smoke(), workdir)
+  # A failure drawing the figure (before metrics.json) leaves both files as they were.
+  figure = open(os.path.join(workdir, "eval", "confusion_matrix.png"), "rb").read()
+  monkeypatch.setattr(evaluate.plots, "plot_confusion", full_disk)
+  with pytest.raises(files.OutputError, match=r"the evaluation's figure .*confusion_matrix.png "
+                                              r"cannot be written"):
     evaluate.evaluate_checkpoint(_smoke(), workdir)
   for path, content in kept.items():
     assert open(path, "rb").read() == content
+  assert open(os.path.join(workdir, "eval", "confusion_matrix.png"), "rb").read() == figure
   assert not [f for _, _, names in os.walk(tmp_path) for f in names if f.endswith(".part")]
   monkeypatch.undo()
   # Where nothing can be written is one error before any compute.
@@ -260,7 +270,9 @@ def test_outputs_are_checked_before_compute_and_replaced_only_when_complete(
   blocker = tmp_path / "a_file"
   blocker.write_text("x")
   for output, message in ((str(tmp_path), "is a directory, not a file"),
-                          (str(blocker / "p.csv"), r"cannot be written \(Not a directory")):
+                          (str(blocker / "p.csv"), r"cannot be written \(Not a directory"),
+                          (str(tmp_path / ("p" * 252 + ".csv")),
+                           r"cannot be written \(its name is longer")):
     with pytest.raises(files.OutputError, match=f"--output {re.escape(output)} {message}"):
       evaluate.predict(_smoke(), workdir, images, output)
   shutil.rmtree(os.path.join(workdir, "eval"))
@@ -327,6 +339,10 @@ def test_cifar100_trains_evaluates_and_predicts_with_100_classes(tmp_path):
   assert state.params["fc"]["kernel"].shape[-1] == 100
   metrics = evaluate.evaluate_checkpoint(config, workdir)
   assert len(metrics["per_class_accuracy"]) == 100 and metrics["num_examples"] == 60
+  # 60 examples leave classes out: theirs is null (no accuracy), not 0.0 (all wrong).
+  present = np.array(metrics["confusion_matrix"]).sum(1) > 0
+  assert [a is not None for a in metrics["per_class_accuracy"]] == present.tolist()
+  assert not present.all()
   assert 0 < len(metrics["top_confusions"]) <= evaluate.TOP_CONFUSIONS
   assert sorted(os.listdir(os.path.join(workdir, "eval"))) == ["metrics.json",
                                                                "top_confusions.png"]

@@ -36,3 +36,12 @@ def test_only_whole_files_are_written():
   with pytest.raises(ValueError, match="mode 'a': a replaced file is written whole"):
     with files.replaced_atomically("unused", "a"):
       pass
+
+
+def test_a_name_as_long_as_the_file_system_allows_is_written(tmp_path):
+  """The temporary file beside it has a shorter name (it would fail after the compute)."""
+  path = tmp_path / ("n" * 251 + ".csv")  # 255 bytes, ext4's and tmpfs's limit
+  files.check_writable(str(path), "--output")
+  with files.replaced_atomically(str(path)) as f:
+    f.write("ID,Labels\n")
+  assert path.read_text() == "ID,Labels\n"
