@@ -82,6 +82,23 @@ def test_bad_npy_and_npz_files_are_named(tmp_path):
   (tmp_path / "cut.npz").write_bytes((tmp_path / "objects.npz").read_bytes()[:100])
   with pytest.raises(unlabeled.InputFileError, match=r"cut.npz: not a readable .npy or .npz"):
     unlabeled.load(str(tmp_path / "cut.npz"), CIFAR10_IMAGE)
+
+
+def test_an_npz_that_decompresses_past_the_limit_is_refused_before_it_is_read(tmp_path,
+                                                                                 monkeypatch):
+  """A few kilobytes of compressed zeros can declare gigabytes: the zip entry's size is
+  checked first (here against a limit lowered to below 40 images)."""
+  monkeypatch.setattr(unlabeled, "MAX_NPZ_MEMBER_BYTES", 40 * 3072)
+  np.savez_compressed(tmp_path / "zeros.npz", data=np.zeros((41, 32, 32, 3), np.uint8))
+  monkeypatch.setattr(np.lib.format, "read_array", None)  # never reached
+  with pytest.raises(unlabeled.InputFileError, match=r"zeros.npz: 'data.npy' holds 126,?\d* "
+                                                    r"bytes uncompressed, more than 122880"):
+    unlabeled.load(str(tmp_path / "zeros.npz"), CIFAR10_IMAGE)
+  monkeypatch.undo()
+  images = np.zeros((40, 32, 32, 3), np.uint8)
+  np.savez_compressed(tmp_path / "zeros.npz", data=images)
+  np.testing.assert_array_equal(unlabeled.load(str(tmp_path / "zeros.npz"), CIFAR10_IMAGE)[0],
+                                images)
   with pytest.raises(unlabeled.InputFileError, match=r"missing.npy: no such file"):
     unlabeled.load(str(tmp_path / "missing.npy"), CIFAR10_IMAGE)
 

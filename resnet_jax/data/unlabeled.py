@@ -17,6 +17,11 @@ from resnet_jax.data.datasets import DataError
 
 _ID_KINDS = "iuUS"  # integer and text arrays
 
+# An .npz member's size once decompressed, which its zip entry declares: a few kilobytes of
+# zeros can declare gigabytes. 1 GiB holds 350,000 CIFAR images; an .npy (read as it is on
+# disk) has no such limit.
+MAX_NPZ_MEMBER_BYTES = 1 << 30
+
 
 class InputFileError(DataError):
   """An unusable predict input file; the message names it."""
@@ -31,6 +36,12 @@ def _arrays(path: str) -> tuple[object, object, str, str]:
       if "data" not in arrays.files:
         raise InputFileError(f"{path}: expected an array named 'data' (and optional 'ids'); "
                              f"found {sorted(arrays.files)}")
+      for member in arrays.zip.infolist():
+        if member.filename in ("data", "data.npy", "ids", "ids.npy") \
+            and member.file_size > MAX_NPZ_MEMBER_BYTES:
+          raise InputFileError(f"{path}: {member.filename!r} holds {member.file_size} bytes "
+                               f"uncompressed, more than {MAX_NPZ_MEMBER_BYTES}; save the "
+                               "images as an .npy file instead")
       return arrays["data"], arrays["ids"] if "ids" in arrays.files else None, "'data'", "'ids'"
   try:
     with open(path, "rb") as f:
