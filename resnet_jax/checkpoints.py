@@ -13,6 +13,7 @@ Layout: WORKDIR/checkpoints/<step>/ holds up to three items,
            workdirs' checkpoints still restore), and for training "averages" (the
            weight averages' names), "evaluated_average" (None, or the one in
            "model"), "proxy" (whether the train state holds one), "epoch",
+           "epoch_seconds" (how long a mid-epoch checkpoint's epoch had run),
            "config", "history" (per-epoch scalars) and "eval_accuracy" (None for
            a checkpoint written mid-epoch: on a preemption signal, or on time,
            config.checkpoint_every_minutes); and
@@ -70,7 +71,8 @@ TIME_CHECK_EVERY = 10  # steps between asking whether a checkpoint is due on tim
 # The JSON types of the meta keys the code reads (the module's docstring says what each is).
 META_TYPES = {"model": (dict,), "source": (str,), "layout": (int,), "averages": (list,),
               "evaluated_average": (str, type(None)), "proxy": (bool,), "epoch": (int,),
-              "epoch_step": (int,), "eval_accuracy": (int, float, type(None)),
+              "epoch_step": (int,), "epoch_seconds": (int, float),
+              "eval_accuracy": (int, float, type(None)),
               "config": (str,), "history": (list,), "checksum": (str,), "checksums": (dict,)}
 TRAINING_META = ("model", "epoch", "epoch_step", "history", "config")  # resuming needs all
 
@@ -357,6 +359,8 @@ def _check_meta(where: str, meta) -> None:
     problem = "history is not a list of per-epoch objects"
   elif min(meta.get("epoch", 0), meta.get("epoch_step", 0)) < 0:
     problem = f"epoch={meta.get('epoch')}, epoch_step={meta.get('epoch_step')}: negative"
+  elif not 0 <= meta.get("epoch_seconds", 0) < float("inf"):  # NaN too: JSON allows it
+    problem = f"epoch_seconds={meta['epoch_seconds']}: not a number of seconds"
   elif "model" in meta:
     try:
       models.from_config(meta["model"])
@@ -513,8 +517,10 @@ class TrainingCheckpoints:
 
   def restore(self, state, train_metrics, sharding, model_name: str, model: models.Model,
               steps_per_epoch: int):
-    """(state, history, epoch_step, train metrics or None): the newest usable checkpoint's,
-    or the arguments' with an empty history when there is none."""
+    """(state, history, epoch_step, epoch_seconds, train metrics or None): the newest usable
+    checkpoint's, or the arguments' with an empty history when there is none.
+    `epoch_seconds` is the time its epoch had run when saved mid-epoch (0 in older
+    layouts), which the resumed run's clock carries on from."""
     for step in sorted(self.manager.all_steps(), reverse=True):
       try:
         meta = read_meta(self.manager, step)
@@ -526,8 +532,11 @@ class TrainingCheckpoints:
         continue
       logging.info("resuming from %s/%d: epoch %d, step %d of it", self.manager.directory, step,
                    meta["epoch"] + 1, meta["epoch_step"])
-      return state, meta["history"], meta["epoch_step"], metrics if meta["epoch_step"] else None
-    return state, [], 0, None
+      mid_epoch = meta["epoch_step"] > 0
+      return (state, meta["history"], meta["epoch_step"],
+              meta.get("epoch_seconds", 0.0) if mid_epoch else 0.0,
+              metrics if mid_epoch else None)
+    return state, [], 0, 0.0, None
 
   def save(self, state, train_metrics, meta: dict) -> None:
     """Checkpoints at the state's step (asynchronously), unless that step is saved already."""

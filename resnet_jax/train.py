@@ -293,7 +293,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   with checkpoints.TrainingCheckpoints(workdir, config.keep_checkpoints,
                                        config.checkpoint_every_minutes) as saved:
     logs.write_log_file(workdir)  # now that the workdir exists
-    state, history, epoch_step, train_metrics = saved.restore(
+    state, history, epoch_step, epoch_seconds, train_metrics = saved.restore(
         state, Metrics.empty(), steps.replicated, config.model.name, model, steps_per_epoch)
     fresh = not history and not epoch_step  # a resumed run has its fit in its checkpoint
     if fresh:  # the fit sees the first training images as the train steps do
@@ -306,7 +306,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       progress = logs.Progress(steps_per_epoch * config.num_epochs)
       step = int(state.step)  # counted on the host from here: reading state.step waits
       for epoch in range(len(history), config.num_epochs):
-        start_time, first_step = time.perf_counter(), epoch_step  # first_step > 0 when resumed
+        # Resumed mid-epoch: first_step > 0, and the epoch's seconds before the stop carry on.
+        start_time, first_step = time.perf_counter() - epoch_seconds, epoch_step
         for batch in itertools.islice(train_data.epoch(epoch, epoch_step),
                                       steps_per_epoch - epoch_step):
           state, metrics = steps.train(state, batch)
@@ -320,7 +321,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                                and _nonfinite(config, state)):
             break
           if due:
-            saved.save(state, train_metrics, meta(history, epoch_step, None))
+            saved.save(state, train_metrics, meta(history, epoch_step,
+                                                  time.perf_counter() - start_time, None))
         _stop_if_nonfinite(config, state, saved, steps_per_epoch)
 
         eval_accuracy = None  # a checkpoint's rank: only scheduled ones have one
@@ -334,7 +336,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                 config, train_summary, eval_summary)))
           seconds = time.perf_counter() - start_time
           history.append(_epoch_scalars(epoch, lr, state, train_summary, eval_summary, {
-              "images_per_s": (steps_per_epoch - first_step) * config.batch_size / seconds,
+              "images_per_s": (steps_per_epoch - first_step) * config.batch_size
+                              / (seconds - epoch_seconds),  # this process's part's rate
               "elapsed_s": (history[-1].get("elapsed_s", 0.0) if history else 0.0) + seconds}))
           _record_epoch(config, workdir, step, history, writer, saved)
           if last or (epoch + 1) % config.checkpoint_every_epochs == 0:
@@ -342,7 +345,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           epoch_step, train_metrics = 0, None
         if eval_accuracy is not None or stop.received:
           saved.save(state, Metrics.empty() if train_metrics is None else train_metrics,
-                     meta(history, epoch_step, eval_accuracy))
+                     meta(history, epoch_step, (time.perf_counter() - start_time)
+                          if epoch_step else 0.0, eval_accuracy))
+        epoch_seconds = 0.0  # only the resumed epoch carries seconds from before
         if stop.received and len(history) < config.num_epochs:
           raise preemption.preempted(stop.received, step, len(history), epoch_step,
                                      steps_per_epoch, workdir)
@@ -402,12 +407,12 @@ def _whole_updates(config, train_data: batches.Batches) -> int:
 
 
 def _checkpoint_meta(config, model, history: list[dict], epoch_step: int,
-                     eval_accuracy: float | None) -> dict:
+                     epoch_seconds: float, eval_accuracy: float | None) -> dict:
   return {"model": models.model_config(config.model.name, model), "source": "train",
           "layout": checkpoints.LAYOUT, "evaluated_average": optim.evaluated_average(
               config.optimizer), "averages": sorted(optim.average_names(config.optimizer)),
           "proxy": selection.enabled(config),
-          "epoch": len(history), "epoch_step": epoch_step,
+          "epoch": len(history), "epoch_step": epoch_step, "epoch_seconds": epoch_seconds,
           "eval_accuracy": eval_accuracy, "config": config.to_json_best_effort(),
           "history": history}
 
@@ -433,8 +438,9 @@ def _plateau_value(config, train_summary: dict, eval_summary: dict) -> float:
 
 
 # Scalars that time the run: `elapsed_s` sums the epochs' seconds (training and
-# evaluation, in this process and the ones it resumed from). A resumed run's
-# other scalars equal an uninterrupted run's; these do not.
+# evaluation, in this process and the ones it resumed from, to their last checkpoint:
+# steps after it are redone and counted once); `images_per_s` is the epoch's rate in the
+# process that finished it. A resumed run's other scalars equal an uninterrupted run's.
 TIMED_SCALARS = ("images_per_s", "elapsed_s")
 
 

@@ -89,7 +89,7 @@ def main() -> None:
   items["train"]["metrics"] = checkpoints._host_values(items["train"]["metrics"])
   hash_on_save = _median_s(lambda: checkpoints._checksum_meta(items), args.repeats)
   size = sum(np.asarray(x).nbytes for x in jax.tree.leaves(jax.device_get(items)))
-  meta = train._checkpoint_meta(config, model, [], 0, 0.5)
+  meta = train._checkpoint_meta(config, model, [], 0, 0.0, 0.5)
   with tempfile.TemporaryDirectory() as workdir:
     manager = checkpoints.training_manager(workdir, keep_last=args.repeats)
 

@@ -125,6 +125,8 @@ def _edit_meta(step_dir, edit) -> None:
     (lambda meta: {**meta, "epoch_step": "3"}, r"meta: epoch_step='3' is not int"),
     (lambda meta: {**meta, "epoch": True}, r"meta: epoch=True is not int"),
     (lambda meta: {**meta, "epoch_step": -1}, r"meta: epoch=3, epoch_step=-1: negative"),
+    (lambda meta: {**meta, "epoch_seconds": float("nan")},
+     r"meta: epoch_seconds=nan: not a number of seconds"),
     (lambda meta: {**meta, "checksum": "md4"}, r"meta: checksum='md4' is not one of \["),
     (lambda meta: {**meta, "checksum": "shake_128"}, r"meta: checksum='shake_128' is not one"),
     (lambda meta: {**meta, "checksums": {"model": [1]}},

@@ -1,12 +1,14 @@
 """Faults: preemption signals, SIGKILL, non-finite steps, corrupt checkpoints, full disks;
 and determinism."""
 
+import itertools
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import types
 
 import jax
 import numpy as np
@@ -32,11 +34,18 @@ def test_signal_mid_epoch_checkpoints_and_the_rerun_matches_uninterrupted(
   workdir = tmp_path / "run"
   with pytest.MonkeyPatch.context() as patch:
     signal_at_batch(patch, 21, signum)  # step 5 of epoch 2
+    # The run's clock gains 1,000 s at each reading: epoch 2's part before the stop is
+    # over 1,000 s, which the resumed run's clock must carry on from.
+    ticks = itertools.count()
+    patch.setattr(train, "time", types.SimpleNamespace(
+        perf_counter=lambda: time.perf_counter() + 1000 * next(ticks)))
     with pytest.raises(preemption.Preempted) as info:
       train.train_and_evaluate(config, str(workdir))
   assert info.value.code == code
   assert sorted(os.listdir(workdir / "checkpoints")) == ["16", "21"]
   state, history = train.train_and_evaluate(config, str(workdir))
+  epoch_2_seconds = history[1]["elapsed_s"] - history[0]["elapsed_s"]
+  assert 1000 < epoch_2_seconds < 1000 + 600 and 0 < history[1]["images_per_s"] < float("inf")
   for ours, theirs in zip(jax.tree.leaves(jax.device_get((state.params, state.opt_state))),
                           jax.tree.leaves(jax.device_get((uninterrupted.params,
                                                           uninterrupted.opt_state)))):
