@@ -12,6 +12,7 @@ The console shows the run's own lines, warnings and errors; DIR/log.txt has
 every library's too (--log_libraries shows them on the console as well).
 """
 
+import functools
 import os
 import re
 from typing import Sequence
@@ -55,12 +56,29 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, with every error one line naming the flag, as bad values are."""
+  config = _config_file(argv)
+  if config is not None and not os.path.isfile(config):
+    # ml_collections would go on with a placeholder, failing later with a traceback or
+    # blaming the first --config.KEY override
+    raise SystemExit(f"error: --config {config}: no such file")
   try:
     return FLAGS(argv)
   except flags.Error as e:  # absl's own, e.g. "flag --config.batch_size=abc: invalid literal..."
     raise SystemExit(f"error: {e}") from None
   except (KeyError, AttributeError) as e:  # ml_collections: a --config key that does not exist
     raise SystemExit(f"error: {_unknown_key_message(argv, str(e))}") from None
+
+
+def _config_file(argv: list[str]) -> str | None:
+  """The file --config names (before any ':' and its argument), or None where absent."""
+  for i, arg in enumerate(argv[1:], 1):
+    if arg == "--":
+      break
+    if arg.startswith("--config="):
+      return arg.removeprefix("--config=").split(":")[0]
+    if arg == "--config" and i + 1 < len(argv):
+      return argv[i + 1].split(":")[0]
+  return None
 
 
 def _unknown_key_message(argv: list[str], error: str) -> str:
@@ -94,16 +112,32 @@ def _families_with(key: str) -> str:
 
 
 def _initialize_distributed() -> None:
-  """Joins JAX's distributed runtime when asked to; a single process needs nothing."""
-  if FLAGS.num_processes and FLAGS.num_processes > 1:
+  """Joins JAX's distributed runtime when asked to; a single process needs nothing.
+  Missing or inconsistent flags, and a runtime that cannot start, are one line each."""
+  n = FLAGS.num_processes
+  if n and n > 1:
+    if not FLAGS.coordinator_address or FLAGS.process_id is None:
+      raise SystemExit(f"error: --num_processes {n} needs --coordinator_address HOST:PORT "
+                       "(process 0's) and --process_id")
+    if not 0 <= FLAGS.process_id < n:
+      raise SystemExit(f"error: --process_id {FLAGS.process_id} is not in [0, {n}) for "
+                       f"--num_processes {n}")
     # CPU processes need a collectives implementation for cross-process all-reduce;
     # the setting does nothing on GPU or TPU. (Set before any backend starts.)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(FLAGS.coordinator_address, num_processes=FLAGS.num_processes,
-                               process_id=FLAGS.process_id, initialization_timeout=120,
-                               heartbeat_timeout_seconds=FLAGS.heartbeat_timeout)
+    start = functools.partial(
+        jax.distributed.initialize, FLAGS.coordinator_address, num_processes=n,
+        process_id=FLAGS.process_id, initialization_timeout=120,
+        heartbeat_timeout_seconds=FLAGS.heartbeat_timeout)
   elif FLAGS.distributed:
-    jax.distributed.initialize()
+    start = jax.distributed.initialize
+  else:
+    return
+  try:
+    start()
+  except (ValueError, RuntimeError) as e:  # e.g. --distributed where no cluster is detected
+    raise SystemExit("error: jax.distributed.initialize failed: "
+                     + " ".join(str(e).split())) from e
 
 
 def enable_compilation_cache(directory: str) -> None:

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from resnet_jax import config_validation, default_config, train
+from resnet_jax import config_validation, default_config, main, train
 from resnet_jax.data import datasets
 from tests.conftest import REPO, smoke_config
 
@@ -196,6 +196,12 @@ def test_batch_larger_than_the_training_split_fails_before_the_workdir(tmp_path,
     (["--config.num_epochs=ten"], "error: flag --config.num_epochs=ten: "),
     (["--mode=predict", "--output=labels.csv"],
      "error: --mode predict needs --input FILE and --output CSV"),
+    # Multi-process flags: checked before jax's runtime starts (were its tracebacks).
+    (["--num_processes=2"], "error: --num_processes 2 needs --coordinator_address HOST:PORT "
+     "(process 0's) and --process_id"),
+    (["--num_processes=2", "--coordinator_address=127.0.0.1:1", "--process_id=2"],
+     "error: --process_id 2 is not in [0, 2) for --num_processes 2"),
+    (["--distributed"], "error: jax.distributed.initialize failed: "),
 ])
 def test_cli_rejects_bad_input_in_one_line_and_leaves_no_workdir(tmp_path, args, message):
   workdir = tmp_path / "runs" / "run"
@@ -208,6 +214,15 @@ def test_cli_rejects_bad_input_in_one_line_and_leaves_no_workdir(tmp_path, args,
   assert len(errors) == 1 and message in errors[0], result.stderr[-3000:]
   assert "Traceback" not in result.stderr
   assert os.listdir(tmp_path) == []  # not even an empty workdir
+
+
+@pytest.mark.parametrize("argv", [["--config", "configs/shalow.py"],
+                                  ["--config=configs/shalow.py:fast", "--config.seed=1"]])
+def test_a_mistyped_config_path_is_named_before_its_overrides(argv):
+  """ml_collections goes on with a placeholder: a traceback later, or an error blaming the
+  first --config.KEY."""
+  with pytest.raises(SystemExit, match=r"^error: --config configs/shalow.py: no such file$"):
+    main.parse_flags(["main", *argv, "--workdir", "run"])
 
 
 def test_a_config_holds_and_prints_only_its_family_s_keys():
