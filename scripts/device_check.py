@@ -50,15 +50,19 @@ TINY_MODELS["fast_muon"] = TINY_MODELS["fast"]  # fast_muon trains fast's model
 FAST_TARGET = 0.903  # issue 13: hold-out accuracy with TTA
 
 
+TIMED_OUT = -1000  # _run's returncode for a command stopped at its timeout: no process's
+
+
 def _run(command: list[str], log, timeout: float) -> tuple[int, str]:
-  """(returncode, stdout) of `command` run in the repo; everything it prints goes to `log`."""
+  """(returncode, stdout) of `command` run in the repo, TIMED_OUT where it ran past
+  `timeout` seconds and was stopped; everything it prints goes to `log`."""
   log.write(f"\n$ {' '.join(shlex.quote(c) for c in command)}\n")
   log.flush()
   try:
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
   except subprocess.TimeoutExpired as e:
     log.write(f"(stopped after {timeout:.0f} s)\n{e.stdout or ''}{e.stderr or ''}")
-    return -1, ""
+    return TIMED_OUT, ""
   log.write(result.stdout + result.stderr)
   return result.returncode, result.stdout
 
@@ -116,6 +120,9 @@ def recipe(name: str, data_dir: str, out: str, tiny: bool, log, flags: tuple[str
   start = time.perf_counter()
   code, _ = _run(command, log, timeout=timeout)
   wall_s = time.perf_counter() - start
+  if code == TIMED_OUT:
+    raise RuntimeError(f"training configs/{name}.py did not finish in its {timeout:.0f} s; "
+                       "stopped")
   if code:
     raise RuntimeError(f"training configs/{name}.py exited with {code}")
   with open(os.path.join(workdir, "history.json")) as f:

@@ -1,7 +1,7 @@
 """A recipe's hold-out accuracy over several seeds and flag variants: mean and spread.
 
     python scripts/seed_sweep.py --config NAME --data DATA --out OUT [--seeds N]
-        [--parallel K] [--variant NAME=FLAGS ...] [--wheels DIR] [--tiny]
+        [--parallel K] [--variant NAME=FLAGS ...] [--timeout S] [--wheels DIR] [--tiny]
 
 Why: the recipes of docs/recipes.md differ by a few tenths of a point, about the
 spread between two seeds, and a 2-core CPU trains one 8-epoch run an hour. On an
@@ -11,7 +11,9 @@ differences are real.
 Each variant (default: one named "base", with no flags; FLAGS as on main's command
 line, e.g. --variant "bw3=--config.model.branch_weight=3") trains configs/NAME.py on
 train[:45000] and validates on train[45000:], with the device pipeline, once per seed
-0..N-1, into OUT/VARIANT_seedS (its log OUT/VARIANT_seedS.log). K runs go at once:
+0..N-1, into OUT/VARIANT_seedS (its log OUT/VARIANT_seedS.log, its flags
+OUT/VARIANT_seedS.flags.json: a rerun into the same OUT resumes each run, and refuses one
+whose variant's flags changed). Each run is stopped after --timeout seconds. K runs go at once:
 one run's host work (start-up, compiling, input) overlaps another's device work,
 each gets 0.9/K of an accelerator's memory (XLA_PYTHON_CLIENT_MEM_FRACTION, unless
 set), and jax's persistent compilation cache (config.compilation_cache_dir) spares
@@ -49,6 +51,22 @@ def parse_variants(specs: list[str]) -> dict[str, list[str]]:
   return variants
 
 
+def claim(workdir: str, flags: tuple[str, ...]) -> None:
+  """Records the flags a run's workdir trains with (WORKDIR.flags.json); raises RuntimeError
+  if it holds a run of other flags: a rerun resumes a workdir, and a finished one would be
+  reported under the new flags without training."""
+  path = workdir + ".flags.json"
+  if os.path.exists(path):
+    with open(path) as f:
+      held = json.load(f)
+    if held != list(flags):
+      raise RuntimeError(f"{workdir} holds a run of flags {held}, not {list(flags)}: "
+                         "use another --out")
+  else:
+    with open(path, "w") as f:
+      json.dump(list(flags), f)
+
+
 def summarise(runs: dict) -> dict:
   """Each variant's mean and standard deviation over the seeds that finished."""
   summary = {}
@@ -82,6 +100,9 @@ def main() -> None:
   parser.add_argument("--parallel", type=int, default=1, help="runs at once")
   parser.add_argument("--variant", action="append", default=[], help="NAME=FLAGS, repeatable")
   parser.add_argument("--wheels", help="folder of wheels for missing pure-Python packages")
+  parser.add_argument("--timeout", type=float, default=900,
+                      help="seconds a run may take before it is stopped (default 900: a GPU's "
+                           "runs take minutes; a CPU's, hours)")
   parser.add_argument("--tiny", action="store_true", help="tiny models and data, for the tests")
   args = parser.parse_args()
   if not os.path.isfile(os.path.join(device_check.REPO, "configs", f"{args.config}.py")):
@@ -91,6 +112,8 @@ def main() -> None:
                      f"{sorted(device_check.TINY_MODELS)}")
   if args.seeds < 1 or args.parallel < 1:
     raise SystemExit(f"error: --seeds {args.seeds} and --parallel {args.parallel} must be >= 1")
+  if not args.timeout > 0:
+    raise SystemExit(f"error: --timeout {args.timeout} must be a positive number of seconds")
   variants = parse_variants(args.variant)
   if args.parallel > 1:  # jax takes 75% of an accelerator's memory per process by default
     os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{0.9 / args.parallel:.2f}")
@@ -105,10 +128,12 @@ def main() -> None:
   def run(variant: str, seed: int) -> None:
     name = f"{variant}_seed{seed}"
     with open(os.path.join(args.out, f"{name}.log"), "a") as log:
+      workdir, flags = os.path.join(args.out, name), (*variants[variant], f"--config.seed={seed}")
       try:
+        claim(workdir, flags)
         result = {"ok": True, **device_check.recipe(
-            args.config, data_dir, args.out, args.tiny, log, workdir=os.path.join(args.out, name),
-            flags=(*variants[variant], f"--config.seed={seed}"))}
+            args.config, data_dir, args.out, args.tiny, log, workdir=workdir, flags=flags,
+            timeout=args.timeout)}
       except Exception as e:  # pylint: disable=broad-except  # recorded; the rest still run
         result = {"ok": False, "error": f"{type(e).__name__}: {e}"}
     with lock:

@@ -47,6 +47,7 @@ def test_every_seed_of_every_variant_runs_and_a_failed_one_is_recorded(tmp_path)
     (["--parallel", "0"], "error: --seeds 2 and --parallel 0 must be >= 1"),
     (["--config", "nope"], "error: --config 'nope': no configs/nope.py"),
     (["--config", "shallow_cpu", "--tiny"], "error: --tiny has no tiny model for 'shallow_cpu'"),
+    (["--timeout", "0"], "error: --timeout 0.0 must be a positive number of seconds"),
 ])
 def test_bad_arguments_are_named_before_anything_runs(tmp_path, args, message):
   result = _sweep(tmp_path, "--config", "fast", "--data", str(tmp_path / "none"), *args)
@@ -57,3 +58,20 @@ def test_bad_arguments_are_named_before_anything_runs(tmp_path, args, message):
 def test_no_variant_means_one_named_base():
   assert load_script("seed_sweep").parse_variants([]) == {"base": []}
   assert load_script("seed_sweep").parse_variants(["w3=--a=1 --b='x y'"]) == {"w3": ["--a=1", "--b=x y"]}
+
+
+def test_a_run_past_its_timeout_is_named_as_such(tmp_path):
+  device_check = load_script("device_check")
+  data, _ = write_cifar_dir(str(tmp_path))
+  with open(tmp_path / "log", "w") as log, pytest.raises(
+      RuntimeError, match=r"training configs/fast.py did not finish in its 1 s; stopped"):
+    device_check.recipe("fast", data, str(tmp_path), True, log, timeout=1)
+
+
+def test_a_workdir_of_other_flags_is_refused_not_reported_as_the_new_variant(tmp_path):
+  seed_sweep, workdir = load_script("seed_sweep"), str(tmp_path / "base_seed0")
+  seed_sweep.claim(workdir, ("--config.seed=0",))
+  seed_sweep.claim(workdir, ("--config.seed=0",))  # the same run, resumed
+  with pytest.raises(RuntimeError, match=r"base_seed0 holds a run of flags \['--config.seed=0'\], "
+                                         r"not \['--config.optimizer.learning_rate=1', "):
+    seed_sweep.claim(workdir, ("--config.optimizer.learning_rate=1", "--config.seed=0"))
