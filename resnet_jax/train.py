@@ -352,8 +352,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           raise preemption.preempted(stop.received, step, len(history), epoch_step,
                                      steps_per_epoch, workdir)
   if history and jax.process_index() == 0:
-    plots.plot_curves(history, os.path.join(workdir, plots.CURVES_FILE))
+    _plot_curves(history, workdir)
   return state, history
+
+
+def _plot_curves(history: list[dict], workdir: str) -> None:
+  """DIR/curves.png; where it cannot be written (a full disk) a warning: the run and its
+  checkpoints are complete, and `python -m resnet_jax.plots DIR` draws it later."""
+  path = os.path.join(workdir, plots.CURVES_FILE)
+  try:
+    plots.plot_curves(history, path)
+  except OSError as e:
+    logging.warning("%s cannot be written (%s); the run is complete: draw it later with "
+                    "python -m resnet_jax.plots %s", path, e.strerror or e, workdir)
 
 
 def _log_run(config, model: models.Model, train_data: batches.Batches,

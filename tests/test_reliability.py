@@ -4,6 +4,7 @@ and determinism."""
 import itertools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -227,6 +228,19 @@ def test_disk_full_during_a_save_is_a_clear_error_and_earlier_checkpoints_surviv
     _, variables, meta = checkpoints.restore_model(str(workdir), CIFAR10_IMAGE, step)
     assert meta["epoch"] == step // 16
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(variables))
+
+
+def test_a_curves_figure_that_cannot_be_written_is_a_warning_after_a_finished_run(
+    tmp_path, trained, monkeypatch, caplog):
+  workdir = tmp_path / "run"
+  shutil.copytree(trained[0], workdir)
+  def full_disk(*_):
+    raise OSError(28, "No space left on device")
+  monkeypatch.setattr(train.plots, "plot_curves", full_disk)
+  state, history = train.train_and_evaluate(_smoke(), str(workdir))
+  assert int(state.step) == 48 and untimed(history) == untimed(trained[2])
+  assert (f"{workdir}/curves.png cannot be written (No space left on device); the run is "
+          "complete") in caplog.text
 
 
 def test_unwritable_workdir_fails_before_compute(tmp_path, monkeypatch):
