@@ -151,20 +151,23 @@ class Progress:
 
   def __init__(self, total_steps: int, every_secs: float = 60.0):
     self.total_steps, self.every_secs = total_steps, every_secs
-    self._last_time, self._last_step = time.monotonic(), None
+    self._start = self._last = None  # (time, step)
 
   def __call__(self, step: int) -> None:
     now = time.monotonic()
-    if self._last_step is None:  # the first step includes compilation: time from after it
-      self._last_time, self._last_step = now, step
+    if self._start is None:  # the first step includes compilation: time from after it
+      self._start = self._last = now, step
       return
-    if now - self._last_time < self.every_secs or step == self._last_step:
+    if now - self._last[0] < self.every_secs or step == self._start[1]:
       return
-    rate = (step - self._last_step) / (now - self._last_time)
+    # The rate since the start, not since the last line: steps are counted as dispatched,
+    # which runs ahead of the device in bursts, so a minute's count of slow steps (and the
+    # evaluations between epochs) would swing the ETA from half to four times the truth.
+    rate = (step - self._start[1]) / (now - self._start[0])
     eta = (self.total_steps - step) / rate
     absl_logging.info("step %d/%d (%.1f%%), %.2f steps/s, ETA %s", step, self.total_steps,
                       100 * step / self.total_steps, rate, _duration(eta))
-    self._last_time, self._last_step = now, step
+    self._last = now, step
 
 
 def _duration(seconds: float) -> str:

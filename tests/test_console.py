@@ -99,8 +99,30 @@ def test_progress_reports_rate_and_eta_once_a_minute(monkeypatch):
   progress(61)  # 60 steps in 60 s: 939 left at 1 step/s
   assert lines == ["step 61/1000 (6.1%), 1.00 steps/s, ETA 16m"]
   now[0] += 3600
-  progress(361)  # 300 steps in an hour: 639 left at 1/12 step/s
-  assert lines[-1] == "step 361/1000 (36.1%), 0.08 steps/s, ETA 2h08m"
+  progress(361)  # 360 steps in 3,660 s since the first: 639 left at 0.098 steps/s
+  assert lines[-1] == "step 361/1000 (36.1%), 0.10 steps/s, ETA 1h48m"
+
+
+def test_progress_s_eta_holds_steady_when_steps_are_dispatched_in_bursts(monkeypatch):
+  """Asynchronous dispatch counts 23-second steps in bursts (1, then 5, a report, as a
+  10-epoch run on 2 CPU cores logged): the ETA nears the truth instead of swinging between
+  a quarter and four times it, as a rate over the last minute did."""
+  now = [0.0]
+  monkeypatch.setattr(logs.time, "monotonic", lambda: now[0])
+  lines = []
+  monkeypatch.setattr(logs.absl_logging, "info", lambda fmt, *args, **kw: lines.append(fmt % args))
+  progress, step, truth = logs.Progress(total_steps=220, every_secs=60), 1, []
+  progress(step)
+  for burst in (1, 5) * 5:  # 3 steps every 70 s on average
+    now[0] += 70
+    step += burst
+    progress(step)
+    truth.append((220 - step) * 70 / 3 / 60)
+  assert len(lines) == 10
+  etas = [line.rsplit("ETA ", 1)[1] for line in lines]
+  minutes = [int(e.split("h")[0]) * 60 + int(e.split("h")[1][:-1]) if "h" in e else int(e[:-1])
+             for e in etas]
+  assert all(abs(m - t) <= 0.2 * t for m, t in list(zip(minutes, truth))[3:]), (etas, truth)
 
 
 def test_warnings_that_ask_nothing_of_the_user_stay_in_the_log_file():
