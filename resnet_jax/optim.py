@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+from absl import logging
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "step", "warmup_cosine", "one_cycle", "triangle")
@@ -71,13 +72,17 @@ def learning_rate_schedule(opt_config, updates_per_epoch: int,
   if name == "step":
     return optax.exponential_decay(lr, transition_steps=opt_config.step_epochs * updates_per_epoch,
                                    decay_rate=opt_config.gamma, staircase=True)
-  if name == "warmup_cosine":
+  if name in ("warmup_cosine", "triangle"):
     warmup = min(int(opt_config.warmup_epochs * updates_per_epoch), total - 1)
+    if opt_config.warmup_epochs >= num_epochs:  # as a shortened recipe leaves it
+      logging.warning("config.optimizer.warmup_epochs=%s is not below config.num_epochs=%d: "
+                      "the learning rate rises all run and never decays; shorten the warm-up "
+                      "with the run", opt_config.warmup_epochs, num_epochs)
+  if name == "warmup_cosine":
     return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, total)
   if name == "one_cycle":
     return optax.cosine_onecycle_schedule(total, lr)
   if name == "triangle":
-    warmup = min(int(opt_config.warmup_epochs * updates_per_epoch), total - 1)
     return optax.join_schedules(
         [optax.linear_schedule(lr * opt_config.start_factor, lr, warmup),
          optax.linear_schedule(lr, lr * opt_config.end_factor, total - warmup)], [warmup])

@@ -138,6 +138,18 @@ def test_schedules_start_peak_and_end_where_expected(schedule):
     assert values[0] < 0.1 * 0.1 and values[-1] < 0.1 * 0.05
 
 
+@pytest.mark.parametrize("schedule", ["triangle", "warmup_cosine"])
+def test_a_warm_up_as_long_as_the_run_is_named(schedule, caplog):
+  """A recipe shortened by --config.num_epochs keeps its warm-up: 2.3 epochs of 1 would
+  rise all run and never decay, which the schedule's clamp hid."""
+  config = _opt_config(schedule=schedule, warmup_epochs=2.3)
+  optim.learning_rate_schedule(config, updates_per_epoch=10, num_epochs=3)
+  assert "warmup_epochs" not in caplog.text
+  optim.learning_rate_schedule(config, updates_per_epoch=10, num_epochs=1)
+  assert ("config.optimizer.warmup_epochs=2.3 is not below config.num_epochs=1: the learning "
+          "rate rises all run and never decays") in caplog.text
+
+
 def test_kernels_only_decay_leaves_biases_and_bn_alone():
   tx, _ = optim.create_optimizer(_opt_config(name="sgd", momentum=0.0, weight_decay=1.0,
                                              decay="kernels", learning_rate=1.0), 10, 1)
