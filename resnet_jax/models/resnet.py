@@ -57,7 +57,7 @@ class ResNet(nn.Module):
     num_classes: classifier outputs.
     dtype: compute dtype name; parameters and BN statistics stay float32.
     kernel_init: "torch" (PyTorch's defaults) or "he_normal".
-    max_params: the trainable-parameter budget, checked by `models.get_model`.
+    max_params: the trainable-parameter budget, checked by `models.check_budget`.
   """
 
   stem_width: int
