@@ -19,6 +19,7 @@ import os
 import pickle
 import re
 import warnings
+import zipfile
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -26,7 +27,7 @@ import numpy as np
 from absl import app, flags, logging
 from flax import traverse_util
 
-from resnet_jax import checkpoints, models
+from resnet_jax import checkpoints, files, models
 from resnet_jax.data import datasets
 from resnet_jax.models import resnet
 
@@ -111,6 +112,11 @@ def convert_for_model(state_dict: Mapping[str, Any], model: resnet.ResNet,
   nonfinite = [key for key, path in expected.items() if not np.isfinite(flat[path]).all()]
   if nonfinite:
     raise ConversionError(f"key {nonfinite[0]!r} holds NaN or infinite values")
+  # A variance below 0 makes BatchNorm's 1/sqrt(var + eps) NaN: every prediction one class.
+  negative = [key for key, path in expected.items()
+              if key.endswith(".running_var") and (flat[path] < 0).any()]
+  if negative:
+    raise ConversionError(f"key {negative[0]!r} holds negative variances")
   return traverse_util.unflatten_dict(flat)
 
 
@@ -202,6 +208,7 @@ def load_state_dict(path: str) -> Mapping[str, Any]:
                       "(the project's 'test' extra has it)") from e
   if not os.path.isfile(path):
     raise FileNotFoundError(f"no PyTorch checkpoint at {path}")
+  _check_stored(path)
   try:
     with warnings.catch_warnings():  # the error below says it all, in one line
       warnings.simplefilter("ignore")
@@ -216,21 +223,47 @@ def load_state_dict(path: str) -> Mapping[str, Any]:
   return obj
 
 
+def _check_stored(path: str) -> None:
+  """torch.save stores its zip's pickle and tensors uncompressed (torch.load maps them): a
+  compressed one is no file torch wrote, and torch.load would inflate it, a few kilobytes
+  into gigabytes, before any value could be checked. (TorchScript compresses its code,
+  which torch.load does not read: it names such an archive itself.)"""
+  try:
+    with zipfile.ZipFile(path) as archive:
+      members = archive.infolist()
+  except (zipfile.BadZipFile, OSError, ValueError):  # no zip: torch.load says what it is
+    return
+  compressed = [m.filename for m in members if m.compress_type != zipfile.ZIP_STORED
+                and (m.filename.endswith("data.pkl") or "/data/" in m.filename)]
+  if compressed:
+    raise ConversionError(f"cannot read {path} as a PyTorch checkpoint: its member "
+                          f"{compressed[0]!r} is compressed, which torch.save never does")
+
+
 def convert_checkpoint(model_name: str, checkpoint: str, output: str) -> str:
   """Converts the .pth `checkpoint` into an Orbax checkpoint in `output`; returns its path."""
   existing = checkpoints.checkpoint_dir(output)
   if os.path.isdir(existing) and os.listdir(existing):
     raise FileExistsError(f"{existing} already exists, holding {sorted(os.listdir(existing))}; "
                           "choose another --output")
+  try:
+    files.check_creatable(output)
+  except OSError as e:
+    raise ConversionError(f"--output {output} cannot be written ({e.strerror or e}: "
+                          f"{e.filename})") from None
   model = models.get_model(model_name)
   state_dict = load_state_dict(checkpoint)
   try:
     variables = convert_for_model(state_dict, model, model_name)
   except ConversionError as e:  # the command's one error line names the file
     raise ConversionError(f"{checkpoint}: {e}") from e
-  return checkpoints.save_model(output, 0, variables, models.model_config(model_name, model),
-                                source="convert_torch",
-                                torch_checkpoint=os.path.abspath(checkpoint))
+  try:
+    return checkpoints.save_model(output, 0, variables, models.model_config(model_name, model),
+                                  source="convert_torch",
+                                  torch_checkpoint=os.path.abspath(checkpoint))
+  except OSError as e:  # a full disk
+    raise ConversionError(f"--output {output}: writing the checkpoint failed "
+                          f"({e.strerror or e})") from e
 
 
 FLAGS = flags.FLAGS

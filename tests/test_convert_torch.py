@@ -190,6 +190,41 @@ def test_non_finite_value_is_named(shallow_state):
     convert_torch.convert_state_dict(state, "shallow")
 
 
+def test_negative_variances_are_named(shallow_state):
+  """BatchNorm's 1/sqrt(var + eps) would be NaN: every prediction one class."""
+  state = {**shallow_state, "layer2.0.bn1.running_var": -torch.ones(128)}
+  with pytest.raises(convert_torch.ConversionError,
+                     match=r"^key 'layer2.0.bn1.running_var' holds negative variances$"):
+    convert_torch.convert_state_dict(state, "shallow")
+
+
+def test_a_compressed_pth_is_refused_before_torch_inflates_it(tmp_path, monkeypatch):
+  """torch.save never compresses; a deflated member (100 MB of zeros in 98 KB) would be
+  inflated by torch.load before any check."""
+  stored, deflated = tmp_path / "stored.pth", tmp_path / "deflated.pth"
+  torch.save({"fc.bias": torch.zeros(10)}, stored)
+  with zipfile.ZipFile(stored) as source, zipfile.ZipFile(deflated, "w") as target:
+    for info in source.infolist():
+      target.writestr(info.filename, source.read(info), zipfile.ZIP_DEFLATED)
+  monkeypatch.setattr(torch, "load", _refuse_conversion)  # never reached
+  with pytest.raises(convert_torch.ConversionError,
+                     match=f"^cannot read {re.escape(str(deflated))} as a PyTorch checkpoint: its "
+                           r"member '.*' is compressed, which torch.save never does$"):
+    convert_torch.load_state_dict(str(deflated))
+
+
+def test_an_output_that_cannot_be_written_is_named_before_the_file_is_read(tmp_path,
+                                                                           monkeypatch):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("x")
+  monkeypatch.setattr(convert_torch, "load_state_dict", _refuse_conversion)
+  with pytest.raises(convert_torch.ConversionError,
+                     match=f"^--output {re.escape(str(blocker))} cannot be written \\(Not a "
+                           "directory"):
+    convert_torch.convert_checkpoint("shallow", str(tmp_path / "any.pth"), str(blocker))
+  assert blocker.read_text() == "x"
+
+
 def test_tensor_past_its_storage_is_refused_by_torch_load(tmp_path):
   """A file whose tensor claims more elements than its storage holds: torch.load refuses it."""
   good, bad = tmp_path / "good.pth", tmp_path / "bad.pth"
