@@ -77,10 +77,8 @@ def _jax_setup(config, batch_size: int, dtype: str, cpu_tuning: bool, tiny: bool
   if not cpu_tuning:
     config.cpu.xla_options, config.cpu.bfloat16_xla_options = {}, {}
     config.cpu.fusion_barriers = False
-  for override in overrides:  # KEY=VALUE, VALUE a Python literal
-    key, _, value = override.partition("=")
-    parent, _, name = key.rpartition(".")
-    default_config.lookup(config, parent)[name] = ast.literal_eval(value)
+  for override in overrides:
+    _apply(config, override)
   model = model_setup.build_model(config)
   steps = train.Steps(config, model, total_steps=100 * config.num_epochs)
   tx, _ = optim.create_optimizer(config.optimizer, 100, config.num_epochs, batch_size=batch_size,
@@ -94,6 +92,29 @@ def _jax_setup(config, batch_size: int, dtype: str, cpu_tuning: bool, tiny: bool
       "label": rng.integers(0, 10, batch_size).astype(np.int32),
       "mask": np.ones(batch_size, bool)}, steps.data)
   return steps, state, batch
+
+
+# Where a new key is a setting, not a typo: XLA's options, by their own names.
+OPEN_SECTIONS = ("cpu.xla_options", "cpu.bfloat16_xla_options")
+
+
+def _apply(config, override: str) -> None:
+  """Sets --override KEY=VALUE (VALUE a Python literal) in `config`; a key the config lacks
+  (a typo that nothing would read) or a value that is no literal is one error line."""
+  key, sep, value = override.partition("=")
+  parent, _, name = key.rpartition(".")
+  try:
+    section = default_config.lookup(config, parent)
+    known = name in section or parent in OPEN_SECTIONS
+  except (KeyError, AttributeError, TypeError):  # no such section, or a value, not a section
+    known = False
+  if not sep or not known:
+    raise SystemExit(f"error: --override {override!r}: the config has no key {key!r}")
+  try:
+    section[name] = ast.literal_eval(value)
+  except (ValueError, SyntaxError):
+    raise SystemExit(f"error: --override {override!r}: {value!r} is not a Python literal "
+                     "(quote strings: KEY='text')") from None
 
 
 def _train_flops_per_image(lowered, args) -> float:

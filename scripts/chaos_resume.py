@@ -80,7 +80,10 @@ def main() -> None:
   parser.add_argument("--seed", type=int, default=0, help="seeds the kill times")
   parser.add_argument("--workdir", help="where both runs go (default: a new temp dir)")
   args = parser.parse_args()
-  root = args.workdir or tempfile.mkdtemp(prefix="chaos_")
+  # Absolute: the runs start in the repository's root, and _latest_step looks from here.
+  root = os.path.abspath(args.workdir) if args.workdir else tempfile.mkdtemp(prefix="chaos_")
+  if os.path.isdir(root) and os.listdir(root):  # finished runs would "resume" and match
+    sys.exit(f"error: --workdir {args.workdir} is not empty; the runs start from nothing")
   clean, chaotic = os.path.join(root, "uninterrupted"), os.path.join(root, "killed")
 
   clean_run = _run(clean, args.epochs)

@@ -14,8 +14,11 @@ a best-of-rounds train and eval speed.
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
+
+from resnet_jax import files
 
 BENCHMARK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "benchmark.py")
 # The written-out BatchNorm backward replaced by autodiff of the same forward formula.
@@ -62,19 +65,35 @@ def main() -> None:
              *(f"--override={o}" for o in overrides)]
     command = ([sys.executable, "-c", _AUTODIFF_BATCHNORM] if autodiff_batchnorm
                else [sys.executable, BENCHMARK]) + flags
-    result = json.loads(subprocess.run(command, capture_output=True, text=True,
-                                       check=True).stdout)
-    rows.append({"setting": name, "train_images_per_s": result["train_images_per_s"],
-                 "eval_images_per_s": result["eval_images_per_s"],
-                 "compile_s": result["compile_s"], "benchmark": result})
-    print(f"{name}: train {result['train_images_per_s']} img/s, eval "
-          f"{result['eval_images_per_s']}, compile {result['compile_s']} s", file=sys.stderr)
-  report = {"command": " ".join(["scripts/cpu_settings.py", *sys.argv[1:]]), "rows": rows}
-  text = json.dumps(report, indent=1)
-  if args.out:
-    with open(args.out, "w") as f:
-      f.write(text)
+    run = subprocess.run(command, capture_output=True, text=True)
+    if run.returncode:  # recorded; the rows after it still run
+      rows.append({"setting": name, "error": f"exited with {run.returncode}: "
+                                              + " ".join(run.stderr.strip().splitlines()[-1:])})
+      print(f"{name}: FAILED ({rows[-1]['error']})", file=sys.stderr)
+    else:
+      result = json.loads(run.stdout)
+      if autodiff_batchnorm:  # benchmark.py's own command would time the other BatchNorm
+        result["command"] = shlex.join(["scripts/cpu_settings.py", "--only", name,
+                                        *sys.argv[1:]])
+      rows.append({"setting": name, "train_images_per_s": result["train_images_per_s"],
+                   "eval_images_per_s": result["eval_images_per_s"],
+                   "compile_s": result["compile_s"], "benchmark": result})
+      print(f"{name}: train {result['train_images_per_s']} img/s, eval "
+            f"{result['eval_images_per_s']}, compile {result['compile_s']} s", file=sys.stderr)
+    text = _write(args.out, rows)  # after every row: an interrupted run keeps those done
   print(text)
+  if any("error" in row for row in rows):
+    raise SystemExit("some settings failed: see their rows")
+
+
+def _write(out: str, rows: list[dict]) -> str:
+  """The report as JSON text, also replacing `out` (when set) whole."""
+  text = json.dumps({"command": shlex.join(["scripts/cpu_settings.py", *sys.argv[1:]]),
+                     "rows": rows}, indent=1)
+  if out:
+    with files.replaced_atomically(out) as f:
+      f.write(text)
+  return text
 
 
 if __name__ == "__main__":

@@ -50,6 +50,14 @@ TINY_MODELS["fast_muon"] = TINY_MODELS["fast"]  # fast_muon trains fast's model
 FAST_TARGET = 0.903  # issue 13: hold-out accuracy with TTA
 
 
+def absolute_paths(args, *names: str) -> None:
+  """Makes the path arguments `names` absolute: the commands run in the repository's root
+  (REPO), and a relative path must name the same folder there as where the user typed it."""
+  for name in names:
+    if getattr(args, name):
+      setattr(args, name, os.path.abspath(getattr(args, name)))
+
+
 TIMED_OUT = -1000  # _run's returncode for a command stopped at its timeout: no process's
 
 
@@ -147,6 +155,7 @@ def main() -> None:
   parser.add_argument("--wheels", help="folder of wheels for missing pure-Python packages")
   parser.add_argument("--tiny", action="store_true", help="every part in seconds, for the tests")
   args = parser.parse_args()
+  absolute_paths(args, "data", "out", "wheels")
   os.makedirs(args.out, exist_ok=True)
   report = {"command": " ".join(shlex.quote(a) for a in ["scripts/device_check.py"]
                                 + sys.argv[1:]), "tiny": args.tiny, "parts": {}}

@@ -92,7 +92,10 @@ def _thunk_us(trace_dir: str) -> dict[str, float]:
   """{XLA thunk name: microseconds of the wall} from jax.profiler's Perfetto trace: each
   moment is split evenly among the thunks running then, so they add up to the time
   any ran. A conditional (a fusion barrier) counts only while nothing inside it runs."""
-  with gzip.open(glob.glob(f"{trace_dir}/**/perfetto_trace.json.gz", recursive=True)[0]) as f:
+  # The newest: each profiled run adds a trace, and a rerun into the same --out must not
+  # read an older one.
+  traces = glob.glob(f"{trace_dir}/**/perfetto_trace.json.gz", recursive=True)
+  with gzip.open(max(traces, key=os.path.getmtime)) as f:
     events = json.load(f)
   events = events["traceEvents"] if isinstance(events, dict) else events
   if len(events) >= TRACE_EVENT_LIMIT:

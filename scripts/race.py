@@ -130,6 +130,7 @@ def main() -> None:
   parser.add_argument("--tiny", action="store_true", help="seconds, for the tests")
   parser.add_argument("--torch_worker", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args()
+  device_check.absolute_paths(args, "data", "out")
   if not os.path.exists(args.data):
     raise SystemExit(f"error: --data {args.data} does not exist")
   if args.torch_worker:

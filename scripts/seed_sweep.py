@@ -105,6 +105,7 @@ def main() -> None:
                            "runs take minutes; a CPU's, hours)")
   parser.add_argument("--tiny", action="store_true", help="tiny models and data, for the tests")
   args = parser.parse_args()
+  device_check.absolute_paths(args, "data", "out", "wheels")
   if not os.path.isfile(os.path.join(device_check.REPO, "configs", f"{args.config}.py")):
     raise SystemExit(f"error: --config {args.config!r}: no configs/{args.config}.py")
   if args.tiny and args.config not in device_check.TINY_MODELS:

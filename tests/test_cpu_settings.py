@@ -2,8 +2,11 @@
 docs/performance.md's CPU-setting rows and convolution routes come from."""
 
 import json
+import re
 import subprocess
 import sys
+
+import pytest
 
 from resnet_jax import xla_cpu
 from tests.conftest import REPO, load_script
@@ -24,6 +27,46 @@ def test_each_cpu_setting_row_runs_the_benchmark_with_that_setting_changed(tmp_p
     assert row["train_images_per_s"] > 0 and row["eval_images_per_s"] > 0
   bench = report["rows"][1]["benchmark"]
   assert bench["dtype"] == "bfloat16" and bench["overrides"] == ["cpu.bfloat16_xla_options={}"]
+  # The autodiff row's own command reproduces it (benchmark.py's would time the other).
+  assert report["rows"][0]["benchmark"]["command"].startswith(
+      "scripts/cpu_settings.py --only 'float32, BatchNorm backward by autodiff'")
+
+
+def test_a_failing_setting_is_recorded_and_the_rest_still_run(tmp_path):
+  """Rows take minutes each: one that fails (here a benchmark.py that is no script) must not
+  take the finished ones with it."""
+  cpu_settings = load_script("cpu_settings")
+  out = tmp_path / "settings.json"
+  bad = tmp_path / "benchmark.py"
+  bad.write_text("raise SystemExit('error: no such option')")
+  cpu_settings.BENCHMARK = str(bad)
+  sys_argv = sys.argv
+  try:
+    sys.argv = ["cpu_settings.py", "--tiny", "--out", str(out), "--only", "no oneDNN"]
+    with pytest.raises(SystemExit, match="some settings failed"):
+      cpu_settings.main()
+  finally:
+    sys.argv = sys_argv
+  rows = json.loads(out.read_text())["rows"]
+  assert rows == [{"setting": "bfloat16, no oneDNN (Eigen)",
+                   "error": "exited with 1: error: no such option"}]
+
+
+@pytest.mark.parametrize("override,message", [
+    ("cpu.fusion_barier=False", r"the config has no key 'cpu.fusion_barier'"),
+    ("optimiser.momentum=0.9", r"the config has no key 'optimiser.momentum'"),
+    ("batch_size", r"the config has no key 'batch_size'"),
+    ("data.dataset=cifar100", r"'cifar100' is not a Python literal \(quote strings"),
+])
+def test_a_benchmark_override_the_config_cannot_take_is_one_line(override, message):
+  benchmark = load_script("benchmark")
+  config = benchmark.default_config.get_config("shallow")
+  with pytest.raises(SystemExit, match=f"^error: --override {re.escape(repr(override))}: "
+                                       + message):
+    benchmark._apply(config, override)  # pylint: disable=protected-access
+  benchmark._apply(config, "cpu.xla_options.xla_cpu_anything=1")  # XLA's names are open
+  benchmark._apply(config, "cpu.fusion_barriers=False")
+  assert config.cpu.xla_options.xla_cpu_anything == 1 and config.cpu.fusion_barriers is False
 
 
 def test_every_weight_gradient_route_computes_the_same_gradient(monkeypatch, capsys):

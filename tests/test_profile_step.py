@@ -3,6 +3,7 @@ sides profiled in its tiny mode."""
 
 import gzip
 import json
+import os
 import sys
 
 import pytest
@@ -25,10 +26,23 @@ def test_an_op_is_put_in_its_kind_by_name(name, kind):
   assert load_script("profile_step").kind(name) == kind
 
 
-def _write_trace(directory, events):
-  (directory / "run").mkdir(parents=True)
-  with gzip.open(directory / "run" / "perfetto_trace.json.gz", "wt") as f:
+def _write_trace(directory, events, run="run", mtime=None):
+  (directory / run).mkdir(parents=True)
+  with gzip.open(directory / run / "perfetto_trace.json.gz", "wt") as f:
     json.dump({"traceEvents": events}, f)
+  if mtime is not None:
+    os.utime(directory / run / "perfetto_trace.json.gz", (mtime, mtime))
+
+
+def test_a_rerun_into_the_same_folder_reads_its_own_trace(tmp_path):
+  """Each profiled run adds a trace folder: the newest is this run's, whatever the order
+  the directory lists them in."""
+  fusion = lambda dur: [{"ph": "X", "name": "fusion.1", "ts": 0, "dur": dur, "pid": 1,
+                         "tid": 1}]
+  _write_trace(tmp_path, fusion(5), run="2026_12_07_09", mtime=2_000_000_000)  # this run's
+  _write_trace(tmp_path, fusion(9), run="2026_12_07_10", mtime=1_000_000_000)
+  assert load_script("profile_step")._thunk_us(str(tmp_path)) == {  # pylint: disable=protected-access
+      "fusion.1": 5}
 
 
 def test_the_wall_is_shared_among_the_thunks_running_at_each_moment(tmp_path):

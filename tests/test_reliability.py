@@ -253,6 +253,18 @@ def test_unwritable_workdir_fails_before_compute(tmp_path, monkeypatch):
   assert blocker.read_text() == "not a directory"
 
 
+def test_chaos_script_refuses_a_used_workdir_named_from_where_it_was_typed(tmp_path):
+  """Finished runs there would resume at once and "match"; a relative --workdir is the
+  user's, though the runs start in the repository's root."""
+  (tmp_path / "chaos" / "uninterrupted").mkdir(parents=True)
+  result = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "chaos_resume.py"),
+                           "--workdir", "chaos"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[-1] == ("error: --workdir chaos is not empty; the "
+                                                    "runs start from nothing")
+
+
 def test_chaos_script_sigkills_resumes_and_matches(tmp_path):
   result = subprocess.run([sys.executable, "scripts/chaos_resume.py", "--kills", "1",
                            "--epochs", "2", "--workdir", str(tmp_path)], cwd=REPO,
