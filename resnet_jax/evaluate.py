@@ -110,7 +110,7 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
   summary, predicted = predictions(steps, variables, images, labels, config)
   matrix = confusion_matrix(labels, predicted, len(names))
   counts = matrix.sum(1)  # a class the split lacks has no accuracy: null, not 0.0
-  per_class = [int(right) / count if count else None
+  per_class = [int(right) / int(count) if count else None
                for right, count in zip(matrix.diagonal(), counts)]
   metrics = {"accuracy": summary["accuracy"],
              "per_class_accuracy": per_class, "confusion_matrix": matrix.tolist(),
