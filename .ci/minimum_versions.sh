@@ -12,6 +12,8 @@ python=python3
 for candidate in python3.11 "$(pyenv root 2>/dev/null)"/versions/3.11*/bin/python3.11; do
   if "$candidate" -c "" 2>/dev/null; then python=$candidate; break; fi  # requires-python's lowest
 done
+# Said, so a log never passes off another Python's run as the lowest's.
+echo "lower bounds on $("$python" --version 2>&1) ($python)"
 rm -rf "$venv"
 "$python" -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --no-cache-dir --upgrade "pip>=24"

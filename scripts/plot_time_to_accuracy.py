@@ -87,6 +87,10 @@ def main() -> None:
   with open(args.index) as f:
     index = json.load(f)
   runs = [load_run(run, os.path.dirname(args.index)) for run in index["runs"]]
+  unknown = sorted({run["machine"] for run in runs} - set(MACHINES))
+  if unknown:  # its runs would be in the table but in no panel of the figure
+    raise SystemExit(f"error: {args.index}: machine {unknown[0]!r} is not one of "
+                     f"{list(MACHINES)}; add it to MACHINES")
   plot(runs, args.out)
   print(table(runs))
   print(f"\nwrote {args.out}")
