@@ -224,9 +224,9 @@ def load_state_dict(path: str) -> Mapping[str, Any]:
 
 
 def _check_stored(path: str) -> None:
-  """torch.save stores its zip's pickle and tensors uncompressed (torch.load maps them): a
+  """torch.save stores every member of its zip uncompressed (torch.load maps them): a
   compressed one is no file torch wrote, and torch.load would inflate it, a few kilobytes
-  into gigabytes, before any value could be checked. (TorchScript compresses its code,
+  into gigabytes, before any value could be checked. (TorchScript compresses its code/,
   which torch.load does not read: it names such an archive itself.)"""
   try:
     with zipfile.ZipFile(path) as archive:
@@ -234,7 +234,7 @@ def _check_stored(path: str) -> None:
   except (zipfile.BadZipFile, OSError, ValueError):  # no zip: torch.load says what it is
     return
   compressed = [m.filename for m in members if m.compress_type != zipfile.ZIP_STORED
-                and (m.filename.endswith("data.pkl") or "/data/" in m.filename)]
+                and "/code/" not in m.filename]
   if compressed:
     raise ConversionError(f"cannot read {path} as a PyTorch checkpoint: its member "
                           f"{compressed[0]!r} is compressed, which torch.save never does")

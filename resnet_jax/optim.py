@@ -13,7 +13,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-from absl import logging
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "step", "warmup_cosine", "one_cycle", "triangle")
@@ -74,10 +73,6 @@ def learning_rate_schedule(opt_config, updates_per_epoch: int,
                                    decay_rate=opt_config.gamma, staircase=True)
   if name in ("warmup_cosine", "triangle"):
     warmup = min(int(opt_config.warmup_epochs * updates_per_epoch), total - 1)
-    if opt_config.warmup_epochs >= num_epochs:  # as a shortened recipe leaves it
-      logging.warning("config.optimizer.warmup_epochs=%s is not below config.num_epochs=%d: "
-                      "the learning rate rises all run and never decays; shorten the warm-up "
-                      "with the run", opt_config.warmup_epochs, num_epochs)
   if name == "warmup_cosine":
     return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, total)
   if name == "one_cycle":
@@ -87,6 +82,17 @@ def learning_rate_schedule(opt_config, updates_per_epoch: int,
         [optax.linear_schedule(lr * opt_config.start_factor, lr, warmup),
          optax.linear_schedule(lr, lr * opt_config.end_factor, total - warmup)], [warmup])
   raise ValueError(f"config.optimizer.schedule={name!r} is not one of {list(SCHEDULES)}")
+
+
+def warmup_problem(opt_config, num_epochs: int) -> str | None:
+  """Why the schedule's warm-up cannot work in `num_epochs` (as a recipe shortened by
+  --config.num_epochs leaves it: the schedule clamps it silently), or None."""
+  if opt_config.schedule in ("warmup_cosine", "triangle") \
+      and opt_config.warmup_epochs >= num_epochs:
+    return (f"config.optimizer.warmup_epochs={opt_config.warmup_epochs} is not below "
+            f"config.num_epochs={num_epochs}: the learning rate rises all run and never "
+            "decays; shorten the warm-up with the run")
+  return None
 
 
 def _decay_mask(decay: str):

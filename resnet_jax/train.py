@@ -371,6 +371,9 @@ def _log_run(config, model: models.Model, train_data: batches.Batches,
              eval_data: batches.Batches, steps_per_epoch: int) -> None:
   """What a run trains: the model's size, the data's, and the proxy that chooses examples."""
   image_shape = datasets.get(config.data).image_shape
+  problem = optim.warmup_problem(config.optimizer, config.num_epochs)
+  if problem:
+    logging.warning(problem)
   logging.info("model %s: %s parameters; %d train / %d eval examples; %d steps per epoch",
                config.model.name, f"{models.count_params(model, image_shape):,}",
                train_data.num_examples, eval_data.num_examples, steps_per_epoch)

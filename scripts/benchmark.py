@@ -40,6 +40,7 @@ import sys
 import time
 
 import jax
+import ml_collections
 import numpy as np
 
 from resnet_jax import (default_config, main as resnet_main, model_setup, models, optim, train,
@@ -102,19 +103,23 @@ def _apply(config, override: str) -> None:
   """Sets --override KEY=VALUE (VALUE a Python literal) in `config`; a key the config lacks
   (a typo that nothing would read) or a value that is no literal is one error line."""
   key, sep, value = override.partition("=")
+  if not sep:
+    raise SystemExit(f"error: --override {override!r}: expected KEY=VALUE")
   parent, _, name = key.rpartition(".")
   try:
     section = default_config.lookup(config, parent)
-    known = name in section or parent in OPEN_SECTIONS
-  except (KeyError, AttributeError, TypeError):  # no such section, or a value, not a section
-    known = False
-  if not sep or not known:
+  except (KeyError, AttributeError, TypeError):
+    section = None
+  if not isinstance(section, ml_collections.ConfigDict) or not (
+      name in section or parent in OPEN_SECTIONS):
     raise SystemExit(f"error: --override {override!r}: the config has no key {key!r}")
   try:
     section[name] = ast.literal_eval(value)
   except (ValueError, SyntaxError):
     raise SystemExit(f"error: --override {override!r}: {value!r} is not a Python literal "
                      "(quote strings: KEY='text')") from None
+  except TypeError as e:  # ConfigDict's: another type than the key's
+    raise SystemExit(f"error: --override {override!r}: {e}") from None
 
 
 def _train_flops_per_image(lowered, args) -> float:

@@ -57,6 +57,7 @@ def main() -> None:
                       help="only the rows whose name contains TEXT (repeatable)")
   args = parser.parse_args()
   rows = []
+  text = _write(args.out, rows)
   for name, (dtype, overrides, autodiff_batchnorm) in VARIANTS.items():
     if args.only and not any(text in name for text in args.only):
       continue
@@ -73,8 +74,9 @@ def main() -> None:
     else:
       result = json.loads(run.stdout)
       if autodiff_batchnorm:  # benchmark.py's own command would time the other BatchNorm
-        result["command"] = shlex.join(["scripts/cpu_settings.py", "--only", name,
-                                        *sys.argv[1:]])
+        result["command"] = shlex.join(["scripts/cpu_settings.py", "--model", args.model,
+                                        "--batch_size", str(args.batch_size), "--only", name,
+                                        *(["--tiny"] if args.tiny else [])])
       rows.append({"setting": name, "train_images_per_s": result["train_images_per_s"],
                    "eval_images_per_s": result["eval_images_per_s"],
                    "compile_s": result["compile_s"], "benchmark": result})

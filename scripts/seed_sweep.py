@@ -56,6 +56,9 @@ def claim(workdir: str, flags: tuple[str, ...]) -> None:
   if it holds a run of other flags: a rerun resumes a workdir, and a finished one would be
   reported under the new flags without training."""
   path = workdir + ".flags.json"
+  if os.path.isdir(workdir) and not os.path.exists(path):
+    raise RuntimeError(f"{workdir} holds a run whose flags were not recorded: use another "
+                       "--out")
   if os.path.exists(path):
     with open(path) as f:
       held = json.load(f)

@@ -28,8 +28,9 @@ def test_each_cpu_setting_row_runs_the_benchmark_with_that_setting_changed(tmp_p
   bench = report["rows"][1]["benchmark"]
   assert bench["dtype"] == "bfloat16" and bench["overrides"] == ["cpu.bfloat16_xla_options={}"]
   # The autodiff row's own command reproduces it (benchmark.py's would time the other).
-  assert report["rows"][0]["benchmark"]["command"].startswith(
-      "scripts/cpu_settings.py --only 'float32, BatchNorm backward by autodiff'")
+  command = report["rows"][0]["benchmark"]["command"]
+  assert command.startswith("scripts/cpu_settings.py --model shallow --batch_size 128 --only "
+                            "'float32, BatchNorm backward by autodiff'") and "--out" not in command
 
 
 def test_a_failing_setting_is_recorded_and_the_rest_still_run(tmp_path):
@@ -55,7 +56,9 @@ def test_a_failing_setting_is_recorded_and_the_rest_still_run(tmp_path):
 @pytest.mark.parametrize("override,message", [
     ("cpu.fusion_barier=False", r"the config has no key 'cpu.fusion_barier'"),
     ("optimiser.momentum=0.9", r"the config has no key 'optimiser.momentum'"),
-    ("batch_size", r"the config has no key 'batch_size'"),
+    ("batch_size", r"expected KEY=VALUE"),
+    ("data.dataset.c=1", r"the config has no key 'data.dataset.c'"),  # a value, no section
+    ("num_epochs=1.5", r"Could not override"),  # ConfigDict's own words on the type
     ("data.dataset=cifar100", r"'cifar100' is not a Python literal \(quote strings"),
 ])
 def test_a_benchmark_override_the_config_cannot_take_is_one_line(override, message):

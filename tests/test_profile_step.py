@@ -41,8 +41,8 @@ def test_a_rerun_into_the_same_folder_reads_its_own_trace(tmp_path):
                          "tid": 1}]
   _write_trace(tmp_path, fusion(5), run="2026_12_07_09", mtime=2_000_000_000)  # this run's
   _write_trace(tmp_path, fusion(9), run="2026_12_07_10", mtime=1_000_000_000)
-  profile_step = load_script("profile_step")
-  assert profile_step._thunk_us(str(tmp_path)) == {"fusion.1": 5}  # pylint: disable=protected-access
+  thunk_us = load_script("profile_step")._thunk_us  # pylint: disable=protected-access
+  assert thunk_us(str(tmp_path)) == {"fusion.1": 5}
 
 
 def test_the_wall_is_shared_among_the_thunks_running_at_each_moment(tmp_path):

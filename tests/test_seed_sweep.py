@@ -75,3 +75,7 @@ def test_a_workdir_of_other_flags_is_refused_not_reported_as_the_new_variant(tmp
   with pytest.raises(RuntimeError, match=r"base_seed0 holds a run of flags \['--config.seed=0'\], "
                                          r"not \['--config.optimizer.learning_rate=1', "):
     seed_sweep.claim(workdir, ("--config.optimizer.learning_rate=1", "--config.seed=0"))
+  older = tmp_path / "base_seed1"  # a workdir from before the flags were recorded
+  older.mkdir()
+  with pytest.raises(RuntimeError, match=r"base_seed1 holds a run whose flags were not recorded"):
+    seed_sweep.claim(str(older), ("--config.seed=1",))
