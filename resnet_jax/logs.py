@@ -151,14 +151,15 @@ class Progress:
 
   def __init__(self, total_steps: int, every_secs: float = 60.0):
     self.total_steps, self.every_secs = total_steps, every_secs
-    self._start = self._last = None  # (time, step)
+    self._start = None  # (time, step) once the first step has run
+    self._last_time = None
 
   def __call__(self, step: int) -> None:
     now = time.monotonic()
     if self._start is None:  # the first step includes compilation: time from after it
-      self._start = self._last = now, step
+      self._start, self._last_time = (now, step), now
       return
-    if now - self._last[0] < self.every_secs or step == self._start[1]:
+    if now - self._last_time < self.every_secs or step == self._start[1]:
       return
     # The rate since the start, not since the last line: steps are counted as dispatched,
     # which runs ahead of the device in bursts, so a minute's count of slow steps (and the
@@ -167,7 +168,7 @@ class Progress:
     eta = (self.total_steps - step) / rate
     absl_logging.info("step %d/%d (%.1f%%), %.2f steps/s, ETA %s", step, self.total_steps,
                       100 * step / self.total_steps, rate, _duration(eta))
-    self._last = now, step
+    self._last_time = now
 
 
 def _duration(seconds: float) -> str:

@@ -57,7 +57,6 @@ def main() -> None:
                       help="only the rows whose name contains TEXT (repeatable)")
   args = parser.parse_args()
   rows = []
-  text = _write(args.out, rows)
   for name, (dtype, overrides, autodiff_batchnorm) in VARIANTS.items():
     if args.only and not any(text in name for text in args.only):
       continue
@@ -82,20 +81,18 @@ def main() -> None:
                    "compile_s": result["compile_s"], "benchmark": result})
       print(f"{name}: train {result['train_images_per_s']} img/s, eval "
             f"{result['eval_images_per_s']}, compile {result['compile_s']} s", file=sys.stderr)
-    text = _write(args.out, rows)  # after every row: an interrupted run keeps those done
-  print(text)
+    if args.out:  # after every row: an interrupted run keeps those done
+      with files.replaced_atomically(args.out) as f:
+        f.write(_report(rows))
+  print(_report(rows))
   if any("error" in row for row in rows):
     raise SystemExit("some settings failed: see their rows")
 
 
-def _write(out: str, rows: list[dict]) -> str:
-  """The report as JSON text, also replacing `out` (when set) whole."""
-  text = json.dumps({"command": shlex.join(["scripts/cpu_settings.py", *sys.argv[1:]]),
+def _report(rows: list[dict]) -> str:
+  """The report, as JSON text, with the command that made it."""
+  return json.dumps({"command": shlex.join(["scripts/cpu_settings.py", *sys.argv[1:]]),
                      "rows": rows}, indent=1)
-  if out:
-    with files.replaced_atomically(out) as f:
-      f.write(text)
-  return text
 
 
 if __name__ == "__main__":
