@@ -22,5 +22,4 @@ def get_config():
   config = fast_large_muon.get_config()
   config.selection.fraction = 0.5
   config.num_epochs = 17
-  config.optimizer.groups.whiten_bias.epochs = 0.375 * config.num_epochs
   return config

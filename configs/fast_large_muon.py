@@ -20,5 +20,6 @@ def get_config():
   config = fast_muon.get_config()
   config.model.name = "fast_large"
   config.num_epochs = 10
-  config.optimizer.groups.whiten_bias.epochs = 0.375 * config.num_epochs
+  # A reference: --config.num_epochs (and a recipe built on this one) scales it too.
+  config.optimizer.groups.whiten_bias.epochs = config.get_ref("num_epochs").to_float() * 0.375
   return config

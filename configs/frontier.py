@@ -25,7 +25,6 @@ def get_config():
   config.model.name = "frontier"
   config.num_epochs = 40
   config.optimizer.learning_rate = 9.0
-  config.optimizer.warmup_epochs = 0.23 * config.num_epochs
   config.data.augment.reflect_crop = 4
   config.data.augment.cutout = 12
   return config

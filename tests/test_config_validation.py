@@ -1,6 +1,7 @@
 """Config values that used to end in a traceback: refused before any compute, in one line
 naming the key and value and saying what is allowed, from Python and the command line."""
 
+import functools
 import importlib
 import os
 import pathlib
@@ -10,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from resnet_jax import config_validation, default_config, main, train
+from resnet_jax import config_validation, default_config, main, optim, train
 from resnet_jax.data import datasets
 from tests.conftest import REPO, smoke_config
 
@@ -144,6 +145,26 @@ def test_an_unknown_augmentation_is_named_in_one_line():
 def test_every_shipped_config_validates(name):
   """A typo or an out-of-range value in configs/*.py fails here, not after a user's download."""
   config_validation.validate(importlib.import_module(f"configs.{name}").get_config())
+
+
+@pytest.mark.parametrize("name,key,fraction", [
+    ("fast", "optimizer.warmup_epochs", 0.23),
+    ("fast_large", "optimizer.warmup_epochs", 0.23),
+    ("frontier", "optimizer.warmup_epochs", 0.23),
+    ("fast_large_muon", "optimizer.groups.whiten_bias.epochs", 0.375),
+    ("fast_large_half", "optimizer.groups.whiten_bias.epochs", 0.375)])
+def test_a_recipe_s_epoch_fractions_follow_num_epochs(name, key, fraction):
+  """--config.num_epochs=4 on frontier: its warm-up peaks at 0.92 epochs, not at 9.2 (a
+  rate that rose all run); a value given explicitly wins over the fraction."""
+  config = importlib.import_module(f"configs.{name}").get_config()
+  value = lambda: functools.reduce(getattr, key.split("."), config)
+  assert value() == pytest.approx(fraction * config.num_epochs)
+  config.num_epochs = 4  # what --config.num_epochs=4 does
+  assert value() == pytest.approx(fraction * 4)
+  assert optim.warmup_problem(config.optimizer, config.num_epochs) is None
+  config.update_from_flattened_dict({key: 1.5})
+  config.num_epochs = 8
+  assert value() == 1.5
 
 
 @pytest.mark.parametrize("seed", [0, 2**32 - 1])

@@ -140,8 +140,8 @@ def test_schedules_start_peak_and_end_where_expected(schedule):
 
 @pytest.mark.parametrize("schedule", ["triangle", "warmup_cosine"])
 def test_a_warm_up_as_long_as_the_run_is_named(schedule):
-  """A recipe shortened by --config.num_epochs keeps its warm-up: 2.3 epochs of 1 would
-  rise all run and never decay, which the schedule's clamp hid (train logs this)."""
+  """A warm-up set in epochs outlasts a run shortened by --config.num_epochs: 2.3 epochs of
+  1 would rise all run and never decay, which the schedule's clamp hid (train logs this)."""
   config = _opt_config(schedule=schedule, warmup_epochs=2.3)
   assert optim.warmup_problem(config, num_epochs=3) is None
   assert optim.warmup_problem(config, num_epochs=1) == (
