@@ -62,7 +62,8 @@ def get_config(model: str = "shallow") -> ml_collections.ConfigDict:
 
   config.eval = ml_collections.ConfigDict()
   # Test-time augmentation level (resnet_jax/tta.py): 0 none, 1 mirror, 2 mirror and
-  # one-pixel shifts; used by --mode eval and predict and by the final epoch's log.
+  # two one-pixel shifts, 3 mirror and all eight; used by --mode eval and predict and by
+  # the final epoch's log.
   config.eval.tta = 0
 
   config.data = ml_collections.ConfigDict()

@@ -21,11 +21,16 @@ def test_views_are_exactly_the_mirrored_and_one_pixel_shifted_images():
   expected = {0: ([images], [1]), 1: ([images, mirror(images)], [1 / 2, 1 / 2]),
               2: ([images, mirror(images), up_left, mirror(up_left), down_right,
                    mirror(down_right)], [1 / 4, 1 / 4, 1 / 8, 1 / 8, 1 / 8, 1 / 8])}
+  # Level 3: every (dx, dy) in {-1, 0, 1}^2, row by row, each and its mirror.
+  moved = [padded[:, 1 - dy:33 - dy, 1 - dx:33 - dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+  expected[3] = ([v for m in moved for v in (m, mirror(m))], [1 / 18] * 18)
   for level, (want, weights) in expected.items():
     views, got_weights = tta.views(images, level)
-    assert got_weights == weights and sum(weights) == 1
+    assert got_weights == weights and sum(weights) == pytest.approx(1, abs=1e-12)
     for view, reference in zip(views, want, strict=True):
       np.testing.assert_array_equal(np.asarray(view), reference)
+  np.testing.assert_array_equal(moved[0], up_left)
+  np.testing.assert_array_equal(moved[4], images)
 
 
 def test_level_0_is_the_plain_softmax():
