@@ -51,7 +51,7 @@ SELECTING = {**FAST, "model.widths": (8, 16, 16), "selection.fraction": 0.5,
     ({"batch_size": 0}, r"config.batch_size=0 must be positive"),
     ({"data.augment.hflip": 2.0}, r"config.data.augment.hflip=2.0 is a probability"),
     ({"data.eval_split": "valid"}, r"config.data.eval_split: split 'valid': unknown split"),
-    ({"eval.tta": 3}, r"config.eval.tta=3 is not one of \[0, 1, 2\]"),
+    ({"eval.tta": 4}, r"config.eval.tta=4 is not one of \[0, 1, 2, 3\]"),
     ({"optimizer.per_examples": 1024},
      r"config.optimizer.per_examples=1024 is for optimizer.name='sgd' \(airbench's\), not 'adam'"),
     ({"optimizer.groups.bn_bias.lr_multiplier": 0.0},
@@ -152,7 +152,9 @@ def test_every_shipped_config_validates(name):
     ("fast_large", "optimizer.warmup_epochs", 0.23),
     ("frontier", "optimizer.warmup_epochs", 0.23),
     ("fast_large_muon", "optimizer.groups.whiten_bias.epochs", 0.375),
-    ("fast_large_half", "optimizer.groups.whiten_bias.epochs", 0.375)])
+    ("fast_large_half", "optimizer.groups.whiten_bias.epochs", 0.375),
+    ("fast_wide_muon", "optimizer.warmup_epochs", 0.23),
+    ("fast_wide_muon", "optimizer.groups.whiten_bias.epochs", 0.375)])
 def test_a_recipe_s_epoch_fractions_follow_num_epochs(name, key, fraction):
   """--config.num_epochs=4 on frontier: its warm-up peaks at 0.92 epochs, not at 9.2 (a
   rate that rose all run); a value given explicitly wins over the fraction."""

@@ -8,7 +8,8 @@ import numpy as np
 import optax
 import pytest
 
-from resnet_jax import checkpoints, evaluate, models, optim, summary, train
+from configs import fast_wide_muon
+from resnet_jax import checkpoints, evaluate, model_setup, models, optim, summary, train
 from resnet_jax.data import datasets, sources
 from resnet_jax.models import fast_resnet, layers
 from tests.conftest import (CIFAR10_IMAGE, preempted_then_resumed, refused_leaving_run_as_is,
@@ -24,6 +25,11 @@ def test_presets_have_their_parameter_counts_within_the_budget(name, count):
   assert f"Total params: {count:,}" in summary.format_table(model, CIFAR10_IMAGE)
   with pytest.raises(models.ParamBudgetError, match="over its budget"):
     models.check_budget(models.get_model(name, widths=(256, 512, 1024)), CIFAR10_IMAGE)
+
+
+def test_the_widened_session_recipe_spends_the_budget_its_docstring_says():
+  model = model_setup.build_model(fast_wide_muon.get_config(), "float32")
+  assert models.count_params(model, CIFAR10_IMAGE) == 4_982_360 <= model.max_params == 5_000_000
 
 
 def _smooth_images(n: int) -> np.ndarray:
