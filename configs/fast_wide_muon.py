@@ -9,8 +9,8 @@ does; each gained within one seed's noise in 4-epoch ablations, and together mor
   (group 2 at 448 would be 5.38M); 8% more multiply-adds an image;
 - Muon momentum 0.65 instead of 0.6 (a later CIFAR-10 speedrun's value);
 - fast_large's warm-up: the rate rises from 0.2x over the first 23% of the run, then
-  decays linearly to 0, where Muon's recipe starts at the peak; the weights move
-  less far early on and memorise a little less at the end.
+  decays linearly to 0, where Muon's recipe starts at the peak (these runs ended at
+  98.1% train accuracy against its 99.1%: they memorise a little less).
 Measured results, and which version of this file they used: docs/recipes.md.
 """
 
