@@ -14,14 +14,13 @@ does; each gained within one seed's noise in 4-epoch ablations, and together mor
 Measured results, and which version of this file they used: docs/recipes.md.
 """
 
-from configs import fast_large_muon
+from configs import fast, fast_large_muon
 
 
 def get_config():
   config = fast_large_muon.get_config()
   config.model.widths = (128, 416, 384)
   config.optimizer.muon.momentum = 0.65
-  # A reference, as fast.py's: --config.num_epochs moves the peak with the run's end.
-  config.optimizer.warmup_epochs = config.get_ref("num_epochs").to_float() * 23 / 100
+  config.optimizer.warmup_epochs = fast.triangle_warmup(config)
   config.optimizer.start_factor = 0.2
   return config
